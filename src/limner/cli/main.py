@@ -1,0 +1,46 @@
+"""The ``limner`` command line: argument parsing and error reporting only; every command is a
+thin caller of a library function.
+
+Each command group lives in its own module with ``register(subparsers)``, which adds its parser
+and sets ``func`` (called with the parsed namespace, returns an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from limner import __version__
+from limner.errors import LimnerError, UsageError
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from limner.cli import data_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="limner",
+        description="Train, sample and evaluate generative image models on your own images.",
+    )
+    parser.add_argument("--version", action="version", version=f"limner {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (data_cmd,):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"limner {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except LimnerError as e:
+        print(f"limner {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

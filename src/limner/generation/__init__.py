@@ -1,0 +1,1 @@
+"""Generation requests, records and the pipeline from a run folder to images."""

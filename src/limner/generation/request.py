@@ -1,0 +1,101 @@
+"""The generation request and its record: one schema for the CLI, the HTTP API and the studio.
+
+A :class:`GenerationRequest` is what a user asks for. A :class:`GenerationRecord` is that request
+plus everything that was resolved (per-image seed, model hash, versions, device, dtype); it is
+written into every PNG and feeding it back regenerates the same pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+RECORD_SCHEMA = 1
+
+
+@dataclass
+class GenerationRequest:
+    """What to generate.
+
+    Attributes:
+        run: run folder to load the model from.
+        prompt / negative: text prompt and negative prompt (text-conditioned runs).
+        label: class id or class name (class-conditioned runs).
+        seed: seed of the first image; image i uses ``seed + i``. None picks a random seed.
+        num: number of images.
+        sampler / steps / cfg: sampler name, number of steps, classifier-free guidance scale;
+            None means the family's default.
+        truncation: truncation psi (GAN families).
+        step: checkpoint step to load; None = the newest valid checkpoint.
+        batch_size: images per forward batch (part of the record: see ``GenerationRecord``).
+    """
+
+    run: str
+    prompt: str | None = None
+    negative: str | None = None
+    label: int | str | None = None
+    seed: int | None = None
+    num: int = 1
+    sampler: str | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    truncation: float | None = None
+    step: int | None = None
+    batch_size: int = 16
+
+
+@dataclass
+class BatchRequest:
+    """One forward batch as a family sees it (satisfies ``GenerationRequestLike``)."""
+
+    seeds: list[int]
+    prompts: list[str] | None = None
+    negative: str | None = None
+    labels: list[int] | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    truncation: float | None = None
+
+
+@dataclass
+class GenerationRecord:
+    """A request plus what was resolved for one image. ``batch_seeds`` and ``index`` pin the
+    forward batch the image came from, so regeneration is bitwise identical on CPU even where
+    kernels are not batch-size invariant."""
+
+    prompt: str | None
+    negative: str | None
+    label: int | None
+    seed: int
+    sampler: str | None
+    steps: int | None
+    cfg: float | None
+    truncation: float | None
+    batch_seeds: list[int]
+    index: int
+    family: str
+    run_id: str
+    run_path: str
+    step: int
+    model_hash: str
+    width: int
+    height: int
+    device: str
+    dtype: str
+    limner_version: str
+    torch_version: str
+    python_version: str = field(default_factory=platform.python_version)
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema: int = RECORD_SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GenerationRecord":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
