@@ -17,15 +17,16 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from limner.cli import data_cmd
+    from limner.cli import data_cmd, demo_cmd, info_cmd, sample_cmd, train_cmd
+    from limner.cli.args import Parser
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="limner",
         description="Train, sample and evaluate generative image models on your own images.",
     )
     parser.add_argument("--version", action="version", version=f"limner {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data_cmd,):
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    for module in (train_cmd, sample_cmd, info_cmd, data_cmd, demo_cmd):
         module.register(sub)
     return parser
 

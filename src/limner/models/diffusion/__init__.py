@@ -1,1 +1,1 @@
-"""limner.models.diffusion"""
+"""Pixel-space diffusion: EDM preconditioning around a U-Net, EDM loss, any sampler."""

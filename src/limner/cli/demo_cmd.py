@@ -1,0 +1,61 @@
+"""``limner demo``: the end-to-end first run — train a small text-to-image diffusion model on
+the bundled emoji subset at 32 px, then write a labelled sample grid for a few prompts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from limner.cli.args import positive_int
+
+DEMO_DATA = Path(__file__).resolve().parents[3] / "data" / "emoji-demo"
+DEMO_PROMPTS = ["large red circle", "large blue square", "green heart", "grinning face",
+                "thumbs up sign, dark skin tone"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="train a small text-to-image model on bundled emoji and sample it",
+        description=(
+            "Train the `small` diffusion preset on the bundled emoji subset (data/emoji-demo, "
+            "captioned Noto emoji) at 32 px, then write a labelled grid for a few prompts. "
+            "Takes about 6-8 minutes on 2 CPU cores."
+        ),
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
+    p.add_argument("--data", type=Path, default=DEMO_DATA, help="captioned image folder (default: the bundled subset)")
+    p.add_argument("--steps", type=positive_int, default=1200, help="training steps (default: 1200)")
+    p.add_argument("--prompt", action="append", dest="prompts", help="prompt for the grid (repeatable)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from limner.errors import UsageError
+    from limner.generation.pipeline import generate, load_run
+    from limner.generation.request import GenerationRequest
+    from limner.visualization.grids import save_grid
+    from limner.workflows import TrainOptions, resolve_device, train
+
+    if not args.data.is_dir():
+        raise UsageError(f"--data: {args.data} not found (the demo data lives in the repository's data/emoji-demo)")
+    device = resolve_device(args.device)
+    opts = TrainOptions(
+        data=args.data, out=args.out, preset="small", resolution=32, device=device,
+        overwrite=True, train={"steps": args.steps},
+    )
+    train(opts)
+    prompts = args.prompts or DEMO_PROMPTS
+    loaded = load_run(args.out, device=device)
+    images, labels = [], []
+    for prompt in prompts:
+        for g in generate(GenerationRequest(run=str(args.out), prompt=prompt, seed=0, num=4), loaded=loaded):
+            images.append(np.asarray(g.image.convert("RGB")).transpose(2, 0, 1))
+            labels.append(f"{prompt} (seed {g.record.seed})")
+    grid = save_grid(args.out / "demo-grid.png", torch.from_numpy(np.stack(images)), nrow=4, labels=labels)
+    print(f"\nSample grid: {grid.resolve()}")
+    print(f"Try: .venv/bin/limner sample {args.out} --prompt \"{prompts[0]}\" --num 8 --out samples/")
+    return 0

@@ -1,0 +1,240 @@
+"""From a run folder to images with records: load, resolve a request, generate, save.
+
+The CLI, the studio and evaluation call these functions; none of them re-implements loading or
+sampling. Copying a run folder to another machine is enough to use it here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import secrets
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from limner import __version__
+from limner.errors import CheckpointError, UsageError
+from limner.generation.pngmeta import save_png
+from limner.generation.request import BatchRequest, GenerationRecord, GenerationRequest
+from limner.models.base import ProgressCallback
+from limner.models.registry import family_class
+from limner.training.checkpoint import (
+    checkpoint_dirs,
+    find_latest_valid,
+    load_module_weights,
+    model_hash,
+    read_run_config,
+)
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class LoadedRun:
+    """A family with EMA weights loaded from a run folder, ready to generate."""
+
+    family: Any
+    run_dir: Path
+    run_config: dict[str, Any]
+    step: int
+    checkpoint: Path
+    model_hash: str
+    run_id: str
+    device: torch.device
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    record: GenerationRecord
+
+
+def _checkpoint_step(path: Path) -> int:
+    m = re.search(r"(\d+)$", path.name)
+    if m is None:
+        raise CheckpointError(f"{path}: not a checkpoint directory (expected step_NNNNNN)")
+    return int(m.group(1))
+
+
+def _select_checkpoint(run_dir: Path, step: int | None) -> Path:
+    if step is None:
+        ckpt = find_latest_valid(run_dir)
+        if ckpt is None:
+            raise CheckpointError(f"{run_dir}: no valid checkpoint in this run folder")
+        return ckpt
+    for d in checkpoint_dirs(run_dir):
+        if _checkpoint_step(d) == step:
+            return d
+    raise CheckpointError(f"{run_dir}: no checkpoint for step {step}")
+
+
+def load_run(
+    run_dir: str | Path, *, step: int | None = None, device: str | torch.device = "cpu", ema: bool = True
+) -> LoadedRun:
+    """Rebuild a run's family from its config.json and load (EMA) weights of a checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"RUN_DIR: {run_dir} is not a limner run folder (no config.json)")
+    run_config = read_run_config(run_dir)
+    family = family_class(run_config["family"]["name"]).from_config(run_config["family"]["config"])
+    ckpt = _select_checkpoint(run_dir, step)
+    for name, module in family.modules().items():
+        suffix = "_ema" if ema and name in family.ema_names() else ""
+        load_module_weights(module, ckpt / f"{name}{suffix}.safetensors")
+        module.to(device).eval()
+    names = sorted(family.modules())
+    return LoadedRun(
+        family=family,
+        run_dir=run_dir,
+        run_config=run_config,
+        step=_checkpoint_step(ckpt),
+        checkpoint=ckpt,
+        model_hash=model_hash(ckpt, names),
+        run_id=run_config.get("run_id", run_dir.name),
+        device=torch.device(device),
+    )
+
+
+def resolve_seed(seed: int | None, num: int) -> int:
+    """A concrete first seed: None or -1 draws one at random (A1111 convention)."""
+    if seed is None or seed == -1:
+        return secrets.randbelow(2**32)
+    if seed < 0 or seed + num - 1 > MAX_SEED:
+        raise UsageError(f"--seed: must be -1 (random) or in 0..{MAX_SEED - num + 1}, got {seed}")
+    return seed
+
+
+def batch_requests(request: GenerationRequest, label: int | None) -> list[BatchRequest]:
+    """Split a request into forward batches of at most ``batch_size`` images (seed, seed+1, ...)."""
+    seed = resolve_seed(request.seed, request.num)
+    seeds = [seed + i for i in range(request.num)]
+    out = []
+    for a in range(0, request.num, request.batch_size):
+        chunk = seeds[a : a + request.batch_size]
+        out.append(
+            BatchRequest(
+                seeds=chunk,
+                prompts=[request.prompt or ""] * len(chunk) if request.prompt is not None else None,
+                negative=request.negative,
+                labels=[label] * len(chunk) if label is not None else None,
+                sampler=request.sampler,
+                steps=request.steps,
+                cfg=request.cfg,
+                truncation=request.truncation,
+            )
+        )
+    return out
+
+
+def generate(
+    request: GenerationRequest,
+    *,
+    loaded: LoadedRun | None = None,
+    device: str = "cpu",
+    callback: ProgressCallback | None = None,
+) -> list[GeneratedImage]:
+    """Generate ``request.num`` images, each with its full record."""
+    loaded = loaded or load_run(request.run, step=request.step, device=device)
+    label = _resolve_label(loaded, request.label)
+    out: list[GeneratedImage] = []
+    for breq in batch_requests(request, label):
+        result = loaded.family.generate(breq, callback=callback)
+        for i, seed in enumerate(result.seeds):
+            record = make_record(loaded, request, breq, seed, i, result.images.shape, label)
+            out.append(GeneratedImage(to_pil(result.images[i]), record))
+    return out
+
+
+def _resolve_label(loaded: LoadedRun, label: int | str | None) -> int | None:
+    if label is None:
+        return None
+    return loaded.family.encoder.label_index(label)
+
+
+def make_record(
+    loaded: LoadedRun, request: GenerationRequest, breq: BatchRequest, seed: int, index: int,
+    shape: torch.Size, label: int | None,
+) -> GenerationRecord:
+    """The record of one image: the request plus everything resolved for it."""
+    fam_cfg = loaded.family.config
+    return GenerationRecord(
+        prompt=request.prompt,
+        negative=request.negative,
+        label=label,
+        seed=seed,
+        sampler=breq.sampler or getattr(fam_cfg, "sampler", None),
+        steps=breq.steps or getattr(fam_cfg, "steps", None),
+        cfg=breq.cfg if breq.cfg is not None else getattr(fam_cfg, "cfg", None),
+        truncation=breq.truncation,
+        batch_seeds=list(breq.seeds),
+        index=index,
+        family=loaded.family.name,
+        run_id=loaded.run_id,
+        run_path=str(loaded.run_dir.resolve()),
+        step=loaded.step,
+        model_hash=loaded.model_hash,
+        width=int(shape[-1]),
+        height=int(shape[-2]),
+        device=str(loaded.device),
+        dtype="float32",
+        limner_version=__version__,
+        torch_version=torch.__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """uint8 [C, H, W] -> PIL (L or RGB)."""
+    arr = image.permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[..., 0], "L") if arr.shape[2] == 1 else Image.fromarray(arr, "RGB")
+
+
+def image_filename(record: GenerationRecord, n: int) -> str:
+    """A safe, unique-per-output file name: ``00003-1234.png`` (no prompt text in paths)."""
+    return f"{n:05d}-{record.seed}.png"
+
+
+def save_images(images: list[GeneratedImage], out_dir: str | Path) -> list[Path]:
+    """Write images with their records into ``out_dir`` (created), never overwriting files."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = len(list(out_dir.glob("*.png")))
+    paths = []
+    for k, g in enumerate(images):
+        n = start + k
+        path = out_dir / image_filename(g.record, n)
+        while path.exists():
+            n += 1
+            path = out_dir / image_filename(g.record, n)
+        paths.append(save_png(g.image, g.record, path))
+    return paths
+
+
+def regenerate(record: GenerationRecord, *, run: str | None = None, device: str = "cpu") -> GeneratedImage:
+    """Replay a record: the same forward batch (seeds) and settings, returning image ``index``."""
+    request = GenerationRequest(
+        run=run or record.run_path,
+        prompt=record.prompt,
+        negative=record.negative,
+        label=record.label,
+        seed=record.batch_seeds[0],
+        num=len(record.batch_seeds),
+        sampler=record.sampler,
+        steps=record.steps,
+        cfg=record.cfg,
+        truncation=record.truncation,
+        step=record.step,
+        batch_size=len(record.batch_seeds),
+    )
+    loaded = load_run(request.run, step=record.step, device=device)
+    if loaded.model_hash != record.model_hash:
+        raise CheckpointError(
+            f"run {request.run} step {record.step} has model hash {loaded.model_hash}, "
+            f"the record says {record.model_hash}: the weights changed"
+        )
+    images = generate(request, loaded=loaded)
+    return replace(images[record.index], record=replace(images[record.index].record, created=record.created))

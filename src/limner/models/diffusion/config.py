@@ -1,0 +1,106 @@
+"""Configuration of the pixel-space diffusion family and its named presets.
+
+A preset names a model size plus the training recipe that suits it, so ``--preset small``
+reproduces a run by name (EDM2 ``config_presets``, DiT's model registry). Everything resolved
+for a run (including the text vocabulary) is saved in the run's ``config.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from limner.errors import UsageError
+
+
+@dataclass
+class DiffusionConfig:
+    """Resolved configuration of a diffusion model (what ``config.json`` holds under "family").
+
+    Attributes:
+        preset: the preset it was built from (for display; the dicts below are authoritative).
+        resolution, channels: image size in pixels and channel count (1 or 3).
+        unet: ``UNetConfig`` as a dict.
+        encoder: ``EncoderConfig`` as a dict (condition kind, vocabulary, widths).
+        sigma_data, P_mean, P_std: EDM preconditioning and noise-level distribution.
+        sigma_min, sigma_max: the sampling range of noise levels.
+        cond_drop: probability of replacing a condition by the null condition in training
+            (classifier-free guidance, Ho & Salimans 2022).
+        sampler, steps, cfg, schedule: sampling defaults.
+    """
+
+    preset: str
+    resolution: int
+    channels: int
+    unet: dict[str, Any]
+    encoder: dict[str, Any]
+    sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    cond_drop: float = 0.1
+    sampler: str = "dpmpp_2m"
+    steps: int = 20
+    cfg: float = 2.0
+    schedule: str = "karras"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DiffusionConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown diffusion config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model size and the training recipe that goes with it.
+
+    Attributes:
+        unet: U-Net size preset name (``limner.models.diffusion.unet.UNET_PRESETS``).
+        text_dim, text_layers: width and depth of the jointly trained text encoder.
+        train: TrainConfig defaults for this size (the CLI overrides them).
+    """
+
+    unet: str
+    text_dim: int
+    text_layers: int
+    train: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        unet="tiny", text_dim=32, text_layers=1,
+        train=dict(batch_size=8, lr=1e-3, warmup_steps=5, steps=50, sample_every=0, save_every=25,
+                   ema_decay=0.99, log_every=5),
+        description="a few thousand parameters, for tests",
+    ),
+    "small": Preset(
+        unet="small", text_dim=128, text_layers=2,
+        train=dict(batch_size=32, lr=2e-3, warmup_steps=100, steps=1500, sample_every=250,
+                   save_every=250, ema_decay=0.995, log_every=10),
+        description="a few million parameters; trains on a laptop CPU at 32 px",
+    ),
+    "base": Preset(
+        unet="base", text_dim=256, text_layers=4,
+        train=dict(batch_size=128, lr=1e-3, warmup_steps=500, steps=50000, sample_every=2500,
+                   save_every=2500, ema_decay=0.9995, log_every=50),
+        description="for a GPU, 32-64 px",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Look up a diffusion preset by name."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(
+            f"--preset: unknown preset {name!r} for family diffusion (choose from {', '.join(PRESETS)})"
+        ) from None

@@ -1,0 +1,182 @@
+"""The pixel-space diffusion family: an EDM-preconditioned U-Net with an optional condition
+encoder (class label, jointly trained text encoder, or frozen MiniLM), trained with the EDM loss
+and sampled with any sampler in ``limner.samplers``, with classifier-free guidance and negative
+prompts.
+
+References: Karras et al. 2022 (EDM: preconditioning, loss, noise schedule, Heun sampler);
+Ho & Salimans 2022 (classifier-free guidance, condition dropout).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from limner.conditioning import CondKind, build_encoder, resolve_encoder_config
+from limner.conditioning.base import Conditioning
+from limner.conditioning.encoders import EncoderConfig
+from limner.data.batch import Batch
+from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
+from limner.models.diffusion.config import DiffusionConfig, get_preset
+from limner.models.diffusion.losses import EDMLoss
+from limner.models.diffusion.precond import EDMPrecond
+from limner.models.diffusion.unet import UNet, UNetConfig, unet_config
+from limner.samplers import CFGDenoiser, sample
+
+
+class DiffusionFamily:
+    """Family plug-in for pixel diffusion (see ``limner.models.base.Family``)."""
+
+    name: ClassVar[str] = "diffusion"
+
+    def __init__(self, config: DiffusionConfig):
+        self.config = config
+        encoder = build_encoder(EncoderConfig.from_dict(config.encoder))
+        backbone = UNet(UNetConfig.from_dict(config.unet))
+        self.model = EDMPrecond(backbone, encoder, sigma_data=config.sigma_data)
+        self.loss_fn = EDMLoss(config.P_mean, config.P_std, config.sigma_data)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def create(
+        cls,
+        preset: str,
+        data: DataInfo,
+        cond: CondKind | str,
+        *,
+        text_encoder: str = "trained",
+        overrides: dict[str, Any] | None = None,
+    ) -> "DiffusionFamily":
+        """A new model for ``data`` from a named preset; resolves everything saved in the config."""
+        p = get_preset(preset)
+        enc = resolve_encoder_config(
+            cond, data, text_encoder=text_encoder, dim=p.text_dim, layers=p.text_layers
+        )
+        unet = unet_config(
+            p.unet,
+            in_channels=data.channels,
+            out_channels=data.channels,
+            resolution=data.resolution,
+            cond_dim=0 if enc.kind == CondKind.none else enc.dim,
+            cross_attention=enc.kind == CondKind.text,
+        )
+        cfg = DiffusionConfig(
+            preset=preset,
+            resolution=data.resolution,
+            channels=data.channels,
+            unet=unet.to_dict(),
+            encoder=enc.to_dict(),
+            **(overrides or {}),
+        )
+        return cls(cfg)
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any]) -> "DiffusionFamily":
+        """Rebuild from the dict saved in a run's config.json."""
+        return cls(DiffusionConfig.from_dict(data))
+
+    @staticmethod
+    def train_defaults(preset: str) -> dict[str, Any]:
+        """TrainConfig defaults that go with a preset."""
+        return dict(get_preset(preset).train)
+
+    # ----------------------------------------------------------------- plug-in surface
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def ema_names(self) -> list[str]:
+        return ["model"]
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return {"model": OptimizerSpec(params=[p for p in self.model.parameters() if p.requires_grad])}
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    @property
+    def cond_kind(self) -> CondKind:
+        return self.model.encoder.kind
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    # ----------------------------------------------------------------- training
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        """One EDM step: per micro-batch, draw sigma and noise, denoise, weighted MSE, backward."""
+        total, n = 0.0, 0
+        for micro in ctx.micro_batches(batch):
+            device = micro.images.device
+            gen = ctx.generator()
+            inputs, drop = self._condition_inputs(micro, device, gen)
+            with ctx.autocast():
+                loss = self.loss_fn(ctx.net("model"), micro.images, inputs, drop, gen).mean()
+            ctx.backward(loss, "model")
+            total += float(loss.detach()) * len(micro)
+            n += len(micro)
+        ctx.optimizer_step("model")
+        return {"loss": total / n}
+
+    def _condition_inputs(self, micro: Batch, device: torch.device, gen: torch.Generator | None):
+        if self.cond_kind == CondKind.none:
+            return None, None
+        inputs = self.encoder.prepare(
+            captions=micro.captions, labels=micro.labels, batch_size=len(micro)
+        ).to(device)
+        drop = torch.rand(len(micro), device=device, generator=gen) < self.config.cond_drop
+        return inputs, drop
+
+    # ----------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(self, request, *, callback: ProgressCallback | None = None) -> GenerationOutput:
+        """Sample a batch: per-image seeded noise, condition (+ CFG/negative), chosen sampler."""
+        cfg = self.config
+        device = next(self.model.parameters()).device
+        B = len(request.seeds)
+        cond, uncond = self._encode_request(request, B, device)
+        scale = cfg.cfg if request.cfg is None else request.cfg
+        denoiser = self.model if uncond is None or scale == 1.0 else CFGDenoiser(self.model, uncond, scale)
+        gens = [torch.Generator().manual_seed(int(s)) for s in request.seeds]
+        shape = (cfg.channels, cfg.resolution, cfg.resolution)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            x = sample(
+                denoiser, noise, cond,
+                sampler=request.sampler or cfg.sampler,
+                steps=request.steps or cfg.steps,
+                sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, schedule=cfg.schedule,
+                generator=gens, callback=callback,
+            )
+        finally:
+            self.model.train(was_training)
+        return GenerationOutput(images=to_uint8(x), seeds=list(request.seeds))
+
+    def _encode_request(self, request, B: int, device: torch.device):
+        if self.cond_kind == CondKind.none:
+            return Conditioning.empty(B), None
+        labels = request.labels
+        if labels is not None:
+            labels = [self.encoder.label_index(lab) for lab in labels]
+        inputs = self.encoder.prepare(captions=request.prompts, labels=labels, batch_size=B)
+        cond = self.encoder(inputs.to(device))
+        if request.negative:
+            neg = self.encoder.prepare(captions=[request.negative] * B, batch_size=B)
+            uncond = self.encoder(neg.to(device))
+        else:
+            uncond = self.encoder.null(B, device=device)
+        return cond, uncond
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] float images -> uint8 [B, C, H, W] on the CPU."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()

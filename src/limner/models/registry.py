@@ -1,0 +1,25 @@
+"""The family registry: one line per family. The trainer, CLI and studio look families up here
+and never import a family module directly."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from limner.errors import UsageError
+
+FAMILIES: dict[str, str] = {
+    "diffusion": "limner.models.diffusion.family:DiffusionFamily",
+}
+
+
+def family_class(name: str) -> Any:
+    """The family class registered under ``name`` (``--family`` values)."""
+    try:
+        target = FAMILIES[name]
+    except KeyError:
+        raise UsageError(
+            f"--family: unknown family {name!r} (choose from {', '.join(sorted(FAMILIES))})"
+        ) from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,196 @@
+"""Plain library functions behind the CLI commands (and, later, the studio's jobs).
+
+``train`` goes from a data folder to a run folder; generation lives in
+``limner.generation.pipeline``. The CLI only parses options into these calls.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from limner import __version__
+from limner.conditioning import CondKind
+from limner.errors import DataError, UsageError
+from limner.models.base import DataInfo
+from limner.models.registry import family_class
+
+GRID_SIZE = 8
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``limner train`` accepts, already validated for type and range."""
+
+    data: Path
+    out: Path
+    family: str = "diffusion"
+    preset: str = "small"
+    resolution: int = 32
+    cond: str | None = None  # None = follow the data
+    text_encoder: str = "trained"
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "cpu"
+    progress: bool = True
+    cache_dir: Path | None = None
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides (steps, lr, ...)
+
+
+def default_cond(dataset) -> CondKind:
+    """Captions -> text, labels -> class, neither -> unconditional."""
+    if dataset.captions is not None and any(c.strip() for c in dataset.captions):
+        return CondKind.text
+    if dataset.labels is not None:
+        return CondKind.class_
+    return CondKind.none
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a usage error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device: cuda requested but no CUDA device is available (use --device cpu)")
+    return name
+
+
+def check_paths(opts: TrainOptions) -> None:
+    """Refuse bad data/output paths before anything is built."""
+    if not opts.data.exists():
+        raise UsageError(f"DATA: {opts.data} does not exist")
+    data_root = opts.data.resolve()
+    out = opts.out.resolve()
+    if out == data_root or (data_root.is_dir() and data_root in out.parents):
+        raise UsageError(f"--out: {opts.out} is inside the dataset {opts.data}; choose another folder")
+    if opts.resume:
+        if not (out / "config.json").is_file():
+            raise UsageError(f"--resume: {opts.out} is not a run folder (no config.json)")
+    elif out.exists() and any(out.iterdir()) and not opts.overwrite:
+        raise UsageError(
+            f"--out: {opts.out} is not empty; use --resume to continue that run or --overwrite"
+        )
+
+
+def sample_grid_requests(dataset, cond: CondKind, family) -> tuple[list, list[str]]:
+    """Fixed prompts/labels and seeds for the sample grids written during training."""
+    from limner.generation.request import BatchRequest
+
+    seeds = list(range(GRID_SIZE))
+    if cond == CondKind.text:
+        caps = sorted({c for c in dataset.captions if c.strip()})
+        picks = [caps[i * len(caps) // GRID_SIZE] for i in range(min(GRID_SIZE, len(caps)))]
+        return [BatchRequest(seeds=seeds[: len(picks)], prompts=picks)], picks
+    if cond == CondKind.class_:
+        names = dataset.class_names or [str(i) for i in range(_num_classes(dataset))]
+        k = min(GRID_SIZE, len(names))
+        labels = [i * len(names) // k for i in range(k)]
+        return [BatchRequest(seeds=seeds[:k], labels=labels)], [names[i] for i in labels]
+    return [BatchRequest(seeds=seeds)], [f"seed {s}" for s in seeds]
+
+
+def build_run_config(opts: TrainOptions, family, train_cfg, dataset) -> dict[str, Any]:
+    """The resolved run config written to ``config.json``."""
+    return {
+        "limner_version": __version__,
+        "run_id": uuid.uuid4().hex[:12],
+        "family": {"name": family.name, "config": family.config_dict()},
+        "data": {
+            "path": str(opts.data.resolve()),
+            "content_hash": dataset.content_hash,
+            "num_images": len(dataset),
+            "resolution": dataset.resolution,
+            "channels": dataset.channels,
+            "source_kind": dataset.source_kind,
+            "skipped": len(dataset.skipped),
+        },
+        "train": train_cfg.to_dict(),
+    }
+
+
+def train(opts: TrainOptions):
+    """Train (or resume) a run: data -> family -> Trainer.fit. Returns the trainer's result."""
+    from limner.data.dataset import load_dataset
+    from limner.training.callbacks import SampleGridCallback
+    from limner.training.checkpoint import read_run_config
+    from limner.training.config import TrainConfig
+    from limner.training.trainer import Trainer
+
+    check_paths(opts)
+    device = resolve_device(opts.device)
+    fam_cls = family_class(opts.family)
+    if opts.resume:
+        run_config = read_run_config(opts.out)
+        saved = run_config["train"]
+        train_cfg = TrainConfig.from_dict({**saved, **opts.train, "device": device})
+        family = fam_cls.from_config(run_config["family"]["config"])
+        data_cfg = run_config["data"]
+        dataset = load_dataset(
+            opts.data, data_cfg["resolution"], channels=data_cfg["channels"],
+            cache_dir=opts.cache_dir, progress=opts.progress,
+        )
+        if dataset.content_hash != data_cfg["content_hash"]:
+            raise UsageError(
+                f"DATA: {opts.data} differs from the data this run was trained on "
+                f"(content hash {dataset.content_hash[:12]} vs {data_cfg['content_hash'][:12]}); "
+                "resume with the same data or start a new run"
+            )
+        cond = family.cond_kind
+        run_config = {**run_config, "train": train_cfg.to_dict()}
+    else:
+        train_cfg = TrainConfig.from_dict(
+            {**fam_cls.train_defaults(opts.preset), **opts.train, "device": device}
+        )
+        train_cfg.validate()
+        dataset = load_dataset(opts.data, opts.resolution, cache_dir=opts.cache_dir, progress=opts.progress)
+        cond = CondKind(opts.cond) if opts.cond else default_cond(dataset)
+        info = DataInfo(
+            resolution=dataset.resolution,
+            channels=dataset.channels,
+            captions=dataset.captions,
+            num_classes=_num_classes(dataset),
+            class_names=dataset.class_names,
+        )
+        torch.manual_seed(train_cfg.seed)  # model init is part of the run's reproducibility
+        family = fam_cls.create(opts.preset, info, cond, text_encoder=opts.text_encoder)
+        run_config = build_run_config(opts, family, train_cfg, dataset)
+        if opts.overwrite and opts.out.exists():
+            _clear_run_dir(opts.out)
+    train_cfg.validate()
+    if dataset.skipped:
+        print(f"{len(dataset.skipped)} file(s) skipped while loading the data "
+              "(`limner data check` lists them)", file=sys.stderr)
+    callbacks = []
+    if train_cfg.sample_every:
+        requests, labels = sample_grid_requests(dataset, cond, family)
+        callbacks.append(SampleGridCallback(every=train_cfg.sample_every, requests=requests, labels=labels))
+    trainer = Trainer(
+        family, dataset, train_cfg, opts.out, run_config=run_config,
+        callbacks=callbacks, progress=opts.progress, resume=opts.resume,
+    )
+    return trainer.fit()
+
+
+def _num_classes(dataset) -> int | None:
+    """Class count from the names (a class whose files were all skipped still counts)."""
+    if dataset.labels is None:
+        return None
+    if dataset.class_names:
+        return len(dataset.class_names)
+    return int(dataset.labels.max()) + 1
+
+
+def _clear_run_dir(out: Path) -> None:
+    """--overwrite: remove a previous run's files (only the ones limner writes)."""
+    import shutil
+
+    for name in ("checkpoints", "samples", "tensorboard"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("config.json", "metrics.jsonl"):
+        (out / name).unlink(missing_ok=True)
