@@ -6,6 +6,7 @@ Each rank writes REPORT_DIR/rank<r>.json with its final weights digest and what 
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ import limner.training.trainer as trainer_module  # noqa: E402
 
 def main() -> int:
     run_dir, steps, resume, report_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", Path(sys.argv[4])
+    faulthandler.enable(all_threads=True)  # a native abort prints where Python was
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     writes: list[str] = []

@@ -15,7 +15,6 @@ import torch
 
 from limner.errors import CheckpointError, UsageError
 from limner.training import checkpoint as ck
-from limner.training.safe_load import safetensors_metadata
 from limner.training.checkpoint import (
     CheckpointWarning,
     checkpoint_dirs,
@@ -26,8 +25,9 @@ from limner.training.checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
+from limner.training.safe_load import safetensors_metadata
 
-from .toy_family import ToyDenoiser, ToyFamily, make_trainer
+from .toy_family import ToyDenoiser, make_trainer
 
 
 @pytest.fixture
@@ -185,8 +185,11 @@ def test_leftover_tmp_dirs_are_removed_on_next_start(trained):
     leftover = root / ".tmp-step_000016-99999"
     leftover.mkdir()
     (leftover / "model.safetensors").write_bytes(b"partial")
+    (root / ".latest.tmp-99999").write_text("step_0000")
+    (root / ".old-step_000002-99999").mkdir()
     make_trainer(run_dir, steps=16, resume=True)
-    assert not leftover.exists()
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000004", "step_000008",
+                                                      "step_000012"]
 
 
 def test_retention_keeps_the_newest(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from limner.errors import NonFiniteLossError, UsageError
 from limner.training import Callback, TrainingInterrupted
 from limner.training.callbacks import ProgressBar, SampleGridCallback
-from limner.training.checkpoint import checkpoint_dirs, find_latest_valid, load_module_weights
+from limner.training.checkpoint import checkpoint_dirs, find_latest_valid
 
 from .toy_family import ToyFamily, ToyGAN, assert_same, checkpoint_contents, make_trainer, toy_data
 
@@ -222,12 +222,13 @@ def test_signal_saves_at_the_current_step_and_resumes_exactly(tmp_path, signum, 
     straight.fit()
     trainer = make_trainer(tmp_path / "run", steps=10, save_every=100,
                            callbacks=[RaiseSignalAt(5, signum)])
+    handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as info:
         trainer.fit()
     assert info.value.signum == signum and info.value.exit_code == code
     assert info.value.step == 5 and info.value.checkpoint.name == "step_000005"
     assert find_latest_valid(tmp_path / "run").name == "step_000005"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
     resumed = make_trainer(tmp_path / "run", steps=10, save_every=100, resume=True)
     assert resumed.step == 5
     resumed.fit()

@@ -1,1 +1,24 @@
-"""limner.nn"""
+"""Shared network blocks: norms, embeddings, attention, residual blocks, resampling.
+
+Model files under ``limner.models`` build on these; nothing here knows about a model family.
+"""
+
+from limner.nn.attention import Attention2d, TokenContext, prepare_tokens
+from limner.nn.embeddings import FourierFeatures, NoiseEmbedding
+from limner.nn.norms import GroupNorm2d, group_norm_act, num_groups
+from limner.nn.resblocks import ResBlock2d
+from limner.nn.sampling import Downsample2d, Upsample2d
+
+__all__ = [
+    "Attention2d",
+    "Downsample2d",
+    "FourierFeatures",
+    "GroupNorm2d",
+    "NoiseEmbedding",
+    "ResBlock2d",
+    "TokenContext",
+    "Upsample2d",
+    "group_norm_act",
+    "num_groups",
+    "prepare_tokens",
+]

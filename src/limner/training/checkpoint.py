@@ -177,11 +177,13 @@ def apply_retention(run_dir: str | Path, keep_last: int, *, newest: Path) -> lis
 
 
 def remove_stale_tmp(run_dir: str | Path) -> list[Path]:
-    """Remove ``.tmp-*``/``.old-*`` leftovers of interrupted writes; returns what was removed."""
+    """Remove leftovers of interrupted writes (temp dirs, the pointer's temp file, directories
+    being replaced or deleted); returns what was removed."""
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    stale = [p for p in root.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    prefixes = (".tmp-", ".old-", f".{LATEST_FILE}.tmp-")
+    stale = [p for p in root.iterdir() if p.name.startswith(prefixes)]
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -48,8 +48,9 @@ class TrainStepContext:
         self.metrics = {}
         self.skipped = set()
         self._backwards = {}
-        self._micro_total = self.trainer.config.grad_accum
-        self._set_sync_all(self._micro_total == 1)
+        # Until micro_batches() says otherwise, one backward per step: gradients sync.
+        self._micro_total = 1
+        self._set_sync_all(True)
 
     # -- StepContext ---------------------------------------------------------------------------
 

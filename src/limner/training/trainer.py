@@ -12,6 +12,7 @@ process restart give bitwise-identical weights on CPU.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import re
 import time
@@ -313,8 +314,20 @@ class Trainer:
                 raise
             finally:
                 self._end_callbacks()
-                D.shutdown(self.dist)
+                self._shutdown()
         return TrainResult(self.step, dict(self.last_metrics), self.last_checkpoint, self.run_dir)
+
+    def _shutdown(self) -> None:
+        """Leave the process group together (a rank exiting early can abort its peers)."""
+        if not self.dist.owns_group:
+            return
+        if self.outcome in ("finished", "interrupted"):
+            D.barrier(self.dist)
+        # DDP reducers hold the group: release them before it shuts down.
+        self.nets = dict(self.modules)
+        self.ctx = TrainStepContext(self)
+        gc.collect()
+        D.shutdown(self.dist)
 
     def _end_callbacks(self) -> None:
         """``on_train_end`` for all; on failure a callback error must not hide the cause."""

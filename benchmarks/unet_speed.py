@@ -1,0 +1,310 @@
+"""Training and sampling speed of limner's U-Net against diffusers' UNet2DModel of the same shape.
+
+Shape (both models): 32x32x3 images, 4 levels of 32-64-128-128 channels, 2 residual blocks per
+level (3 in the decoder), self-attention at 8x8 and in the middle block, 128-wide noise embedding
+(limner's ``small`` preset; diffusers' DownBlock2D/AttnDownBlock2D/UpBlock2D/AttnUpBlock2D).
+
+Every measurement runs in its own subprocess, so peak RSS (``ru_maxrss``) belongs to one model,
+one precision and one mode; both kinds of worker import torch and diffusers, so their baselines
+match. Workers are interleaved over several rounds and the report gives medians, because the CPU
+may be shared. Training: batch 32, MSE against a fixed target, AdamW(lr=1e-4) with PyTorch's
+default settings, the same seeded tensors for both models; a step is forward + loss + zero_grad +
+backward + optimizer step. Sampling: batch 16, one network evaluation (NFE) under
+``torch.inference_mode()``. Warm-up iterations are not timed. bf16 rows wrap the forward pass
+(and loss) in ``torch.autocast("cpu", dtype=torch.bfloat16)`` for both models.
+
+Usage:
+    python benchmarks/unet_speed.py            # full run (a few minutes on 2 cores)
+    python benchmarks/unet_speed.py --quick    # smoke run
+    python benchmarks/unet_speed.py --compile  # adds torch.compile'd limner rows (slow to build)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any, Callable
+
+BATCH_TRAIN = 32
+BATCH_SAMPLE = 16
+RESOLUTION = 32
+CHANNELS = (32, 64, 128, 128)
+
+# model name → what it is. "diffusers" is the reference the ratios are taken against.
+MODELS = {
+    "limner": "limner UNet, preset 'small' (channels-last, fused ops)",
+    "limner-ref": "limner UNet, reference ops, NCHW (fast_ops=False, channels_last=False)",
+    "limner-compile": "limner UNet under torch.compile (inductor)",
+    "diffusers": "diffusers UNet2DModel, default (fp32 weights, NCHW)",
+    "diffusers-cl": "diffusers UNet2DModel, channels-last model and input",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker: one model, one precision, one mode
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(name: str) -> tuple[Any, Callable, Callable]:
+    """(module, forward(x, sigma), prepare_input(x)) for a model name."""
+    import torch
+    import diffusers  # noqa: F401  (imported by every worker so RSS baselines match)
+
+    if name.startswith("limner"):
+        from limner.models.diffusion.unet import UNet, unet_config
+
+        plain = name == "limner-ref"
+        net = UNet(unet_config("small", fast_ops=not plain, channels_last=not plain))
+        call = torch.compile(net) if name == "limner-compile" else net
+        return net, lambda x, sigma: call(x, sigma.log() / 4), lambda x: x
+    from diffusers import UNet2DModel
+
+    net = UNet2DModel(
+        sample_size=RESOLUTION, in_channels=3, out_channels=3, block_out_channels=CHANNELS,
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),  # 2nd = 8x8
+    )
+    if name == "diffusers-cl":
+        net = net.to(memory_format=torch.channels_last)
+        prep = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    else:
+        prep = lambda x: x  # noqa: E731
+    # DDPM timestep for the same noise level: 1000 steps spanning sigma in [0.002, 80] by log.
+    return net, lambda x, sigma: net(x, _timestep(sigma)).sample, prep
+
+
+def _timestep(sigma: Any) -> Any:
+    import math
+
+    lo, hi = math.log(0.002), math.log(80.0)
+    return ((sigma.log() - lo) / (hi - lo) * 999).clamp(0, 999)
+
+
+def _data(batch: int, seed: int) -> tuple[Any, Any, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, RESOLUTION, RESOLUTION, generator=g)
+    target = torch.randn(batch, 3, RESOLUTION, RESOLUTION, generator=g)
+    sigma = (torch.randn(batch, generator=g) * 1.2 - 1.2).exp()  # EDM's log-normal sigma
+    return x, target, sigma
+
+
+def _timed(fn: Callable[[], None], warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net, forward, prep = build_model(name)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    rss_before = _max_rss_mb()
+    t_first = time.perf_counter()
+    if mode == "train":
+        x, target, sigma = _data(BATCH_TRAIN, seed=1)
+        x, target = prep(x), prep(target)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+        def step() -> None:
+            with autocast():
+                loss = (forward(x, sigma).float() - target).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        net.train()
+        step()
+        first = time.perf_counter() - t_first
+        times = _timed(step, warmup - 1, iters)
+        per_item = BATCH_TRAIN
+    else:
+        x, _, sigma = _data(BATCH_SAMPLE, seed=2)
+        x = prep(x)
+        net.eval()
+
+        def nfe() -> None:
+            with torch.inference_mode(), autocast():
+                forward(x, sigma)
+
+        nfe()
+        first = time.perf_counter() - t_first
+        times = _timed(nfe, warmup - 1, iters)
+        per_item = BATCH_SAMPLE
+    return {
+        "model": name, "precision": precision, "mode": mode, "times": times, "batch": per_item,
+        "first_s": first, "rss_mb": _max_rss_mb(), "rss_before_mb": rss_before,
+        "params": sum(p.numel() for p in net.parameters()), "threads": torch.get_num_threads(),
+    }
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver: interleave workers over rounds, aggregate, print
+# ---------------------------------------------------------------------------------------------
+
+
+def spawn(name: str, precision: str, mode: str, args: argparse.Namespace) -> dict:
+    warmup, iters = (args.train_warmup, args.train_iters) if mode == "train" else (args.sample_warmup, args.sample_iters)
+    if name == "limner-compile":
+        warmup = max(warmup, 3)  # recompiles for the second call's grad mode settle by then
+    cmd = [sys.executable, __file__, "--worker", name, precision, mode,
+           "--warmup", str(warmup), "--iters", str(iters), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def collect(args: argparse.Namespace) -> list[dict]:
+    jobs = [(m, p, mode) for p in args.precisions for mode in ("train", "sample") for m in args.models]
+    results = []
+    for r in range(args.rounds):
+        order = jobs if r % 2 == 0 else [j for group in _reverse_models(jobs, args.models) for j in group]
+        for name, precision, mode in order:
+            res = spawn(name, precision, mode, args)
+            res["round"] = r
+            results.append(res)
+            print(f"  round {r + 1}/{args.rounds} {name:15s} {precision:5s} {mode:6s} "
+                  f"median {statistics.median(res['times']) * 1e3:7.1f} ms", file=sys.stderr, flush=True)
+    return results
+
+
+def _reverse_models(jobs: list[tuple], models: list[str]) -> list[list[tuple]]:
+    """Same jobs, models in reverse order inside each (precision, mode) group."""
+    groups = [jobs[i:i + len(models)] for i in range(0, len(jobs), len(models))]
+    return [list(reversed(g)) for g in groups]
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    rows = {}
+    for res in results:
+        key = (res["model"], res["precision"])
+        row = rows.setdefault(key, {"model": res["model"], "precision": res["precision"], "params": res["params"]})
+        step = statistics.median(res["times"])  # per worker, then median over rounds
+        best = min(res["times"])
+        row.setdefault(res["mode"], []).append((step, best, res["rss_mb"], res["first_s"]))
+    out = []
+    for row in rows.values():
+        for mode, batch in (("train", BATCH_TRAIN), ("sample", BATCH_SAMPLE)):
+            vals = row.pop(mode, [])
+            if not vals:
+                continue
+            med = statistics.median(v[0] for v in vals)
+            row[f"{mode}_s"] = med
+            row[f"{mode}_best_s"] = min(v[1] for v in vals)
+            row[f"{mode}_rss_mb"] = max(v[2] for v in vals)
+            row[f"{mode}_first_s"] = statistics.median(v[3] for v in vals)
+        row["train_img_s"] = BATCH_TRAIN / row["train_s"] if "train_s" in row else None
+        row["train_best_img_s"] = BATCH_TRAIN / row["train_best_s"] if "train_best_s" in row else None
+        out.append(row)
+    return out
+
+
+def print_table(rows: list[dict], machine: str) -> None:
+    ref = {r["precision"]: r for r in rows if r["model"] == "diffusers"}
+    print(f"\nmachine: {machine}")
+    print("train: batch 32, img/s (median; best in brackets); sample: batch 16, s per NFE; "
+          "RSS: peak resident set of the worker\n")
+    head = (f"{'model':15s} {'prec':5s} {'train img/s':>18s} {'x diff':>7s} {'s/NFE':>17s} "
+            f"{'x diff':>7s} {'RSS train':>10s} {'RSS sample':>10s} {'1st step s':>10s}")
+    print(head)
+    print("-" * len(head))
+    for r in sorted(rows, key=lambda r: (r["precision"], list(MODELS).index(r["model"]))):
+        d = ref.get(r["precision"], {})
+        train = f"{r['train_img_s']:6.1f} [{r['train_best_img_s']:6.1f}]" if r.get("train_img_s") else "-"
+        sample = f"{r['sample_s']:.4f} [{r['sample_best_s']:.4f}]" if "sample_s" in r else "-"
+        tr = r["train_img_s"] / d["train_img_s"] if r.get("train_img_s") and d.get("train_img_s") else None
+        sr = r["sample_s"] / d["sample_s"] if "sample_s" in r and "sample_s" in d else None
+        print(f"{r['model']:15s} {r['precision']:5s} {train:>18s} {_fmt(tr):>7s} {sample:>17s} {_fmt(sr):>7s} "
+              f"{r.get('train_rss_mb', 0):8.0f}MB {r.get('sample_rss_mb', 0):8.0f}MB {r.get('train_first_s', 0):10.1f}")
+    print("\nx diff: train img/s ratio (higher is better); s/NFE ratio (lower is better), "
+          "both against diffusers' default at the same precision.")
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def machine_description(threads: int) -> str:
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import diffusers
+
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads), "
+            f"diffusers {diffusers.__version__}, Python {platform.python_version()}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one round, few iterations (smoke run)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every worker")
+    p.add_argument("--models", nargs="+", default=["limner", "diffusers", "diffusers-cl"], choices=list(MODELS))
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="add limner-compile rows (compile time in '1st step s')")
+    p.add_argument("--ablation", action="store_true", help="add limner-ref rows (the unoptimised ops)")
+    p.add_argument("--train-iters", type=int, default=10)
+    p.add_argument("--train-warmup", type=int, default=3)
+    p.add_argument("--sample-iters", type=int, default=20)
+    p.add_argument("--sample-warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--json", help="also write the raw and summarised results here")
+    p.add_argument("--worker", nargs=3, metavar=("MODEL", "PRECISION", "MODE"), help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--iters", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.train_iters, args.train_warmup, args.sample_iters, args.sample_warmup = 1, 2, 1, 3, 1
+    if args.compile:
+        args.models.append("limner-compile")
+    if args.ablation:
+        args.models.append("limner-ref")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is None:
+        import torch
+
+        args.threads = torch.get_num_threads()
+    if args.worker:
+        print(json.dumps(run_worker(*args.worker, args.warmup, args.iters, args.threads)))
+        return
+    machine = machine_description(args.threads)
+    results = collect(args)
+    rows = summarize(results)
+    print_table(rows, machine)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "rows": rows, "raw": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

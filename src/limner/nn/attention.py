@@ -1,0 +1,117 @@
+"""Attention over feature-map pixels: self-attention and masked cross-attention to tokens.
+
+Self-attention at low resolutions in a convolutional U-Net follows Ho et al. (2020,
+https://arxiv.org/abs/2006.11239) and its multi-head form Dhariwal & Nichol (2021,
+https://arxiv.org/abs/2105.05233); cross-attention from pixels to condition tokens follows
+Rombach et al. (2022, latent diffusion, https://arxiv.org/abs/2112.10752). The output projections
+start at zero, so a new block is the identity (Dhariwal & Nichol).
+
+Projections of pixels are 1x1 convolutions: on channels-last tensors they are plain matrix
+products run by oneDNN, which on the CPU is faster than ``nn.Linear``, and they need no reshape.
+Attention itself is ``F.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from limner.nn.norms import GroupNorm2d
+
+__all__ = ["Attention2d", "TokenContext", "prepare_tokens"]
+
+
+class TokenContext(NamedTuple):
+    """Condition tokens prepared once per forward pass for every cross-attention block.
+
+    Attributes:
+        tokens: [B, T, D].
+        attn_mask: [B, 1, 1, T] bool (True = attend) or None when every token is real. Rows with
+            no real token attend to all their (padding) tokens so the softmax stays finite...
+        keep: [B, 1, 1, 1] float, 0 for those rows: ...and their cross-attention branch is
+            zeroed, so a sample without tokens is treated exactly as if no tokens were given.
+    """
+
+    tokens: Tensor
+    attn_mask: Tensor | None
+    keep: Tensor | None
+
+
+def prepare_tokens(tokens: Tensor, mask: Tensor | None) -> TokenContext:
+    """Build the masks for :class:`Attention2d` from tokens [B, T, D] and mask [B, T] (True = real)."""
+    if mask is None:
+        return TokenContext(tokens, None, None)
+    mask = mask.to(device=tokens.device, dtype=torch.bool)
+    has_any = mask.any(dim=1)  # [B]
+    attn_mask = (mask | ~has_any[:, None])[:, None, None, :]  # [B, 1, 1, T]
+    return TokenContext(tokens, attn_mask, has_any.to(tokens.dtype)[:, None, None, None])
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """[B, C, H, W] → [B, heads, H*W, C/heads] (a view when x is channels-last)."""
+    B, C, H, W = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, H * W, heads, C // heads).transpose(1, 2)
+
+
+def _merge_heads(o: Tensor, H: int, W: int) -> Tensor:
+    """[B, heads, H*W, d] → [B, heads*d, H, W] in channels-last memory."""
+    B, heads, T, d = o.shape
+    return o.transpose(1, 2).reshape(B, H, W, heads * d).permute(0, 3, 1, 2)
+
+
+class Attention2d(nn.Module):
+    """Multi-head self-attention over the H*W pixels, then optional cross-attention to tokens.
+
+    Args:
+        channels: C (a multiple of ``head_dim``).
+        head_dim: width of one head; heads = C / head_dim.
+        cross_dim: width D of the condition tokens, or 0 for no cross-attention.
+        max_groups: group-norm groups (see :class:`GroupNorm2d`).
+    """
+
+    def __init__(self, channels: int, head_dim: int = 32, cross_dim: int = 0, max_groups: int = 32) -> None:
+        super().__init__()
+        if channels % head_dim:
+            raise ValueError(f"channels ({channels}) must be a multiple of head_dim ({head_dim})")
+        self.heads = channels // head_dim
+        self.norm = GroupNorm2d(channels, max_groups, act=False)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+        self.cross_dim = cross_dim
+        if cross_dim:
+            self.cross_norm = GroupNorm2d(channels, max_groups, act=False)
+            self.cross_q = nn.Conv2d(channels, channels, 1)
+            self.cross_kv = nn.Linear(cross_dim, 2 * channels)
+            self.cross_proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, context: TokenContext | None = None) -> Tensor:
+        """x [B, C, H, W] → [B, C, H, W]; ``context`` is used only when built with cross_dim."""
+        x = x + self.proj(self._self_attention(self.norm(x)))
+        if self.cross_dim and context is not None:
+            h = self.cross_proj(self._cross_attention(self.cross_norm(x), context))
+            x = x + (h if context.keep is None else h * context.keep.to(h.dtype))
+        return x
+
+    def _self_attention(self, h: Tensor) -> Tensor:
+        B, C, H, W = h.shape
+        qkv = self.qkv(h).permute(0, 2, 3, 1).reshape(B, H * W, 3, self.heads, C // self.heads)  # B T 3 h d
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, d]
+        return _merge_heads(F.scaled_dot_product_attention(q, k, v), H, W)
+
+    def _cross_attention(self, h: Tensor, context: TokenContext) -> Tensor:
+        B, C, H, W = h.shape
+        q = _heads(self.cross_q(h), self.heads)  # [B, heads, H*W, d]
+        kv = self.cross_kv(context.tokens)  # [B, T, 2C]
+        T = kv.shape[1]
+        k, v = kv.view(B, T, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=context.attn_mask)
+        return _merge_heads(o, H, W)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
