@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from limner.cli.args import nonneg_int, positive_float, positive_int, seed_int
@@ -78,5 +79,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, cache_dir=args.cache_dir, train=overrides,
     )
     result = train(opts)
-    print(f"trained to step {result.step}; run folder: {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
+        print(f"trained to step {result.step}; run folder: {args.out}")
     return 0
