@@ -127,3 +127,28 @@ def test_unknown_label_on_text_run_is_a_clear_error(straight_run, tmp_path, caps
     code = main(["sample", str(straight_run), "--label", "cat", "--out", str(tmp_path / "o")])
     assert code in (1, 2)
     assert "label" in capsys.readouterr().err.lower()
+
+
+def test_ctrl_c_saves_and_resume_continues(tiny_data, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "LIMNER_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = train_args(tiny_data, run, 100000)
+    proc = subprocess.Popen([sys.executable, "-m", "limner", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    metrics = run / "metrics.jsonl"
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    stopped_at = int(latest.split("_")[-1])
+    assert stopped_at >= 2
+    limner(*train_args(tiny_data, run, stopped_at + 2), "--resume", cache=tmp_path / "cache")
+    assert (run / "checkpoints" / "latest").read_text().strip().endswith(str(stopped_at + 2))

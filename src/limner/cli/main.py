@@ -12,6 +12,7 @@ import sys
 
 from limner import __version__
 from limner.errors import LimnerError, UsageError
+from limner.training.signals import TrainingInterrupted
 
 EXIT_USAGE = 2
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as e:
+        print(f"limner {args.command}: {e}; continue with --resume", file=sys.stderr)
+        return 128 + (e.signum or 2)
     except UsageError as e:
         print(f"limner {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
