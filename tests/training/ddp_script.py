@@ -42,6 +42,7 @@ def main() -> int:
                            sample_every=3, sample_count=2, tensorboard=True, grad_accum=2)
     world = trainer.dist.world_size
     start = trainer.step
+    wrapper = type(trainer.nets["model"]).__name__  # the DDP wrappers are released by fit()
     result = trainer.fit()
     digest = hashlib.sha256()
     for key, value in sorted(fam.net.state_dict().items()):
@@ -51,7 +52,7 @@ def main() -> int:
     report = {"rank": rank, "world": world, "start": start, "step": result.step,
               "loss": result.metrics["loss"], "finite": math.isfinite(result.metrics["loss"]),
               "digest": digest.hexdigest(), "writes": writes, "seen": fam.seen,
-              "wrapper": type(trainer.nets["model"]).__name__}
+              "wrapper": wrapper}
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / f"rank{rank}.json").write_text(json.dumps(report))
     return 0

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TrainingInterrupted as e:
         print(f"limner {args.command}: {e}; continue with --resume", file=sys.stderr)
-        return 128 + (e.signum or 2)
+        return e.exit_code
     except UsageError as e:
         print(f"limner {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

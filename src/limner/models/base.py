@@ -61,7 +61,7 @@ class StepContext(Protocol):
         ...
 
     def optimizer_step(self, optimizer: str) -> None:
-        """Unscale, clip, step, zero grads and advance the LR schedule of one optimizer."""
+        """Clip, step, zero grads and advance the LR schedule of one optimizer."""
         ...
 
     def generator(self) -> torch.Generator | None:
@@ -90,7 +90,13 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 
 @runtime_checkable
 class Family(Protocol):
-    """A model family plug-in (diffusion, GAN, VAE, token transformer)."""
+    """A model family plug-in (diffusion, GAN, VAE, token transformer).
+
+    Besides these instance methods a family class provides three constructors the CLI uses:
+    ``create(preset, data: DataInfo, cond, *, text_encoder, overrides)`` for a new run,
+    ``from_config(dict)`` to rebuild from a run's config.json, and ``train_defaults(preset)``
+    for the TrainConfig values that go with a preset.
+    """
 
     name: ClassVar[str]
 
