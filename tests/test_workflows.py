@@ -1,0 +1,30 @@
+"""Library-level training workflow: bad files are skipped with their path and never stop a run;
+the condition follows the data."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from limner.workflows import TrainOptions, train
+
+
+def test_bad_files_are_skipped_with_their_path(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(data / f"ok{i}.png")
+        (data / f"ok{i}.txt").write_text(f"thing {i}")
+    (data / "empty.png").write_bytes(b"")
+    good = (data / "ok0.png").read_bytes()
+    (data / "cut.png").write_bytes(good[: len(good) // 2])
+    result = train(TrainOptions(
+        data=data, out=tmp_path / "run", preset="tiny", resolution=16, progress=False,
+        cache_dir=tmp_path / "cache",
+        train={"steps": 2, "batch_size": 4, "sample_every": 0, "save_every": 2},
+    ))
+    assert result.step == 2
+    err = capsys.readouterr().err
+    assert "2 of 8 files skipped" in err
+    assert "empty.png" in err and "cut.png" in err
