@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,21 +79,17 @@ def check_paths(opts: TrainOptions) -> None:
         )
 
 
-def sample_grid_requests(dataset, cond: CondKind, family) -> tuple[list, list[str]]:
-    """Fixed prompts/labels and seeds for the sample grids written during training."""
-    from limner.generation.request import BatchRequest
+def sample_grid_requests(dataset, cond: CondKind) -> tuple[list, list[str] | None]:
+    """Fixed prompts/labels and seeds for the grids written during training: only the inputs
+    the model is conditioned on, so the grid's captions never claim a prompt it ignores."""
+    from limner.training.callbacks import default_sample_requests
 
-    seeds = list(range(GRID_SIZE))
-    if cond == CondKind.text:
-        caps = sorted({c for c in dataset.captions if c.strip()})
-        picks = [caps[i * len(caps) // GRID_SIZE] for i in range(min(GRID_SIZE, len(caps)))]
-        return [BatchRequest(seeds=seeds[: len(picks)], prompts=picks)], picks
-    if cond == CondKind.class_:
-        names = dataset.class_names or [str(i) for i in range(_num_classes(dataset))]
-        k = min(GRID_SIZE, len(names))
-        labels = [i * len(names) // k for i in range(k)]
-        return [BatchRequest(seeds=seeds[:k], labels=labels)], [names[i] for i in labels]
-    return [BatchRequest(seeds=seeds)], [f"seed {s}" for s in seeds]
+    view = SimpleNamespace(
+        captions=dataset.captions if cond == CondKind.text else None,
+        labels=dataset.labels if cond == CondKind.class_ else None,
+        class_names=dataset.class_names,
+    )
+    return default_sample_requests(view, GRID_SIZE, seed=0)
 
 
 def build_run_config(opts: TrainOptions, family, train_cfg, dataset) -> dict[str, Any]:
@@ -166,7 +163,7 @@ def train(opts: TrainOptions):
     report_skipped(dataset)
     callbacks = []
     if train_cfg.sample_every:
-        requests, labels = sample_grid_requests(dataset, cond, family)
+        requests, labels = sample_grid_requests(dataset, cond)
         callbacks.append(SampleGridCallback(every=train_cfg.sample_every, requests=requests, labels=labels))
     trainer = Trainer(
         family, dataset, train_cfg, opts.out, run_config=run_config,

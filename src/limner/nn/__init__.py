@@ -3,7 +3,7 @@
 Model files under ``limner.models`` build on these; nothing here knows about a model family.
 """
 
-from limner.nn.attention import Attention2d, TokenContext, prepare_tokens
+from limner.nn.attention import Attention2d, TokenContext, attention, prepare_tokens
 from limner.nn.embeddings import FourierFeatures, NoiseEmbedding
 from limner.nn.norms import GroupNorm2d, group_norm_act, num_groups
 from limner.nn.resblocks import ResBlock2d
@@ -18,6 +18,7 @@ __all__ = [
     "ResBlock2d",
     "TokenContext",
     "Upsample2d",
+    "attention",
     "group_norm_act",
     "num_groups",
     "prepare_tokens",

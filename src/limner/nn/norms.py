@@ -38,29 +38,27 @@ def num_groups(channels: int, max_groups: int = 32) -> int:
 def _affine_coefficients(
     x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None, groups: int, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per-(sample, channel) ``a``, ``b`` with ``GroupNorm(x + shift) == x * a + b``.
+    """Per-(sample, channel) ``a``, ``b`` [B, C] with ``GroupNorm(x + shift) == x * a + b``.
 
-    Also returns what the backward pass needs: the channel means of ``x`` and ``d = shift - mu``
-    and ``rstd`` broadcast to [B, C]. All results are in float32 (float64 for float64 input).
+    Also returns what the backward pass needs: the channel means ``m1`` [B, C] of x,
+    ``d = shift - mu`` [B, G, C/G] (or [B, G, 1] without shift) and ``rstd`` [B, G, 1]. Statistics
+    are float32 (float64 for float64 input) whatever the input dtype.
     """
     B, C = x.shape[:2]
+    n = C // groups
     stat = torch.promote_types(x.dtype, torch.float32)
     m1 = x.mean((2, 3), dtype=stat)  # [B, C]; torch.var_mean is ~100x slower on channels-last
     m2 = (x * x).mean((2, 3), dtype=stat)
-    if shift is not None:
-        e = shift.to(stat)
-        m2 = m2 + e * (2 * m1 + e)  # E[(x + e)^2]
-        shifted = m1 + e
-    else:
-        shifted = m1
-    mu = shifted.view(B, groups, -1).mean(2, keepdim=True)  # [B, G, 1]
-    var = m2.view(B, groups, -1).mean(2, keepdim=True) - mu.square()
-    rstd = (var.clamp_min(0) + eps).rsqrt()
-    mu, rstd = mu.expand(B, groups, C // groups).reshape(B, C), rstd.expand(B, groups, C // groups).reshape(B, C)
-    a = rstd * weight.to(stat)
-    d = shifted - m1 - mu  # shift - mu
-    b = bias.to(stat) + d * a
-    return a, b, m1, d, rstd
+    e = None if shift is None else shift.to(stat)
+    if e is not None:
+        m2 = torch.addcmul(m2, e, 2 * m1 + e)  # E[(x + e)^2]
+    shifted = (m1 if e is None else m1 + e).view(B, groups, n)
+    mu = shifted.mean(2, keepdim=True)  # [B, G, 1]
+    rstd = (m2.view(B, groups, n).mean(2, keepdim=True) - mu * mu).clamp_min_(0).add_(eps).rsqrt_()
+    a = rstd * weight.to(stat).view(groups, n)  # [B, G, n]
+    d = -mu if e is None else e.view(B, groups, n) - mu
+    b = torch.addcmul(bias.to(stat).view(groups, n), d, a)
+    return a.view(B, C), b.view(B, C), m1, d, rstd
 
 
 def _apply_affine(x: Tensor, a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
@@ -82,7 +80,7 @@ def _forward(
 
 
 class _GroupNormAct(torch.autograd.Function):
-    """Autograd for :func:`group_norm_act`; saves x and [B, C] coefficients only."""
+    """Autograd for :func:`group_norm_act`; saves x and the small coefficient tensors only."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None,
@@ -99,34 +97,37 @@ class _GroupNormAct(torch.autograd.Function):
         gz = grad
         if ctx.act:  # recompute the pre-activation instead of having stored it
             gz = torch.ops.aten.silu_backward(grad, _apply_affine(x, a, b, ctx.out_dtype))
-        gx, gweight, gbias, gshift = _backward(x, gz, weight, a, m1, d, rstd, ctx.groups)
-        return gx, gweight, gbias, (gshift if ctx.has_shift else None), None, None, None, None
+        gx, gweight, gbias, gshift = _backward(x, gz, weight, a, m1, d, rstd, ctx.groups, ctx.has_shift)
+        return gx, gweight, gbias, gshift, None, None, None, None
 
 
 def _backward(
-    x: Tensor, gz: Tensor, weight: Tensor, a: Tensor, m1: Tensor, d: Tensor, rstd: Tensor, groups: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``z = GroupNorm(x + shift)`` given dL/dz, from per-channel sums.
+    x: Tensor, gz: Tensor, weight: Tensor, a: Tensor, m1: Tensor, d: Tensor, rstd: Tensor,
+    groups: int, with_shift: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Gradients of ``z = GroupNorm(x + shift)`` given g = dL/dz, from per-channel sums.
 
-    With S1 = sum_hw g and S2 = sum_hw g * x per (sample, channel) and N = elements per group,
-    dL/dx = a * g + p * x + q where p = -rstd^2 * B_g, q = -rstd * A_g + p * (shift - mu),
-    A_g = sum_group(gamma * S1) / N, B_g = sum_group(gamma * rstd * (S2 + d * S1)) / N.
+    With S1 = sum_hw g and S2 = sum_hw g * x per (sample, channel) and N elements per group,
+    dL/dx = a * g + p * x + q where p = -rstd^2 * B_g, q = p * (shift - mu) - rstd * A_g,
+    A_g = sum_group(gamma * S1) / N and B_g = sum_group(gamma * rstd * (S2 + d * S1)) / N;
+    dL/dshift = sum_hw dL/dx.
     """
     B, C, H, W = x.shape
-    stat = a.dtype
-    s1 = gz.sum((2, 3), dtype=stat)  # [B, C]
-    s2 = (gz * x).sum((2, 3), dtype=stat)
-    g_xhat = rstd * (s2 + d * s1)  # sum_hw g * xhat
-    gamma = weight.to(stat)
-    n = (C // groups) * H * W
-    mean_g = torch.stack([gamma * s1, gamma * g_xhat]).view(2, B, groups, -1).sum(3, keepdim=True) / n
-    mean_g = mean_g.expand(2, B, groups, C // groups).reshape(2, B, C)  # [2, B, C]: A_g, B_g
-    p = -rstd * rstd * mean_g[1]
-    q = p * d - rstd * mean_g[0]
-    gx = _apply_affine(x, p, q, x.dtype)
+    n, stat = C // groups, a.dtype
+    s1 = gz.sum((2, 3), dtype=stat).view(B, groups, n)
+    s2 = (gz * x).sum((2, 3), dtype=stat).view(B, groups, n)
+    g_xhat = torch.addcmul(s2, d, s1).mul_(rstd)  # [B, G, n]: sum_hw g * xhat
+    gamma = weight.to(stat).view(groups, n)
+    A = (gamma * s1).sum(2, keepdim=True)  # [B, G, 1], times N
+    p = (gamma * g_xhat).sum(2, keepdim=True).mul_(rstd * rstd / (-n * H * W))  # [B, G, 1]
+    q = torch.addcmul(p * d, rstd, A, value=-1.0 / (n * H * W))  # [B, G, n] or [B, G, 1]
+    p_c, q_c = p.expand(B, groups, n).reshape(B, C), q.expand(B, groups, n).reshape(B, C)
+    gx = _apply_affine(x, p_c, q_c, x.dtype)
     gx.addcmul_(gz, a[:, :, None, None].to(gx.dtype))
-    gshift = a * s1 + (p * m1 + q) * (H * W)
-    return gx, g_xhat.sum(0).to(weight.dtype), s1.sum(0).to(weight.dtype), gshift
+    gshift = None
+    if with_shift:  # sum_hw (a g + p x + q) per channel
+        gshift = torch.addcmul(q_c, p_c, m1).mul_(H * W).addcmul_(a, s1.view(B, C))
+    return gx, g_xhat.sum(0).view(C).to(weight.dtype), s1.sum(0).view(C).to(weight.dtype), gshift
 
 
 def group_norm_act(
