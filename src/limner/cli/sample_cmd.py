@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="sampler (default: the run's, dpmpp_2m)")
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
     p.add_argument("--cfg", type=nonneg_float, help="classifier-free guidance scale; 1 = none (default: the run's)")
+    p.add_argument("--truncation", type=nonneg_float, metavar="PSI",
+                   help="GAN truncation psi / VAE prior temperature (default: 1 = none)")
     p.add_argument("--seed", type=seed_int, default=-1, help="seed of the first image; image i uses seed+i; -1 = random")
     p.add_argument("--step", type=nonneg_int, help="checkpoint step (default: newest valid)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward batch (default: 16)")
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         request = GenerationRequest(
             run=str(args.run_dir), prompt=args.prompt, negative=args.negative, label=label,
             seed=args.seed, num=args.num, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
+            truncation=args.truncation,
             step=args.step, batch_size=args.batch_size,
         )
         images = generate(request, device=device)

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from limner.models.registry import FAMILIES
 from limner.cli.args import nonneg_int, positive_float, positive_int, seed_int
 
 DESCRIPTION = """\
@@ -37,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", metavar="DATA", type=Path, help="image folder, IDX file/folder or .npz")
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder to write")
-    p.add_argument("--family", default="diffusion", help="model family (default: diffusion)")
-    p.add_argument("--preset", default="small", help="model size and recipe: tiny, small, base (default: small)")
+    p.add_argument("--family", default="diffusion",
+                   help=f"model family: {', '.join(sorted(FAMILIES))} (default: diffusion)")
+    p.add_argument("--preset", default="small", help="model size and recipe: tiny, small, base; VAE also vq-tiny, vq-small, vq-base (default: small)")
     p.add_argument("--steps", type=positive_int, help="total optimisation steps (default: the preset's)")
     p.add_argument("--batch-size", type=positive_int, help="global batch size (default: the preset's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the preset's)")

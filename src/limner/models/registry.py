@@ -10,6 +10,7 @@ from limner.errors import UsageError
 
 FAMILIES: dict[str, str] = {
     "diffusion": "limner.models.diffusion.family:DiffusionFamily",
+    "vae": "limner.models.vae.family:VAEFamily",
 }
 
 

@@ -13,8 +13,9 @@ that map in the backward pass, so it keeps only its input. The optional ``shift`
 to the input before normalising, which lets a residual block add its noise-embedding projection
 (the ``h + emb`` of Ho et al.) without writing ``h + emb`` out.
 
-The fused path is first-order only (no double backward); pass ``fast=False`` for the reference
-implementation, which also serves as the test oracle.
+The fused path is for the CPU (on GPUs the native kernels are fast and one launch each) and is
+first-order only (no double backward); ``fast=False`` selects the reference implementation,
+which also serves as the test oracle.
 """
 
 from __future__ import annotations
@@ -149,14 +150,15 @@ def group_norm_act(
         shift: optional [B, C] added to every pixel of x before normalising.
         eps: added to the group variance.
         act: apply SiLU after the norm.
-        fast: use the fused kernel sequence (first-order autograd only); False = reference ops.
+        fast: on the CPU, use the fused kernel sequence (first-order autograd only); False, or a
+            non-CPU tensor, runs the reference ops (``F.group_norm`` and ``F.silu``).
     Returns [B, C, H, W] in x's memory format; under CPU/CUDA autocast its dtype is the
     autocast dtype (its consumer is a convolution that would cast it anyway).
     """
     out_dtype = x.dtype
     if torch.is_autocast_enabled(x.device.type):
         out_dtype = torch.get_autocast_dtype(x.device.type)
-    if not fast:
+    if not fast or x.device.type != "cpu":
         h = x if shift is None else x + shift[:, :, None, None].to(x.dtype)
         h = F.group_norm(h, groups, weight.to(h.dtype), bias.to(h.dtype), eps)
         return (F.silu(h) if act else h).to(out_dtype)
