@@ -28,3 +28,42 @@ def pytest_configure(config: pytest.Config) -> None:
 
         torch.set_num_threads(1)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "data" / "emoji-demo"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """12 captioned emoji copied from the bundled demo subset (imagefolder layout)."""
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    (root / "images").mkdir()
+    lines = (DEMO_DATA / "metadata.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines][::30][:12]
+    with open(root / "metadata.jsonl", "w") as f:
+        for row in rows:
+            shutil.copy(DEMO_DATA / row["file_name"], root / row["file_name"])
+            f.write(json.dumps({"file_name": row["file_name"], "text": row["text"]}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """Run ``python -m limner ARGS`` in a new process (as a user would); fails loudly."""
+    import os
+    import subprocess
+    import sys
+
+    def run(*args: str, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, "LIMNER_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "limner", *args], capture_output=True,
+                              text=True, env=env, timeout=300)
+        if check:
+            assert proc.returncode == 0, f"limner {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    return run

@@ -10,6 +10,7 @@ from limner.errors import UsageError
 
 FAMILIES: dict[str, str] = {
     "diffusion": "limner.models.diffusion.family:DiffusionFamily",
+    "gan": "limner.models.gan.family:GANFamily",
     "vae": "limner.models.vae.family:VAEFamily",
 }
 
