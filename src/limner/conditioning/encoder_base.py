@@ -9,7 +9,8 @@ the null (or a negative prompt) is the unconditional branch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import replace
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,8 +57,33 @@ class CondEncoder(nn.Module):
             inputs: from ``prepare``; moved to this encoder's device if needed.
             drop: [B] bool, or None for no dropout.
         """
-        cond = self.encode(inputs.to(self.device))
+        inputs = inputs.to(self.device)
+        if inputs.mix_with is not None:
+            cond = self.encode(replace(inputs, mix_with=None, mix_weight=None))
+            cond = cond.lerp(self.encode(inputs.mix_with), inputs.mix_weight)
+        else:
+            cond = self.encode(inputs)
         return cond if drop is None else self._apply_drop(cond, drop)
+
+    def prepare_request(self, request: Any, batch_size: int) -> CondInputs | None:
+        """Inputs for a generation request (``BatchRequest``): its prompts or labels (ids or
+        class names), blended with ``mix_prompts``/``mix_labels`` by ``mix_weights`` when the
+        request interpolates between two conditions. None for an unconditional encoder."""
+        if self.kind == CondKind.none:
+            return None
+        inputs = self._prepare_named(request.prompts, request.labels, batch_size)
+        mix_prompts = getattr(request, "mix_prompts", None)
+        mix_labels = getattr(request, "mix_labels", None)
+        if mix_prompts is None and mix_labels is None:
+            return inputs
+        other = self._prepare_named(mix_prompts, mix_labels, batch_size)
+        weight = torch.tensor(request.mix_weights, dtype=torch.float32)
+        return replace(inputs, mix_with=other, mix_weight=weight)
+
+    def _prepare_named(self, prompts, labels, batch_size: int) -> CondInputs:
+        if labels is not None:
+            labels = [self.label_index(lab) for lab in labels]
+        return self.prepare(captions=prompts, labels=labels, batch_size=batch_size)
 
     def label_index(self, label: int | str) -> int:
         """Class id of ``label`` (id or class name); only class encoders have labels."""

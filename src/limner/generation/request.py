@@ -58,6 +58,13 @@ class BatchRequest:
     steps: int | None = None
     cfg: float | None = None
     truncation: float | None = None
+    # Interpolation (``limner interpolate``): explicit unit-Gaussian starting latents
+    # [B, *family.noise_shape] instead of the seeds' draws, and a second condition blended in
+    # with weight mix_weights[i] for row i.
+    noise: Any = None
+    mix_prompts: list[str] | None = None
+    mix_labels: list[int] | None = None
+    mix_weights: list[float] | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ FAMILIES: dict[str, str] = {
     "diffusion": "limner.models.diffusion.family:DiffusionFamily",
     "gan": "limner.models.gan.family:GANFamily",
     "vae": "limner.models.vae.family:VAEFamily",
+    "latent-diffusion": "limner.models.latent_diffusion.family:LatentDiffusionFamily",
 }
 
 

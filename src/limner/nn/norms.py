@@ -162,8 +162,7 @@ def group_norm_act(
         h = x if shift is None else x + shift[:, :, None, None].to(x.dtype)
         h = F.group_norm(h, groups, weight.to(h.dtype), bias.to(h.dtype), eps)
         return (F.silu(h) if act else h).to(out_dtype)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
-                                    (shift is not None and shift.requires_grad)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, shift)):
         return _GroupNormAct.apply(x, weight, bias, shift, groups, eps, act, out_dtype)
     return _forward(x, weight, bias, shift, groups, eps, act, out_dtype)[0]
 

@@ -145,8 +145,7 @@ class DiffusionFamily:
         scale = cfg.cfg if request.cfg is None else request.cfg
         denoiser = self.model if uncond is None or scale == 1.0 else CFGDenoiser(self.model, uncond, scale)
         gens = [torch.Generator().manual_seed(int(s)) for s in request.seeds]
-        shape = (cfg.channels, cfg.resolution, cfg.resolution)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+        noise = self._initial_noise(request, gens).to(device)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -164,17 +163,23 @@ class DiffusionFamily:
     def _encode_request(self, request, B: int, device: torch.device):
         if self.cond_kind == CondKind.none:
             return Conditioning.empty(B), None
-        labels = request.labels
-        if labels is not None:
-            labels = [self.encoder.label_index(lab) for lab in labels]
-        inputs = self.encoder.prepare(captions=request.prompts, labels=labels, batch_size=B)
-        cond = self.encoder(inputs.to(device))
+        cond = self.encoder(self.encoder.prepare_request(request, B).to(device))
         if request.negative:
             neg = self.encoder.prepare(captions=[request.negative] * B, batch_size=B)
             uncond = self.encoder(neg.to(device))
         else:
             uncond = self.encoder.null(B, device=device)
         return cond, uncond
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one image's unit-Gaussian starting noise (what interpolation blends)."""
+        return (self.config.channels, self.config.resolution, self.config.resolution)
+
+    def _initial_noise(self, request, gens: list[torch.Generator]) -> Tensor:
+        """Row i from ``gens[i]`` (seeded with seeds[i]), unless the request brings its own."""
+        noise = torch.stack([torch.randn(self.noise_shape, generator=g) for g in gens])
+        return noise if getattr(request, "noise", None) is None else request.noise.to(noise.dtype)
 
 
 def to_uint8(x: Tensor) -> Tensor:

@@ -250,9 +250,9 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, noise_labels: Tensor, cond: Conditioning | None = None) -> Tensor:
         """Denoiser backbone output F(x, c_noise, cond); see the class docstring for shapes."""
-        B = x.shape[0]
+        self._check_inputs(x, noise_labels)
         if noise_labels.dim() == 0:
-            noise_labels = noise_labels.expand(B)
+            noise_labels = noise_labels.expand(x.shape[0])
         shifts = iter(self._shifts(noise_labels, cond))
         context = self._token_context(cond)
         if self.config.channels_last:
@@ -265,6 +265,14 @@ class UNet(nn.Module):
         for level in self.decoder:
             h = self._decoder_level(level, h, shifts, context, skips)
         return self.conv_out(self.norm_out(h)).contiguous()
+
+    def _check_inputs(self, x: Tensor, noise_labels: Tensor) -> None:
+        factor = 2 ** (len(self.config.channels) - 1)
+        if x.dim() != 4 or x.shape[1] != self.config.in_channels or x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"expected x [B, {self.config.in_channels}, H, W] with H and W divisible by "
+                             f"{factor}, got {tuple(x.shape)}")
+        if noise_labels.dim() > 1 or (noise_labels.dim() == 1 and noise_labels.shape[0] != x.shape[0]):
+            raise ValueError(f"expected noise_labels [B] or a scalar, got {tuple(noise_labels.shape)}")
 
     def _shifts(self, noise_labels: Tensor, cond: Conditioning | None) -> tuple[Tensor, ...]:
         """Noise (+ vector condition) embedding → one [B, C_out] shift per residual block."""

@@ -146,7 +146,9 @@ class GANFamily:
         request's condition, truncation psi = ``request.truncation`` (default 1)."""
         psi = _truncation(request.truncation)
         device = next(self.G.parameters()).device
-        z = torch.stack([_latent(self.G.config.z_dim, s) for s in request.seeds]).to(device)
+        z = request.noise if getattr(request, "noise", None) is not None else torch.stack(
+            [_latent(self.G.config.z_dim, s) for s in request.seeds])
+        z = z.to(device)
         inputs = self._request_inputs(request, len(request.seeds))
         was_training = self.G.training
         self.G.eval()
@@ -161,12 +163,12 @@ class GANFamily:
                                 extra={"truncation": psi})
 
     def _request_inputs(self, request, B: int) -> CondInputs | None:
-        if self.cond_kind == CondKind.none:
-            return None
-        labels = request.labels
-        if labels is not None:
-            labels = [self.encoder.label_index(lab) for lab in labels]
-        return self.encoder.prepare(captions=request.prompts, labels=labels, batch_size=B)
+        return self.encoder.prepare_request(request, B)
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one image's latent z (what interpolation blends)."""
+        return (self.G.config.z_dim,)
 
 
 def _latent(z_dim: int, seed: int) -> torch.Tensor:

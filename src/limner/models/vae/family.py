@@ -478,12 +478,31 @@ class VAEFamily:
         T = self.config.temperature if request.truncation is None else float(request.truncation)
         if not T >= 0:
             raise UsageError(f"--truncation (temperature) must be >= 0 for a VAE, got {T}")
-        z = self._prior_latents(request.seeds, T)
-        x = self.decode(z, prompts=request.prompts, labels=request.labels)
+        z = self._prior_latents(request.seeds, T) if getattr(request, "noise", None) is None \
+            else self._explicit_latents(request.noise, T)
+        if getattr(request, "mix_weights", None) is not None and self.cond_kind != CondKind.none:
+            with self._eval():  # interpolation between two conditions
+                inputs = self.encoder.prepare_request(request, len(z))
+                x = self.model.decode(z.to(self.device, torch.float32), inputs)
+        else:
+            x = self.decode(z, prompts=request.prompts, labels=request.labels)
         if callback is not None:
             callback({"i": 0, "steps": 1, "x": x, "denoised": x})
         extra = {"temperature": T, "prior": "unigram" if self.config.variant == "vq" else "normal"}
         return GenerationOutput(images=to_uint8(x), seeds=list(request.seeds), extra=extra)
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one image's Gaussian prior draw (KL variant; what interpolation blends)."""
+        if self.model.quantizer is not None:
+            raise UsageError("a VQ autoencoder has a categorical prior: there is no Gaussian "
+                             "latent to interpolate (train a KL VAE, or wait for the token prior)")
+        return tuple(self.latent_shape)
+
+    def _explicit_latents(self, noise: Tensor, T: float) -> Tensor:
+        """Unit-Gaussian latents given by the caller, at temperature T (KL only)."""
+        _ = self.noise_shape  # refuses VQ with a clear message
+        return noise.float() * T
 
     def _prior_latents(self, seeds: Sequence[int], T: float) -> Tensor:
         """[B, *latent_shape] draws from the prior, row i from ``Generator().manual_seed(seeds[i])``."""
