@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from limner.models.registry import FAMILIES
+from limner.models.registry import FAMILIES, family_class
 
 STEPS, STOP = 20, 13  # 12 images / batch 4 = 3 steps an epoch: 13 is mid-epoch
 
@@ -39,15 +39,24 @@ def checkpoint_tensors(run: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def straight(request, tiny_data, cli, tmp_path_factory) -> tuple[str, Path]:
+def straight(request, tiny_data, cli, tmp_path_factory) -> tuple[str, Path, list[str]]:
+    """A run of each family trained STEPS straight, plus the extra train arguments it needs.
+
+    A family that builds on another's run declares it (``required_runs``: option -> family);
+    that run is trained first, unconditioned, and passed as ``--option RUN``."""
     family = request.param
     tmp = tmp_path_factory.mktemp(f"straight-{family}")
-    cli(*train_args(family, tiny_data, tmp / "run", STEPS), cache=tmp / "cache")
-    return family, tmp / "run"
+    extra: list[str] = []
+    for option, base_family in getattr(family_class(family), "required_runs", {}).items():
+        base = tmp / f"base-{option}"
+        cli(*train_args(base_family, tiny_data, base, 4), "--cond", "none", cache=tmp / "cache")
+        extra += [f"--{option}", str(base)]
+    cli(*train_args(family, tiny_data, tmp / "run", STEPS), *extra, cache=tmp / "cache")
+    return family, tmp / "run", extra
 
 
 def test_trains_with_finite_loss_and_full_run_folder(straight):
-    family, run = straight
+    family, run, _ = straight
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["family"]["name"] == family and cfg["limner_version"]
     assert (run / "checkpoints" / "latest").read_text().strip().endswith(str(STEPS))
@@ -59,9 +68,9 @@ def test_trains_with_finite_loss_and_full_run_folder(straight):
 
 
 def test_resume_in_a_new_process_equals_continuing(straight, tiny_data, cli, tmp_path):
-    family, reference = straight
+    family, reference, extra = straight
     run = tmp_path / "run"
-    cli(*train_args(family, tiny_data, run, STOP), cache=tmp_path / "cache")
+    cli(*train_args(family, tiny_data, run, STOP), *extra, cache=tmp_path / "cache")
     cli(*train_args(family, tiny_data, run, STEPS), "--resume", cache=tmp_path / "cache")
     a, b = checkpoint_tensors(reference), checkpoint_tensors(run)
     assert a.keys() == b.keys()
@@ -70,7 +79,7 @@ def test_resume_in_a_new_process_equals_continuing(straight, tiny_data, cli, tmp
 
 
 def test_sampling_is_deterministic_recorded_and_replayable(straight, cli, tmp_path):
-    family, run = straight
+    family, run, _ = straight
     args = ["sample", str(run), "--prompt", "large red circle", "--num", "3", "--seed", "11", "--steps", "4"]
     cli(*args, "--out", str(tmp_path / "a"), cache=tmp_path / "cache")
     cli(*args, "--out", str(tmp_path / "b"), cache=tmp_path / "cache")
@@ -97,7 +106,7 @@ def test_interpolation_ends_at_its_two_endpoints(straight, tmp_path, cli):
     from limner.generation.pipeline import generate
     from limner.generation.request import GenerationRequest
 
-    family, run = straight
+    family, run, _ = straight
     frames = interpolate(run, (1, 2), 5, prompts=("large red circle", "green heart"), steps=4)
     assert len(frames) == 5
     ends = [generate(GenerationRequest(run=str(run), prompt=p, seed=s, num=1, steps=4))[0].image

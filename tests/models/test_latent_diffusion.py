@@ -242,3 +242,14 @@ def test_cli_refuses_vae_for_other_families(runs, tmp_path):
     code = main(["train", str(data), "--out", str(tmp_path / "x"), "--family", "diffusion",
                  "--vae", str(vae), "--no-progress"])
     assert code == 2
+
+
+def test_interpolation_starts_from_given_latent_noise(runs):
+    from limner.generation.interpolate import interpolate
+
+    _, _, ld = runs
+    fam = load_run(ld).family
+    assert fam.noise_shape == fam.latent_shape == (4, 8, 8)
+    frames = interpolate(ld, (1, 2), 3, prompts=("item 0", "item 1"), steps=2)
+    first = fam.generate(BatchRequest(seeds=[1], prompts=["item 0"], steps=2)).images[0]
+    assert np.abs(np.asarray(frames[0], np.int16) - first.permute(1, 2, 0).numpy()).max() <= 1

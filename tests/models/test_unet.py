@@ -77,6 +77,14 @@ def test_scalar_noise_label_broadcasts() -> None:
     assert torch.equal(net(x, torch.tensor(0.3)), net(x, torch.full((4,), 0.3)))
 
 
+def test_bad_inputs_are_rejected_with_shapes() -> None:
+    net = UNet(_config("none"))  # 2 levels: H and W must be even
+    with pytest.raises(ValueError, match="divisible by 2"):
+        net(torch.zeros(1, 3, 15, 16), torch.zeros(1))
+    with pytest.raises(ValueError, match="noise_labels"):
+        net(torch.zeros(2, 3, 16, 16), torch.zeros(3))
+
+
 def test_unknown_preset_lists_presets() -> None:
     with pytest.raises(ValueError, match="tiny.*small.*base"):
         unet_config("huge")

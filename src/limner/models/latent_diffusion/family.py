@@ -201,6 +201,11 @@ class LatentDiffusionFamily:
         """(C_z, h, w) of one image's latent."""
         return self.autoencoder.latent_shape
 
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one image's starting noise, in latent space (what interpolation blends)."""
+        return self.diffusion.noise_shape
+
     # ----------------------------------------------------------------- training
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         """Encode (cached), scale, then the pixel family's EDM step on the latents."""
@@ -245,7 +250,8 @@ class LatentDiffusionFamily:
                                 extra={"latent_shape": list(self.latent_shape)})
 
     def _sample_latents(self, request, callback: ProgressCallback | None) -> Tensor:
-        """Scaled latents [B, C_z, h, w]; image i's noise from ``Generator().manual_seed(seeds[i])``."""
+        """Scaled latents [B, C_z, h, w]; image i's noise from ``Generator().manual_seed(seeds[i])``
+        unless the request brings its own (interpolation)."""
         cfg = self.diffusion.config
         model = self.diffusion.model
         device = next(model.parameters()).device
@@ -254,7 +260,7 @@ class LatentDiffusionFamily:
         w = cfg.cfg if request.cfg is None else request.cfg
         denoiser = model if uncond is None or w == 1.0 else CFGDenoiser(model, uncond, w)
         gens = [torch.Generator().manual_seed(int(s)) for s in request.seeds]
-        noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in gens]).to(device)
+        noise = self.diffusion._initial_noise(request, gens).to(device)  # or request.noise
         was_training = model.training
         model.eval()
         try:
