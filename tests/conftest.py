@@ -43,7 +43,7 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-data")
     (root / "images").mkdir()
     lines = (DEMO_DATA / "metadata.jsonl").read_text().splitlines()
-    rows = [json.loads(line) for line in lines][::30][:12]
+    rows = [json.loads(line) for line in lines][::18][:12]
     with open(root / "metadata.jsonl", "w") as f:
         for row in rows:
             shutil.copy(DEMO_DATA / row["file_name"], root / row["file_name"])

@@ -7,7 +7,8 @@ prompt decides something visible (colour, expression, gesture, skin tone):
 - yellow "... face" smileys (single code points; animal, moon, sun, clock and person faces left out)
 - hearts of different colours and styles
 - coloured circles, squares, diamonds and triangles
-- hand gestures, each in its default yellow and in all five skin tones
+- hand gestures, each in its default yellow and in dark skin tone (one tone keeps the set small
+  enough to learn in minutes while the prompt still decides the colour)
 
 The selection is a pure function of metadata.jsonl (sorted, no randomness), so running this
 again reproduces the same files. Usage, from the repository root:
@@ -66,7 +67,7 @@ def select(rows: list[dict]) -> list[dict]:
         text, kind = row["text"], row["kind"]
         if kind == "single" and (is_smiley(text) or is_heart(text) or is_shape(text) or is_hand(text)):
             chosen.append(row)
-        elif kind == "skin tone" and is_hand(text):
+        elif kind == "skin tone" and is_hand(text) and text.endswith(", dark skin tone"):
             chosen.append(row)
     return chosen
 
