@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import positive_int
+from limner.cli.args import nonneg_float, positive_int
 
 DEMO_DATA = Path(__file__).resolve().parents[3] / "data" / "emoji-demo"
 DEMO_PROMPTS = ["large red circle", "large blue square", "green heart", "grinning face",
-                "thumbs up sign, dark skin tone"]
+                "thumbs up sign", "thumbs up sign, dark skin tone"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
     p.add_argument("--data", type=Path, default=DEMO_DATA, help="captioned image folder (default: the bundled subset)")
-    p.add_argument("--steps", type=positive_int, default=1200, help="training steps (default: 1200)")
+    p.add_argument("--steps", type=positive_int, default=900, help="training steps (default: 900)")
+    p.add_argument("--cfg", type=nonneg_float, default=3.5, help="guidance scale for the grid (default: 3.5)")
     p.add_argument("--prompt", action="append", dest="prompts", help="prompt for the grid (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.set_defaults(func=run)
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.out, device=device)
     images, labels = [], []
     for prompt in prompts:
-        for g in generate(GenerationRequest(run=str(args.out), prompt=prompt, seed=0, num=4), loaded=loaded):
+        for g in generate(GenerationRequest(run=str(args.out), prompt=prompt, seed=0, num=4, cfg=args.cfg), loaded=loaded):
             images.append(np.asarray(g.image.convert("RGB")).transpose(2, 0, 1))
             labels.append(f"{prompt} (seed {g.record.seed})")
     grid = save_grid(args.out / "demo-grid.png", torch.from_numpy(np.stack(images)), nrow=4, labels=labels)

@@ -158,7 +158,7 @@ def group_norm_act(
     out_dtype = x.dtype
     if torch.is_autocast_enabled(x.device.type):
         out_dtype = torch.get_autocast_dtype(x.device.type)
-    if not fast or x.device.type != "cpu":
+    if not fast or x.device.type != "cpu" or x.dtype in (torch.bfloat16, torch.float16):
         h = x if shift is None else x + shift[:, :, None, None].to(x.dtype)
         h = F.group_norm(h, groups, weight.to(h.dtype), bias.to(h.dtype), eps)
         return (F.silu(h) if act else h).to(out_dtype)
