@@ -39,8 +39,8 @@ CHANNELS = (32, 64, 128, 128)
 
 # model name → what it is. "diffusers" is the reference the ratios are taken against.
 MODELS = {
-    "limner": "limner UNet, preset 'small' (channels-last, fused ops)",
-    "limner-ref": "limner UNet, reference ops, NCHW (fast_ops=False, channels_last=False)",
+    "limner": "limner UNet, preset 'small', default settings",
+    "limner-ref": "limner UNet, reference ops, NCHW (fast_ops=False, memory_format='contiguous')",
     "limner-compile": "limner UNet under torch.compile (inductor)",
     "diffusers": "diffusers UNet2DModel, default (fp32 weights, NCHW)",
     "diffusers-cl": "diffusers UNet2DModel, channels-last model and input",
@@ -61,7 +61,7 @@ def build_model(name: str) -> tuple[Any, Callable, Callable]:
         from limner.models.diffusion.unet import UNet, unet_config
 
         plain = name == "limner-ref"
-        net = UNet(unet_config("small", fast_ops=not plain, channels_last=not plain))
+        net = UNet(unet_config("small", fast_ops=not plain, memory_format="contiguous" if plain else "auto"))
         call = torch.compile(net) if name == "limner-compile" else net
         return net, lambda x, sigma: call(x, sigma.log() / 4), lambda x: x
     from diffusers import UNet2DModel
@@ -232,26 +232,36 @@ def summarize(results: list[dict]) -> list[dict]:
 def print_table(rows: list[dict], machine: str) -> None:
     ref = {r["precision"]: r for r in rows if r["model"] == "diffusers"}
     print(f"\nmachine: {machine}")
-    print("train: batch 32, img/s (median; best in brackets); sample: batch 16, s per NFE; "
-          "RSS: peak resident set of the worker\n")
-    head = (f"{'model':15s} {'prec':5s} {'train img/s':>18s} {'x diff':>7s} {'s/NFE':>17s} "
-            f"{'x diff':>7s} {'RSS train':>10s} {'RSS sample':>10s} {'1st step s':>10s}")
+    print("train: batch 32, img/s; sample: batch 16, seconds per network evaluation (NFE); "
+          "median over rounds [best single iteration]; RSS: peak resident set of the worker\n")
+    head = (f"{'model':15s} {'prec':5s} {'train img/s':>15s} {'x diffusers':>13s} {'s/NFE':>15s} "
+            f"{'x diffusers':>13s} {'RSS train':>9s} {'RSS sample':>10s} {'1st step':>8s}")
     print(head)
     print("-" * len(head))
     for r in sorted(rows, key=lambda r: (r["precision"], list(MODELS).index(r["model"]))):
         d = ref.get(r["precision"], {})
-        train = f"{r['train_img_s']:6.1f} [{r['train_best_img_s']:6.1f}]" if r.get("train_img_s") else "-"
-        sample = f"{r['sample_s']:.4f} [{r['sample_best_s']:.4f}]" if "sample_s" in r else "-"
-        tr = r["train_img_s"] / d["train_img_s"] if r.get("train_img_s") and d.get("train_img_s") else None
-        sr = r["sample_s"] / d["sample_s"] if "sample_s" in r and "sample_s" in d else None
-        print(f"{r['model']:15s} {r['precision']:5s} {train:>18s} {_fmt(tr):>7s} {sample:>17s} {_fmt(sr):>7s} "
-              f"{r.get('train_rss_mb', 0):8.0f}MB {r.get('sample_rss_mb', 0):8.0f}MB {r.get('train_first_s', 0):10.1f}")
-    print("\nx diff: train img/s ratio (higher is better); s/NFE ratio (lower is better), "
-          "both against diffusers' default at the same precision.")
+        print(f"{r['model']:15s} {r['precision']:5s} {_pair(r, 'train', '{:6.1f}'):>15s} "
+              f"{_ratio(r, d, 'train'):>13s} {_pair(r, 'sample', '{:.4f}'):>15s} {_ratio(r, d, 'sample'):>13s} "
+              f"{r.get('train_rss_mb', 0):7.0f}MB {r.get('sample_rss_mb', 0):8.0f}MB {r.get('train_first_s', 0):7.1f}s")
+    print("\nx diffusers: limner's train img/s over diffusers' (higher is better) and s/NFE over "
+          "diffusers' (lower is better), against diffusers' default at the same precision.")
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
+def _pair(row: dict, mode: str, fmt: str) -> str:
+    if f"{mode}_s" not in row:
+        return "-"
+    if mode == "train":
+        return f"{fmt.format(row['train_img_s'])} [{fmt.format(row['train_best_img_s'])}]"
+    return f"{fmt.format(row['sample_s'])} [{fmt.format(row['sample_best_s'])}]"
+
+
+def _ratio(row: dict, ref: dict, mode: str) -> str:
+    if f"{mode}_s" not in row or f"{mode}_s" not in ref:
+        return "-"
+    med, best = ref[f"{mode}_s"] / row[f"{mode}_s"], ref[f"{mode}_best_s"] / row[f"{mode}_best_s"]
+    if mode == "sample":
+        med, best = 1 / med, 1 / best
+    return f"{med:.2f} [{best:.2f}]"
 
 
 def machine_description(threads: int) -> str:

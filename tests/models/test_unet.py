@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from limner.conditioning.base import Conditioning
 from limner.models.diffusion.unet import UNET_PRESETS, UNet, UNetConfig, unet_config
-from limner.nn import Upsample2d, group_norm_act
+from limner.nn import Upsample2d, attention, fused_group_norm_act, group_norm_act
 
 COND = 12  # condition width used by the conditioned configs
 
@@ -180,20 +180,19 @@ def test_bf16_autocast_forward_and_backward() -> None:
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
 
 
+FLAGS = [("contiguous", False), ("channels_last", False), ("contiguous", True), ("channels_last", True),
+         ("auto", True)]
+
+
 @pytest.mark.parametrize("kind", ["none", "tokens"])
 def test_fast_paths_match_reference(kind: str) -> None:
-    """channels_last / fast_ops change speed only: same outputs and gradients as plain ops."""
-    nets = {}
-    for flags in [(False, False), (True, False), (False, True), (True, True)]:
-        net = UNet(_config(kind, channels_last=flags[0], fast_ops=flags[1]))
-        nets[flags] = net
-    ref = _randomize(nets[(False, False)])
-    x, noise, cond = _inputs(ref.config, size=16, kind=kind)
+    """memory_format / fast_ops change speed only: same outputs and gradients as plain ops."""
+    nets = {flags: UNet(_config(kind, memory_format=flags[0], fast_ops=flags[1])) for flags in FLAGS}
+    ref = _randomize(nets[FLAGS[0]])
+    x, noise, cond = _inputs(ref.config, size=32, kind=kind)
     ref_out = ref(x, noise, cond)
     ref_out.square().mean().backward()
-    for flags, net in nets.items():
-        if flags == (False, False):
-            continue
+    for flags, net in list(nets.items())[1:]:
         net.load_state_dict(ref.state_dict())
         out = net(x, noise, cond)
         torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
@@ -222,23 +221,50 @@ def test_group_norm_act_matches_reference_in_float64(act: bool, groups: int, cha
     w, b, e = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
                for s in [(channels,), (channels,), (2, channels)])
 
-    def run(fast: bool):
-        y = group_norm_act(x, w, b, groups, e, act=act, fast=fast)
+    def run(fused: bool):
+        if fused:
+            y = fused_group_norm_act(x, w, b, groups, e, act=act)
+        else:
+            y = group_norm_act(x, w, b, groups, e, act=act, fast=False)
         return (y, *torch.autograd.grad(y, (x, w, b, e), torch.ones_like(y) + y.detach()))
 
     for got, want in zip(run(True), run(False)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_group_norm_act_bf16_input() -> None:
-    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_group_norm_act_bf16_input(fmt: torch.memory_format) -> None:
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=fmt) * 2 + 3
     w, b = torch.ones(16), torch.zeros(16)
-    got = group_norm_act(x.bfloat16(), w, b, 8)
-    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(got.float(), F.silu(F.group_norm(x, 8)), rtol=0.02, atol=0.02)
+    for got in (group_norm_act(x.bfloat16(), w, b, 8), fused_group_norm_act(x.bfloat16(), w, b, 8)):
+        assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(got.float(), F.silu(F.group_norm(x, 8)), rtol=0.02, atol=0.02)
 
 
-def test_subpixel_upsample_equals_nearest_then_conv() -> None:
+def test_low_precision_attention_matches_sdpa() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 16, generator=g) for _ in range(3))
+    mask = torch.rand(2, 1, 1, 7, generator=g) > 0.4
+    mask[..., 0] = True
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)  # the explicit CPU path
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.03, atol=0.03)
+
+
+def test_masked_tokens_get_no_weight_under_bf16_autocast() -> None:
+    net = _randomize(UNet(_config("tokens")))
+    x, noise, cond = _inputs(net.config, kind="tokens")
+    padded = cond.tokens.clone()
+    padded[~cond.mask] = 1e4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, noise, cond)
+        again = net(x, noise, Conditioning(vector=cond.vector, tokens=padded, mask=cond.mask))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
+
+
+def test_upsample_equals_nearest_then_conv() -> None:
     up = Upsample2d(6)
     x = torch.randn(2, 6, 4, 5).contiguous(memory_format=torch.channels_last)
     fast = up(x)

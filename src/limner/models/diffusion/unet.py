@@ -13,17 +13,18 @@ linear layer into the noise embedding (class or pooled-text conditioning); ``tok
 with ``mask`` [B, T] are cross-attended from every attention block (Rombach et al. 2022,
 https://arxiv.org/abs/2112.10752).
 
-Speed (see ``benchmarks/unet_speed.py``): activations run channels-last end to end, group norm
-and SiLU are one fused step that also adds the embedding shift (``limner.nn.norms``), the
+Speed (see ``benchmarks/unet_speed.py``): float32 activations run channels-last end to end,
+group norm and SiLU are one fused step that also adds the embedding shift on the large maps
+(``limner.nn.norms``), attention avoids the slow low-precision CPU kernels, the
 embedding projections of all blocks are one matrix product, and the decoder's upsampling
-convolutions use the equivalent sub-pixel form (``limner.nn.sampling``). ``channels_last`` and
-``fast_ops`` switch these off (the weights and results are the same).
+convolutions use the equivalent transposed-convolution form (``limner.nn.sampling``).
+``memory_format`` and ``fast_ops`` switch these off (the weights and results are the same).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,9 @@ from limner.nn import (
     prepare_tokens,
 )
 
-__all__ = ["UNET_PRESETS", "UNet", "UNetConfig", "unet_config"]
+__all__ = ["UNET_PRESETS", "MemoryFormat", "UNet", "UNetConfig", "unet_config"]
+
+MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,8 +71,11 @@ class UNetConfig:
             embedding. Set False for token-only conditioning (no unused parameters under DDP).
         mid_attention: self-attention between the two middle residual blocks.
         norm_groups: maximum group-norm groups (the largest divisor of the width up to this).
-        channels_last: run activations in channels-last memory (runtime only, not architecture).
-        fast_ops: fused norm and sub-pixel upsampling; False = reference ops (runtime only).
+        memory_format: activation layout (runtime only, not architecture): "channels_last",
+            "contiguous" (NCHW) or "auto" = channels-last, except NCHW under CPU bfloat16/float16
+            autocast, where PyTorch's NCHW group norm is much faster (see benchmarks/README.md).
+        fast_ops: the faster equivalent ops of ``limner.nn`` (fused group norm where it wins,
+            transposed-convolution upsampling); False = reference ops (runtime only).
     """
 
     in_channels: int = 3
@@ -86,7 +92,7 @@ class UNetConfig:
     vector_cond: bool = True
     mid_attention: bool = True
     norm_groups: int = 32
-    channels_last: bool = True
+    memory_format: MemoryFormat = "auto"
     fast_ops: bool = True
 
     def __post_init__(self) -> None:
@@ -103,6 +109,8 @@ class UNetConfig:
         if self.resolution % factor:
             raise ValueError(f"resolution {self.resolution} is not divisible by {factor} "
                              f"({len(self.channels)} levels)")
+        if self.memory_format not in get_args(MemoryFormat):
+            raise ValueError(f"memory_format must be one of {get_args(MemoryFormat)}, got {self.memory_format!r}")
         if self.cross_attention and self.cond_dim <= 0:
             raise ValueError("cross_attention needs cond_dim > 0 (the token width)")
         if self.cross_attention and not self.mid_attention and not self.attention_levels():
@@ -255,9 +263,7 @@ class UNet(nn.Module):
             noise_labels = noise_labels.expand(x.shape[0])
         shifts = iter(self._shifts(noise_labels, cond))
         context = self._token_context(cond)
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        h = self.conv_in(x)
+        h = self.conv_in(x.contiguous(memory_format=self._memory_format(x)))
         skips = [h]
         for level in self.encoder:
             h = self._encoder_level(level, h, shifts, context, skips)
@@ -265,6 +271,14 @@ class UNet(nn.Module):
         for level in self.decoder:
             h = self._decoder_level(level, h, shifts, context, skips)
         return self.conv_out(self.norm_out(h)).contiguous()
+
+    def _memory_format(self, x: Tensor) -> torch.memory_format:
+        choice = self.config.memory_format
+        if choice == "auto":
+            low_precision_cpu = (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                                 and torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16))
+            choice = "contiguous" if low_precision_cpu else "channels_last"
+        return torch.channels_last if choice == "channels_last" else torch.contiguous_format
 
     def _check_inputs(self, x: Tensor, noise_labels: Tensor) -> None:
         factor = 2 ** (len(self.config.channels) - 1)
