@@ -39,7 +39,7 @@ def test_fashion_mnist(shared_data):
 
 def test_bundled_demo_dataset():
     rows = [json.loads(line) for line in (DEMO / "metadata.jsonl").read_text().splitlines()]
-    assert 300 <= len(rows) <= 500 and all(r.keys() == {"file_name", "text"} for r in rows)
+    assert 200 <= len(rows) <= 500 and all(r.keys() == {"file_name", "text"} for r in rows)
     assert len({r["text"] for r in rows}) == len(rows)
     total = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
     assert total < 3 * 1024 * 1024

@@ -29,6 +29,9 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 __all__ = ["GroupNorm2d", "fused_group_norm_act", "group_norm_act", "num_groups", "prefers_fused"]
 
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 def num_groups(channels: int, max_groups: int = 32) -> int:
     """Largest group count <= ``max_groups`` that divides ``channels``."""
     for groups in range(min(max_groups, channels), 0, -1):
@@ -75,10 +78,29 @@ def _apply_affine(x: Tensor, a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Te
 def _forward(
     x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None,
     groups: int, eps: float, act: bool, out_dtype: torch.dtype,
-) -> tuple[Tensor, tuple[Tensor, ...]]:
+) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
+    """(output, the tensor the backward pass reads, coefficients for the backward pass)."""
+    if x.dtype in _LOW_PRECISION:
+        return _forward_native_stats(x, weight, bias, shift, groups, eps, act, out_dtype)
     a, b, m1, d, rstd = _affine_coefficients(x, weight, bias, shift, groups, eps)
     z = _apply_affine(x, a, b, out_dtype)
-    return (F.silu(z, inplace=True) if act else z), (a, b, m1, d, rstd)
+    return (F.silu(z, inplace=True) if act else z), x, (a, b, m1, d, rstd)
+
+
+def _forward_native_stats(
+    x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None,
+    groups: int, eps: float, act: bool, out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
+    """Low-precision x: the native forward kernel gives float32 statistics without a float32 copy
+    of x (which is what makes the reductions of :func:`_affine_coefficients` slow here)."""
+    B, C, H, W = x.shape
+    xe = x if shift is None else x + shift[:, :, None, None].to(x.dtype)
+    z, mu, rstd = torch.ops.aten.native_group_norm(xe, weight.float(), bias.float(), B, C, H * W, groups, eps)
+    mu, rstd = mu[:, :, None], rstd[:, :, None]  # [B, G, 1]
+    a = (rstd * weight.float().view(groups, -1)).view(B, C)
+    b = torch.addcmul(bias.float().view(groups, -1), -mu, a.view(B, groups, -1)).view(B, C)
+    y = F.silu(z, inplace=True) if act else z
+    return y.to(out_dtype), xe, (a, b, None, -mu, rstd)
 
 
 class _GroupNormAct(torch.autograd.Function):
@@ -87,8 +109,8 @@ class _GroupNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None,
                 groups: int, eps: float, act: bool, out_dtype: torch.dtype) -> Tensor:
-        y, coeffs = _forward(x, weight, bias, shift, groups, eps, act, out_dtype)
-        ctx.save_for_backward(x, weight, *coeffs)
+        y, saved, coeffs = _forward(x, weight, bias, shift, groups, eps, act, out_dtype)
+        ctx.save_for_backward(saved, weight, *coeffs)
         ctx.groups, ctx.act, ctx.has_shift, ctx.out_dtype = groups, act, shift is not None, out_dtype
         return y
 
@@ -104,7 +126,7 @@ class _GroupNormAct(torch.autograd.Function):
 
 
 def _backward(
-    x: Tensor, gz: Tensor, weight: Tensor, a: Tensor, m1: Tensor, d: Tensor, rstd: Tensor,
+    x: Tensor, gz: Tensor, weight: Tensor, a: Tensor, m1: Tensor | None, d: Tensor, rstd: Tensor,
     groups: int, with_shift: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Gradients of ``z = GroupNorm(x + shift)`` given g = dL/dz, from per-channel sums.
@@ -116,8 +138,8 @@ def _backward(
     """
     B, C, H, W = x.shape
     n, stat = C // groups, a.dtype
-    s1 = gz.sum((2, 3), dtype=stat).view(B, groups, n)
-    s2 = (gz * x).sum((2, 3), dtype=stat).view(B, groups, n)
+    s1 = _channel_sums(gz, stat).view(B, groups, n)
+    s2 = _channel_sums(gz * x, stat).view(B, groups, n)
     g_xhat = torch.addcmul(s2, d, s1).mul_(rstd)  # [B, G, n]: sum_hw g * xhat
     gamma = weight.to(stat).view(groups, n)
     A = (gamma * s1).sum(2, keepdim=True)  # [B, G, 1], times N
@@ -127,9 +149,19 @@ def _backward(
     gx = _apply_affine(x, p_c, q_c, x.dtype)
     gx.addcmul_(gz, a[:, :, None, None].to(gx.dtype))
     gshift = None
-    if with_shift:  # sum_hw (a g + p x + q) per channel
+    if with_shift and m1 is None:  # x already includes the shift: dL/dshift = sum_hw dL/dx
+        gshift = _channel_sums(gx, stat)
+    elif with_shift:  # sum_hw (a g + p x + q) per channel
         gshift = torch.addcmul(q_c, p_c, m1).mul_(H * W).addcmul_(a, s1.view(B, C))
     return gx, g_xhat.sum(0).view(C).to(weight.dtype), s1.sum(0).view(C).to(weight.dtype), gshift
+
+
+def _channel_sums(t: Tensor, stat: torch.dtype) -> Tensor:
+    """[B, C, H, W] → [B, C] sums in ``stat``. Low-precision tensors are summed with float32
+    accumulation and one rounding (asking for a float32 result makes a float32 copy first)."""
+    if t.dtype in _LOW_PRECISION:
+        return t.sum((2, 3)).to(stat)
+    return t.sum((2, 3), dtype=stat)
 
 
 def group_norm_act(
