@@ -51,10 +51,13 @@ def prepare_tokens(tokens: Tensor, mask: Tensor | None) -> TokenContext:
     return TokenContext(tokens, attn_mask, has_any.to(tokens.dtype)[:, None, None, None])
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, fast: bool = True) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v for q [B, h, Tq, d], k, v [B, h, Tk, d], bool mask
-    broadcastable to [B, h, Tq, Tk] (True = attend; every row needs one True)."""
-    if q.device.type != "cpu" or q.dtype == torch.float32 or q.dtype == torch.float64:
+    broadcastable to [B, h, Tq, Tk] (True = attend; every row needs one True).
+
+    ``fast`` uses explicit matrix products for bfloat16/float16 on the CPU; otherwise, and
+    with ``fast=False``, ``F.scaled_dot_product_attention``."""
+    if not fast or q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # [B, h, Tq, Tk]
     if mask is not None:
@@ -89,6 +92,7 @@ class Attention2d(nn.Module):
         if channels % head_dim:
             raise ValueError(f"channels ({channels}) must be a multiple of head_dim ({head_dim})")
         self.heads = channels // head_dim
+        self.fast = True  # False = F.scaled_dot_product_attention everywhere; runtime only
         self.norm = GroupNorm2d(channels, max_groups, act=False)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
@@ -111,7 +115,7 @@ class Attention2d(nn.Module):
         B, C, H, W = h.shape
         qkv = self.qkv(h).permute(0, 2, 3, 1).reshape(B, H * W, 3, self.heads, C // self.heads)  # B T 3 h d
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, d]
-        return _merge_heads(attention(q, k, v), H, W)
+        return _merge_heads(attention(q, k, v, fast=self.fast), H, W)
 
     def _cross_attention(self, h: Tensor, context: TokenContext) -> Tensor:
         B, C, H, W = h.shape
@@ -119,7 +123,7 @@ class Attention2d(nn.Module):
         kv = self.cross_kv(context.tokens)  # [B, T, 2C]
         T = kv.shape[1]
         k, v = kv.view(B, T, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        o = attention(q, k.to(q.dtype), v.to(q.dtype), context.attn_mask)
+        o = attention(q, k.to(q.dtype), v.to(q.dtype), context.attn_mask, self.fast)
         return _merge_heads(o, H, W)
 
 

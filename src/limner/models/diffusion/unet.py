@@ -75,7 +75,8 @@ class UNetConfig:
             "contiguous" (NCHW) or "auto" = channels-last, except NCHW under CPU bfloat16/float16
             autocast, where PyTorch's NCHW group norm is much faster (see benchmarks/README.md).
         fast_ops: the faster equivalent ops of ``limner.nn`` (fused group norm where it wins,
-            transposed-convolution upsampling); False = reference ops (runtime only).
+            transposed-convolution upsampling, explicit low-precision attention on the CPU);
+            False = reference ops (runtime only).
     """
 
     in_channels: int = 3
@@ -208,7 +209,7 @@ class UNet(nn.Module):
         self._shift_widths = [b.conv2.out_channels for b in self._res_blocks()]
         self.shift_proj = nn.Linear(emb, sum(self._shift_widths))  # every block's shift at once
         for module in self.modules():
-            if isinstance(module, (GroupNorm2d, Upsample2d)):
+            if isinstance(module, (GroupNorm2d, Upsample2d, Attention2d)):
                 module.fast = c.fast_ops
 
     # -- construction ------------------------------------------------------------------------
