@@ -180,8 +180,10 @@ def spawn(name: str, precision: str, mode: str, args: argparse.Namespace) -> dic
         warmup = max(warmup, 3)  # recompiles for the second call's grad mode settle by then
     cmd = [sys.executable, __file__, "--worker", name, precision, mode,
            "--warmup", str(warmup), "--iters", str(iters), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {name} {precision} {mode} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def collect(args: argparse.Namespace) -> list[dict]:
@@ -190,7 +192,11 @@ def collect(args: argparse.Namespace) -> list[dict]:
     for r in range(args.rounds):
         order = jobs if r % 2 == 0 else [j for group in _reverse_models(jobs, args.models) for j in group]
         for name, precision, mode in order:
-            res = spawn(name, precision, mode, args)
+            try:
+                res = spawn(name, precision, mode, args)
+            except RuntimeError as err:  # a killed worker costs one measurement, not the run
+                print(err, file=sys.stderr, flush=True)
+                continue
             res["round"] = r
             results.append(res)
             print(f"  round {r + 1}/{args.rounds} {name:15s} {precision:5s} {mode:6s} "

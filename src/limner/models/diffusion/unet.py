@@ -13,12 +13,13 @@ linear layer into the noise embedding (class or pooled-text conditioning); ``tok
 with ``mask`` [B, T] are cross-attended from every attention block (Rombach et al. 2022,
 https://arxiv.org/abs/2112.10752).
 
-Speed (see ``benchmarks/unet_speed.py``): float32 activations run channels-last end to end,
-group norm and SiLU are one fused step that also adds the embedding shift on the large maps
-(``limner.nn.norms``), attention avoids the slow low-precision CPU kernels, the
-embedding projections of all blocks are one matrix product, and the decoder's upsampling
-convolutions use the equivalent transposed-convolution form (``limner.nn.sampling``).
-``memory_format`` and ``fast_ops`` switch these off (the weights and results are the same).
+Speed (see ``benchmarks/README.md``): activations run channels-last in float32 and NCHW under
+CPU bfloat16 autocast (whichever layout PyTorch's CPU kernels are faster in); group norm, SiLU
+and the embedding shift are one fused step where that wins (``limner.nn.norms``); attention
+avoids the slow low-precision CPU kernels; the embedding shifts of all blocks are one matrix
+product; the decoder's upsampling convolutions use the equivalent transposed-convolution form
+(``limner.nn.sampling``). ``memory_format`` and ``fast_ops`` switch these off; the weights and
+results are the same.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ class UNetConfig:
 
 # Sizes. in/out channels, resolution and conditioning are set by the caller.
 UNET_PRESETS: dict[str, dict[str, Any]] = {
-    # Tests: 73k parameters (unconditional), attention at every level of a 16 or 32 px image.
+    # Tests: 73k parameters (unconditional); attention at 16x16 and 8x8, so at every level of a
+    # 16 px image and at the lower level (and middle) of a 32 px one.
     "tiny": dict(channels=(16, 16), num_res_blocks=1, attn_resolutions=(8, 16), head_dim=8,
                  norm_groups=8),
     # CPU demo at 32 px (6.3M parameters): the shape benchmarked against diffusers' UNet2DModel.
