@@ -43,6 +43,11 @@ class TrainOptions:
     cache_dir: Path | None = None
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides (steps, lr, ...)
     family_options: dict[str, Any] = field(default_factory=dict)  # extra create() args (vae=...)
+    eval_every: int = 0  # in-training evaluation every K steps (0 = off)
+    eval_num: int = 500
+    eval_metric: str = "fid"
+    extractor: str | None = None
+    inception: Path | None = None
 
 
 def default_cond(dataset) -> CondKind:
@@ -167,11 +172,28 @@ def train(opts: TrainOptions):
     if train_cfg.sample_every:
         requests, labels = sample_grid_requests(dataset, cond)
         callbacks.append(SampleGridCallback(every=train_cfg.sample_every, requests=requests, labels=labels))
+    if opts.eval_every:
+        callbacks.append(eval_callback(opts, train_cfg, dataset))
     trainer = Trainer(
         family, dataset, train_cfg, opts.out, run_config=run_config,
         callbacks=callbacks, progress=opts.progress, resume=opts.resume,
     )
     return trainer.fit()
+
+
+def eval_callback(opts: TrainOptions, train_cfg, dataset):
+    """The in-training evaluation; it runs at checkpoints, so K must be a multiple of save_every."""
+    from limner.evaluation.callback import EvalCallback
+    from limner.evaluation.evaluate import EvalOptions
+
+    if train_cfg.save_every and opts.eval_every % train_cfg.save_every:
+        raise UsageError(f"--eval-every: {opts.eval_every} is not a multiple of --save-every "
+                         f"({train_cfg.save_every}); evaluation runs at checkpoints")
+    if opts.extractor == "inception" and opts.inception is None:
+        raise UsageError("--inception: --extractor inception needs the weights file")
+    eval_opts = EvalOptions(num=opts.eval_num, seed=train_cfg.seed, kid_subset_size=min(1000, opts.eval_num))
+    return EvalCallback(dataset, opts.eval_every, eval_opts, metric=opts.eval_metric, extractor=opts.extractor,
+                        inception=str(opts.inception) if opts.inception else None, cache_dir=opts.cache_dir)
 
 
 def report_skipped(dataset, shown: int = 5) -> None:

@@ -19,7 +19,7 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     from limner.cli import (
-        data_cmd, demo_cmd, info_cmd, interpolate_cmd, reconstruct_cmd, sample_cmd, train_cmd,
+        data_cmd, demo_cmd, eval_cmd, info_cmd, interpolate_cmd, reconstruct_cmd, sample_cmd, train_cmd,
     )
     from limner.cli.args import Parser
 
@@ -29,14 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"limner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
-    for module in (train_cmd, sample_cmd, interpolate_cmd, reconstruct_cmd, info_cmd, data_cmd, demo_cmd):
+    for module in (train_cmd, sample_cmd, interpolate_cmd, reconstruct_cmd, eval_cmd, info_cmd, data_cmd, demo_cmd):
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from limner.cli.eval_cmd import rewrite_argv
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(rewrite_argv(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args) or 0)
     except TrainingInterrupted as e:

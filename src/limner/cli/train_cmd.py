@@ -63,6 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: ~/.cache/limner)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = p.add_argument_group("evaluation during training (see limner eval --help)")
+    e.add_argument("--eval-every", type=nonneg_int, default=0, metavar="K",
+                   help="score samples every K steps, at checkpoints (a multiple of --save-every); 0 = never")
+    e.add_argument("--eval-num", type=positive_int, default=500, metavar="N", help="samples per evaluation (default: 500)")
+    e.add_argument("--eval-metric", default="fid", choices=["fid", "kid", "precision", "recall", "density", "coverage"],
+                   help="metric that picks checkpoints/best (default: fid)")
+    e.add_argument("--extractor", metavar="NAME|DIR", help="extractor folder or 'inception' (default: trained on DATA once)")
+    e.add_argument("--inception", type=Path, metavar="PATH", help="FID Inception-v3 weights file")
     p.set_defaults(func=run)
 
 
@@ -87,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume, overwrite=args.overwrite, device=args.device,
         progress=not args.no_progress, cache_dir=args.cache_dir, train=overrides,
         family_options={"vae": args.vae} if args.vae is not None else {},
+        eval_every=args.eval_every, eval_num=args.eval_num, eval_metric=args.eval_metric,
+        extractor=args.extractor, inception=args.inception,
     )
     result = train(opts)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks

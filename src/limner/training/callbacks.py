@@ -125,7 +125,8 @@ class TensorBoardLogger(Callback):
             return
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and key != "time":
-                self.writer.add_scalar(f"train/{key}", value, step)
+                # evaluation metrics ("eval/fid") keep their own group
+                self.writer.add_scalar(key if key.startswith("eval/") else f"train/{key}", value, step)
 
     def add_image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
         """Log an RGB uint8 [H, W, 3] image."""
