@@ -73,6 +73,7 @@ class EvalCallback(Callback):
         evaluation = score_samples(samples, self.dataset, self.extractor, self.opts, cache_dir=self.cache_dir)
         step = trainer.step
         evaluation.result["source"] = {"run": str(trainer.run_dir), "step": step, "sampling": self.opts.sampling()}
+        (trainer.run_dir / "eval").mkdir(exist_ok=True)
         write_json_atomic(trainer.run_dir / "eval" / f"step_{step:06d}.json", evaluation.result)
         metrics = {f"eval/{k}": v for k, v in evaluation.result["metrics"].items()}
         _log(trainer, step, metrics)

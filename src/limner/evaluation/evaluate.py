@@ -148,7 +148,7 @@ def score_samples(samples: EvalSamples, dataset: ImageDataset, extractor: Featur
     images = _match_channels(samples.images, dataset.channels)
     feats, logits = extractor.features_and_logits(images)
     values = _distribution_metrics(feats, logits, ref, opts)
-    mem = memorization(feats, ref.features, gen_pixels=pixel_vectors(images), train_pixels=ref.pixels,
+    mem = memorization(feats, ref.features, gen_pixels=pixel_vectors(images, layout="nchw").astype(np.float32), train_pixels=ref.pixels,
                        threshold=opts.near_copy_threshold, seed=opts.seed)
     values["near_copy_share"] = float(mem.near_copy_share_feature)
     values["near_copy_share_pixel"] = float(mem.near_copy_share_pixel)

@@ -93,7 +93,7 @@ def _compute(dataset: ImageDataset, extractor: FeatureExtractor, key: str, max_f
     n = len(dataset)
     indices = np.sort(rng.choice(n, size=max_features, replace=False)) if n > max_features else np.arange(n)
     return ReferenceStats(mu=mu, sigma=sigma, features=features[indices], indices=indices.astype(np.int64),
-                          pixels=pixel_vectors(dataset.images[indices]).astype(np.float32), count=n, key=key,
+                          pixels=pixel_vectors(dataset.images[indices], layout="nhwc").astype(np.float32), count=n, key=key,
                           extractor_id=extractor.extractor_id, dataset_hash=dataset.content_hash)
 
 
