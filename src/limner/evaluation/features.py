@@ -26,7 +26,8 @@ def as_nchw_uint8(images: np.ndarray | Tensor) -> Tensor:
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 [N, H, W, C] images, got {images.dtype} {images.shape}")
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        # a copy: dataset arrays may be read-only memory maps, which torch refuses to wrap
+        return torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2)
     if images.ndim != 4 or images.dtype != torch.uint8:
         raise ValueError(f"expected uint8 [N, C, H, W] images, got {images.dtype} {tuple(images.shape)}")
     return images.cpu()
