@@ -211,6 +211,15 @@ def test_eval_during_training_logs_metrics_and_keeps_best(tiny_data, emoji_extra
     assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")] == ["step_000006"]
     from limner.training.checkpoint import verify_checkpoint
     verify_checkpoint(best_dir)
+    from limner.generation.pngmeta import read_record
+    assert main(["sample", str(run), "--step", "best", "--prompt", "green heart", "--steps", "2", "--seed", "1",
+                 "--num", "1", "--out", str(tmp_path / "s")]) == 0
+    png = next((tmp_path / "s").glob("*.png"))
+    assert read_record(png).step == best["step"]
+    assert main(["sample", "--from-image", str(png), "--out", str(tmp_path / "again")]) == 0  # found via best/
+    again = next((tmp_path / "again").glob("*.png"))
+    from PIL import Image
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(again)))
 
 
 def test_eval_every_must_be_a_multiple_of_save_every(tiny_data, tmp_path):

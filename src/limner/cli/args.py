@@ -74,3 +74,8 @@ def nonneg_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
     return value
+
+
+def checkpoint_step(text: str) -> int | str:
+    """A checkpoint step (int >= 0) or "best" (the checkpoint kept by evaluation during training)."""
+    return "best" if text == "best" else nonneg_int(text)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import nonneg_float, positive_int, seed_int
+from limner.cli.args import checkpoint_step, nonneg_float, positive_int, seed_int
 
 DESCRIPTION = """\
 Sample N images from a run (or take a folder of images from anywhere with --images) and score them
@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=nonneg_float, help="guidance scale (default: the run's)")
     p.add_argument("--truncation", type=nonneg_float, metavar="PSI", help="GAN truncation / VAE temperature")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the first sample (default: 0)")
-    p.add_argument("--step", type=positive_int, help="checkpoint step (default: newest valid)")
+    p.add_argument("--step", type=checkpoint_step, metavar="STEP|best",
+                   help="checkpoint step, or 'best' (kept by --eval-every) (default: newest valid)")
     p.add_argument("--resolution", type=positive_int, help="with --images: side to compare at (default: the images')")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch (default: 64)")
     p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default: 1000)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import nonneg_float, nonneg_int, positive_int, seed_int
+from limner.cli.args import checkpoint_step, nonneg_float, nonneg_int, positive_int, seed_int
 
 DESCRIPTION = """\
 Generate images from a trained run folder. Every PNG carries its generation record (prompt,
@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truncation", type=nonneg_float, metavar="PSI",
                    help="GAN truncation psi / VAE prior temperature (default: 1 = none)")
     p.add_argument("--seed", type=seed_int, default=-1, help="seed of the first image; image i uses seed+i; -1 = random")
-    p.add_argument("--step", type=nonneg_int, help="checkpoint step (default: newest valid)")
+    p.add_argument("--step", type=checkpoint_step, metavar="STEP|best",
+                   help="checkpoint step, or 'best' (kept by --eval-every) (default: newest valid)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward batch (default: 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.add_argument("--grid", action="store_true", help="also write grid.png with all images")

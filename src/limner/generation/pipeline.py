@@ -54,26 +54,46 @@ class GeneratedImage:
 
 
 def _checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder holds (from its manifest; ``best`` is named by no step)."""
+    from limner.training.checkpoint import read_manifest
+
     m = re.search(r"(\d+)$", path.name)
-    if m is None:
-        raise CheckpointError(f"{path}: not a checkpoint directory (expected step_NNNNNN)")
-    return int(m.group(1))
+    if m is not None:
+        return int(m.group(1))
+    try:
+        return int(read_manifest(path)["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: not a checkpoint directory (expected step_NNNNNN)") from None
 
 
-def _select_checkpoint(run_dir: Path, step: int | None) -> Path:
+def _best_dir(run_dir: Path) -> Path | None:
+    path = run_dir / "checkpoints" / "best"
+    return path if (path / "manifest.json").is_file() else None
+
+
+def _select_checkpoint(run_dir: Path, step: int | str | None) -> Path:
+    """Newest valid checkpoint (None), ``best`` (kept by evaluation during training), or a step;
+    a step that retention deleted is still found when it is the best one."""
     if step is None:
         ckpt = find_latest_valid(run_dir)
         if ckpt is None:
             raise CheckpointError(f"{run_dir}: no valid checkpoint in this run folder")
         return ckpt
+    best = _best_dir(run_dir)
+    if step == "best":
+        if best is None:
+            raise CheckpointError(f"{run_dir}: no best checkpoint (train with --eval-every to keep one)")
+        return best
     for d in checkpoint_dirs(run_dir):
         if _checkpoint_step(d) == step:
             return d
+    if best is not None and _checkpoint_step(best) == step:
+        return best
     raise CheckpointError(f"{run_dir}: no checkpoint for step {step}")
 
 
 def load_run(
-    run_dir: str | Path, *, step: int | None = None, device: str | torch.device = "cpu", ema: bool = True
+    run_dir: str | Path, *, step: int | str | None = None, device: str | torch.device = "cpu", ema: bool = True
 ) -> LoadedRun:
     """Rebuild a run's family from its config.json and load (EMA) weights of a checkpoint."""
     run_dir = Path(run_dir)

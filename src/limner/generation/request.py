@@ -42,7 +42,7 @@ class GenerationRequest:
     steps: int | None = None
     cfg: float | None = None
     truncation: float | None = None
-    step: int | None = None
+    step: int | str | None = None  # a step, "best", or None = newest
     batch_size: int = 16
 
 
