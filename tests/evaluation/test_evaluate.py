@@ -230,3 +230,18 @@ def test_eval_every_must_be_a_multiple_of_save_every(tiny_data, tmp_path):
         train(TrainOptions(data=tiny_data, out=tmp_path / "run", preset="tiny", resolution=16, progress=False,
                            cache_dir=tmp_path / "cache", eval_every=3,
                            train={"steps": 6, "batch_size": 4, "sample_every": 0, "save_every": 2}))
+
+
+def test_text_runs_get_text_alignment_from_a_clip_extractor(tiny_run, tiny_data, tmp_path):
+    from limner.evaluation.alignment import train_clip
+
+    data = load_dataset(tiny_data, 16, progress=False, cache_dir=tmp_path / "cache")
+    clip = train_clip(data, tmp_path / "clip", steps=4, batch_size=8, progress=False)
+    out = tmp_path / "eval"
+    assert main(["eval", str(tiny_run), "--data", str(tiny_data), "--num", "8", "--steps", "2",
+                 "--extractor", str(clip), "--kid-subset-size", "8", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    align = result["text_alignment"]
+    assert align["num_images"] == 8 and 0 <= align["retrieval_top1"] <= 1
+    assert result["metrics"]["clip_score"] == pytest.approx(align["clip_score"])
+    assert result["extractor"]["id"].startswith("limner-clip-v1-")
