@@ -28,3 +28,35 @@ def test_bad_files_are_skipped_with_their_path(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 of 8 files skipped" in err
     assert "empty.png" in err and "cut.png" in err
+
+
+def test_extra_callbacks_reach_the_trainer(tmp_path):
+    from limner.training.callbacks import Callback
+
+    class StopAfterTwo(Callback):
+        seen: list[int] = []
+
+        def on_step_end(self, trainer, step, metrics):
+            self.seen.append(step)
+            if step == 2:
+                trainer.request_stop()
+
+    from limner.training.signals import TrainingInterrupted
+    import pytest
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(TrainOptions(
+            data=_tiny_folder(tmp_path), out=tmp_path / "run", preset="tiny", resolution=16, progress=False,
+            cache_dir=tmp_path / "cache", callbacks=[StopAfterTwo()],
+            train={"steps": 10, "batch_size": 4, "sample_every": 0, "save_every": 0},
+        ))
+    assert StopAfterTwo.seen == [1, 2] and info.value.step == 2
+
+
+def _tiny_folder(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"im{i}.png")
+    return data

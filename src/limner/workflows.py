@@ -48,6 +48,7 @@ class TrainOptions:
     eval_metric: str = "fid"
     extractor: str | None = None
     inception: Path | None = None
+    callbacks: list[Any] = field(default_factory=list)  # extra trainer callbacks (e.g. a time budget)
 
 
 def default_cond(dataset) -> CondKind:
@@ -174,6 +175,7 @@ def train(opts: TrainOptions):
         callbacks.append(SampleGridCallback(every=train_cfg.sample_every, requests=requests, labels=labels))
     if opts.eval_every:
         callbacks.append(eval_callback(opts, train_cfg, dataset))
+    callbacks.extend(opts.callbacks)
     trainer = Trainer(
         family, dataset, train_cfg, opts.out, run_config=run_config,
         callbacks=callbacks, progress=opts.progress, resume=opts.resume,
