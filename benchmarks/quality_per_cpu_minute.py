@@ -205,36 +205,6 @@ def budget_callback(budget: CpuBudget, progress: Progress):
     return StopWhenSpent()
 
 
-def with_extra_callbacks(*extra: Any):
-    """Make ``limner.workflows.train`` build its Trainer with ``extra`` callbacks appended.
-
-    ``workflows.train`` takes no callbacks argument; it imports ``Trainer`` from
-    ``limner.training.trainer`` when called, so the module attribute is swapped for the call.
-    """
-    import contextlib
-
-    import limner.training.trainer as trainer_module
-    import limner.workflows
-
-    if hasattr(limner.workflows, "Trainer"):
-        raise RuntimeError("limner.workflows now binds Trainer at import: pass the budget callback another way")
-    base = trainer_module.Trainer
-
-    class TrainerWithBudget(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, callbacks: Any = (), **kwargs: Any):
-            super().__init__(*args, callbacks=[*callbacks, *extra], **kwargs)
-
-    @contextlib.contextmanager
-    def swapped() -> Iterator[None]:
-        trainer_module.Trainer = TrainerWithBudget
-        try:
-            yield
-        finally:
-            trainer_module.Trainer = base
-
-    return swapped()
-
-
 def run_limner(args: argparse.Namespace, work: Path) -> dict:
     """Train with limner's workflow until the budget is spent, then sample with its defaults."""
     import torch
@@ -250,12 +220,12 @@ def run_limner(args: argparse.Namespace, work: Path) -> dict:
                         train={"steps": 10**9, "sample_every": 0})  # no preview grids: the peers draw none
     budget = CpuBudget(args.budget_cpu_s)
     progress = Progress("limner", budget)
-    with with_extra_callbacks(budget_callback(budget, progress)):
-        try:
-            train(opts)
-            raise RuntimeError("limner trained 10**9 steps without spending the budget")
-        except TrainingInterrupted as stop:
-            steps = stop.step
+    opts.callbacks.append(budget_callback(budget, progress))
+    try:
+        train(opts)
+        raise RuntimeError("limner trained 10**9 steps without spending the budget")
+    except TrainingInterrupted as stop:
+        steps = stop.step
     train_cpu, train_wall = budget.spent(), budget.wall()
     loaded = load_run(run_dir)  # the checkpoint written at the stop, EMA weights
     family, data = loaded.family, load_images(args.data)
