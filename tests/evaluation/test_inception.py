@@ -92,6 +92,11 @@ def test_features_deterministic_and_batch_independent(extractor):
     b = extractor.features(images, batch_size=1)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(a, extractor.features(images, batch_size=3))
+    extractor.max_batch = 2                      # chunked inside one call: same numbers
+    try:
+        np.testing.assert_allclose(extractor.features(images, batch_size=3), b, rtol=1e-4, atol=1e-5)
+    finally:
+        extractor.max_batch = 64
 
 
 def test_grayscale_repeated_to_rgb(extractor):

@@ -74,12 +74,13 @@ def fashion_extractor(fashion, tmp_path_factory) -> Path:
 def test_fashion_classifier_learns(fashion, fashion_extractor):
     meta, _ = read_extractor_dir(fashion_extractor)
     train = meta["train"]
-    # measured: 0.70 validation accuracy after 150 steps of 32 (chance 0.10)
+    # measured: 0.695 validation accuracy (200 held-out rows) and 0.62 on rows 2000-2999 after
+    # 150 steps of 32 (chance 0.10); the full default run reaches 0.888
     assert train["val_accuracy"] > 0.6 and train["val_images"] == 200
     ext = load_extractor(fashion_extractor)
     unseen = fashion.images[2000:3000]
     accuracy = (ext.logits(unseen).argmax(1) == fashion.labels[2000:3000]).mean()
-    assert accuracy > 0.6
+    assert accuracy > 0.5
     assert ext.name == "limner-classifier" and ext.num_classes == 10 and ext.dim == 64
 
 
@@ -137,8 +138,8 @@ def test_contrastive_on_emoji(emoji, tmp_path):
     assert ext.features(emoji.images[:4]).shape == (4, 128)
     with pytest.raises(ValueError, match="no classifier head"):
         ext.logits(emoji.images[:4])
-    # measured: ~0.18 top-1 view retrieval among 224 images after 30 steps (untrained 0.05-0.09,
-    # chance 0.0045)
+    # measured top-1 view retrieval among the 224 images after 30 steps of 48: 0.27 (seed 0, the
+    # one used here), 0.125 (seeds 1, 2); untrained encoders 0.05-0.09; chance 1/224 = 0.0045
     assert meta["train"]["view_retrieval_top1"] > 0.1
 
 

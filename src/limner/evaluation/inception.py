@@ -297,6 +297,8 @@ class InceptionExtractor(FeatureExtractor):
     Args:
         path: the weights file (``WEIGHTS_HELP`` says where to get it); its sha256 is the digest.
         device: "cpu", "cuda", "cuda:1", ... where the network runs.
+        max_batch: images per forward pass, whatever batch the caller hands in (a 299 px
+            Inception batch of 64 needs ~1 GB of activations on the CPU).
     """
 
     name = "inception-v3-fid"
@@ -304,9 +306,10 @@ class InceptionExtractor(FeatureExtractor):
     dim = POOL3_DIM
     num_classes = NUM_CLASSES
 
-    def __init__(self, path: str | os.PathLike, *, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | os.PathLike, *, device: str | torch.device = "cpu", max_batch: int = 64):
         self.path = Path(path)
         self.device = torch.device(device)
+        self.max_batch = max_batch
         self.net = load_inception_weights(self.path).to(self.device)
         self.digest = sha256_file(self.path)
 
@@ -315,4 +318,5 @@ class InceptionExtractor(FeatureExtractor):
         return preprocess(images)
 
     def _forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        return self.net(self.preprocess(batch.to(self.device)))
+        outs = [self.net(self.preprocess(chunk.to(self.device))) for chunk in batch.split(self.max_batch)]
+        return torch.cat([f for f, _ in outs]), torch.cat([l for _, l in outs])

@@ -42,18 +42,23 @@ from limner.evaluation.features import FeatureExtractor
 from limner.evaluation.inception import WEIGHTS_HELP, InceptionExtractor
 from limner.evaluation.networks import ImageEncoder, ImageEncoderConfig
 
-__all__ = ["DEFAULTS", "ExtractorKind", "TrainedExtractor", "default_kind", "load_extractor",
+__all__ = ["DEFAULTS", "DEFAULT_WIDTHS", "ExtractorKind", "TrainedExtractor", "default_kind", "load_extractor",
            "nt_xent", "train_extractor"]
 
 ExtractorKind = Literal["classifier", "contrastive", "clip"]
 VERSION = "1"
 
-# kind -> (steps, batch_size, lr). The classifier default reaches ~90% validation accuracy on
-# Fashion-MNIST 28 px (see train_extractor); SimCLR wants more steps and larger batches.
+# kind -> (steps, batch_size, lr). Measured on Fashion-MNIST (60k, 28 px, 1 CPU thread): the
+# classifier default reached 0.888 validation accuracy in 255 CPU seconds. SimCLR (two views a
+# step) is about twice as expensive per step.
 DEFAULTS: dict[str, tuple[int, int, float]] = {
-    "classifier": (1000, 128, 2e-3),
-    "contrastive": (1500, 128, 1e-3),
+    "classifier": (1200, 128, 2e-3),
+    "contrastive": (1000, 128, 1e-3),
 }
+# Narrower than ImageEncoderConfig's default (32, 64, 128): ~3.5x cheaper to train and to run
+# over 50k samples, and it still reaches the accuracy above (the wide encoder: 0.869 after 600
+# steps of 128, in more time). The same widths as alignment.py's CLIP image tower.
+DEFAULT_WIDTHS = (16, 32, 64)
 WEIGHT_DECAY = 0.05
 TEMPERATURE = 0.2        # NT-Xent tau; the paper's 0.1-0.5 range, lower suits small batches
 PROJECTION_DIM = 64      # SimCLR projection head output (training only)
@@ -463,11 +468,11 @@ def train_extractor(
         dataset: images uint8 [N, R, R, C]; labels needed for "classifier".
         out_dir: the extractor folder to write (``extractor_dir`` format; replaced if it is one).
         kind: "classifier" | "contrastive" | "clip"; None = ``default_kind(dataset)``.
-        steps, batch_size, lr: None = ``DEFAULTS[kind]``. The classifier default (1000 steps of
-            128) gives ~90% validation accuracy on Fashion-MNIST in ~4-8 CPU minutes.
+        steps, batch_size, lr: None = ``DEFAULTS[kind]``. The classifier default (1200 steps of
+            128) gave 0.888 validation accuracy on Fashion-MNIST at 28 px in ~4 CPU minutes.
         resolution: side the encoder sees (default: the dataset's resolution).
         dim: feature size (the encoder output).
-        widths: encoder stage widths (default ``ImageEncoderConfig``'s (32, 64, 128)).
+        widths: encoder stage widths (default ``DEFAULT_WIDTHS`` = (16, 32, 64)).
         flip: random horizontal flips (fine for clothes or photos, wrong for text and most emoji).
         val_fraction: share of a labelled dataset held out to measure accuracy (seeded).
         seed: seeds the initialisation, the split, the batches and the augmentations.
@@ -483,7 +488,7 @@ def train_extractor(
     lr = d_lr if lr is None else lr
     _check_train_args(dataset, kind, steps, batch_size, lr)
     config = ImageEncoderConfig(channels=dataset.channels, resolution=resolution or dataset.resolution,
-                                dim=dim, **({"widths": tuple(widths)} if widths else {}))
+                                dim=dim, widths=tuple(widths or DEFAULT_WIDTHS))
     num_classes = _num_classes(dataset) if kind == "classifier" else 0
     g = torch.Generator().manual_seed(seed)
     model = _new_model(config, num_classes, seed, device)
