@@ -487,3 +487,66 @@ def test_two_ddp_ranks_agree_on_weights_and_codebook(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     digests = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert digests[0] == digests[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The prior fitted to the aggregate posterior
+# ---------------------------------------------------------------------------------------------
+
+
+def _gaussian_batches(mean, cov, batches, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    L = torch.linalg.cholesky(cov)
+    for _ in range(batches):
+        z = mean + torch.randn(size, len(mean), generator=g, dtype=torch.float64) @ L.T
+        yield z.float().view(size, -1, 1, 1)
+
+
+def test_fitted_prior_recovers_mean_and_covariance_and_samples_from_them():
+    from limner.models.vae.prior import FittedGaussianPrior
+
+    D = 6
+    A = torch.randn(D, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cov, mean = A @ A.T / D + 0.1 * torch.eye(D, dtype=torch.float64), torch.linspace(-2, 3, D, dtype=torch.float64)
+    prior = FittedGaussianPrior(D, decay=0.999)
+    var = 0.05  # every posterior also has variance 0.05 per dimension: q(z)'s covariance adds it
+    for mu in _gaussian_batches(mean, cov, 400, 256):
+        prior.update(mu, torch.full_like(mu, math.log(var)))
+    assert prior.fitted
+    fitted_cov = prior.moment2.double() - torch.outer(prior.mean.double(), prior.mean.double())
+    assert torch.allclose(prior.mean.double(), mean, atol=0.05)
+    assert torch.allclose(fitted_cov, cov + var * torch.eye(D, dtype=torch.float64), atol=0.08)
+    eps = torch.randn(20000, D, 1, 1, generator=torch.Generator().manual_seed(2))
+    z = prior.sample(eps).flatten(1).double()
+    assert torch.allclose(z.mean(0), mean, atol=0.06)
+    assert torch.allclose(torch.cov(z.T), cov + var * torch.eye(D, dtype=torch.float64), atol=0.1)
+
+
+def test_fitted_prior_is_diagonal_for_wide_latents_and_identity_before_any_update():
+    from limner.models.vae.prior import FULL_COV_MAX, FittedGaussianPrior
+
+    prior = FittedGaussianPrior(FULL_COV_MAX + 1)
+    eps = torch.randn(3, FULL_COV_MAX + 1, 1, 1)
+    assert torch.equal(prior.sample(eps), eps)  # not fitted yet: N(0, I)
+    assert prior.moment2.shape == (FULL_COV_MAX + 1,)
+    mu = torch.full((8, FULL_COV_MAX + 1, 1, 1), 2.0)
+    prior.update(mu, torch.full_like(mu, math.log(0.25)))
+    assert torch.allclose(prior.sample(torch.zeros_like(eps)), torch.full_like(eps, 2.0))
+    assert torch.allclose(prior.sample(torch.ones_like(eps)), torch.full_like(eps, 2.5), atol=1e-4)  # sd 0.5
+
+
+def test_kl_runs_sample_from_the_fitted_prior_and_old_configs_still_load(tmp_path):
+    make_trainer(tmp_path, tiny("tiny", "class"), 3).fit()
+    from limner.generation.pipeline import load_run
+
+    fam = load_run(tmp_path).family
+    ema = load_file(str(next((tmp_path / "checkpoints").glob("step_*")) / "model_ema.safetensors"))
+    assert float(ema["prior.updates"]) == 3 and ema["prior.mean"].abs().sum() > 0
+    out = fam.generate(BatchRequest(seeds=[1], labels=[0]))
+    assert out.extra["prior"] == "fitted"
+    zero = fam._prior_latents([1], 0.0)  # temperature 0 = the fitted mean, not z = 0
+    assert torch.allclose(zero.flatten(), fam.model.prior.mean.float(), atol=1e-5)
+    old = {**fam.config_dict(), "prior": "normal"}
+    old.pop("prior")
+    legacy = VAEFamily.from_config(old)  # a run from before the fitted prior
+    assert legacy.model.prior is None and "prior.mean" not in legacy.model.state_dict()

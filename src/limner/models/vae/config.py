@@ -18,6 +18,7 @@ Variant = Literal["kl", "vq"]
 ReconLoss = Literal["mse", "l1"]
 CodebookUpdate = Literal["ema", "loss"]
 DiscLoss = Literal["hinge", "logistic"]
+Prior = Literal["normal", "fitted"]
 
 
 @dataclass
@@ -69,6 +70,9 @@ class VAEConfig:
         cond_drop: probability of training a row with the null condition, so reconstructing or
             sampling without a prompt/label is meaningful for a conditional VAE.
         temperature: default sampling temperature (the request's ``truncation`` overrides it).
+        prior: what a KL VAE samples from: "fitted" (a Gaussian fitted to the aggregate
+            posterior during training, ``prior.py``) or "normal" (N(0, I); runs made before the
+            fitted prior existed load as "normal").
     """
 
     preset: str
@@ -99,6 +103,7 @@ class VAEConfig:
     feature_weight: float = 0.0
     cond_drop: float = 0.1
     temperature: float = 1.0
+    prior: Prior = "normal"
 
     def __post_init__(self) -> None:
         self.widths = [int(w) for w in self.widths]
@@ -121,6 +126,7 @@ class VAEConfig:
         _choice("recon_loss", self.recon_loss, ReconLoss)
         _choice("codebook_update", self.codebook_update, CodebookUpdate)
         _choice("disc_loss", self.disc_loss, DiscLoss)
+        _choice("prior", self.prior, Prior)
         if not self.widths or any(w < 1 for w in self.widths):
             raise UsageError(f"vae widths must be positive, got {self.widths}")
         if self.widths[-1] % self.head_dim:

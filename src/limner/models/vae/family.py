@@ -40,6 +40,7 @@ from limner.models.diffusion.family import to_uint8
 from limner.models.vae.config import VAEConfig, get_preset
 from limner.models.vae.decoder import Decoder
 from limner.models.vae.encoder import Encoder
+from limner.models.vae.prior import FittedGaussianPrior
 from limner.models.vae.losses import (
     AdversarialLoss,
     PatchDiscriminator,
@@ -105,6 +106,10 @@ class VAE(nn.Module):
         self.encoder = Encoder(config.channels, out_channels=2 * z if self.variant == "kl" else z,
                                **shared)
         self.decoder = Decoder(config.channels, latent_channels=z, **shared)
+        self.prior = None  # KL only: the Gaussian fitted to q(z) that sampling draws from
+        if self.variant == "kl" and config.prior == "fitted":
+            C, h, w = config.latent_shape
+            self.prior = FittedGaussianPrior(C * h * w)
         self.quantizer = None
         if self.variant == "vq":
             self.quantizer = VectorQuantizer(
@@ -215,7 +220,7 @@ class VAEFamily:
             resolution=data.resolution,
             channels=data.channels,
             encoder=enc.to_dict(),
-            **{**size.fields_for(variant), **overrides},
+            **{"prior": "fitted" if variant == "kl" else "normal", **size.fields_for(variant), **overrides},
         )
         return cls(cfg)
 
@@ -297,6 +302,8 @@ class VAEFamily:
                     out = ctx.net("model")(micro.images, inputs, drop, gen)
                     loss, terms = self._model_loss(out, micro.images, beta, adversarial)
                 ctx.backward(loss, "model")
+                if self.model.prior is not None:
+                    self.model.prior.update(out.mu, out.logvar)
                 _accumulate(sums, {"loss": loss, **terms}, len(micro))
                 if out.quant is not None:
                     counts += out.quant.counts.cpu()
@@ -468,7 +475,9 @@ class VAEFamily:
     def generate(self, request, *, callback: ProgressCallback | None = None) -> GenerationOutput:
         """Decode draws from the prior, one per seed (image i depends only on ``seeds[i]``).
 
-        KL: z ~ N(0, T^2 I). VQ: every latent position draws a code independently from the
+        KL: z = mean + L (T eps), eps ~ N(0, I), with (mean, L L^T) the Gaussian fitted to the
+        aggregate posterior during training (``prior.py``; runs with ``prior="normal"``: z ~
+        N(0, T^2 I)). VQ: every latent position draws a code independently from the
         codebook's usage histogram raised to 1/T (a unigram prior: a placeholder until the token
         transformer family provides a real prior over code sequences). T is the request's
         ``truncation`` when given, else the run's ``temperature`` (1.0); T = 0 gives the prior's
@@ -488,7 +497,7 @@ class VAEFamily:
             x = self.decode(z, prompts=request.prompts, labels=request.labels)
         if callback is not None:
             callback({"i": 0, "steps": 1, "x": x, "denoised": x})
-        extra = {"temperature": T, "prior": "unigram" if self.config.variant == "vq" else "normal"}
+        extra = {"temperature": T, "prior": self._prior_name()}
         return GenerationOutput(images=to_uint8(x), seeds=list(request.seeds), extra=extra)
 
     @property
@@ -499,17 +508,26 @@ class VAEFamily:
                              "latent to interpolate (train a KL VAE, or wait for the token prior)")
         return tuple(self.latent_shape)
 
+    def _prior_name(self) -> str:
+        if self.config.variant == "vq":
+            return "unigram"
+        return "fitted" if self.model.prior is not None and self.model.prior.fitted else "normal"
+
+    def _to_prior(self, eps: Tensor) -> Tensor:
+        """Unit-Gaussian draws [B, C, h, w] -> the KL prior: N(0, I) or the fitted Gaussian."""
+        return eps if self.model.prior is None else self.model.prior.sample(eps)
+
     def _explicit_latents(self, noise: Tensor, T: float) -> Tensor:
         """Unit-Gaussian latents given by the caller, at temperature T (KL only)."""
         _ = self.noise_shape  # refuses VQ with a clear message
-        return noise.float() * T
+        return self._to_prior(noise.float() * T)
 
     def _prior_latents(self, seeds: Sequence[int], T: float) -> Tensor:
         """[B, *latent_shape] draws from the prior, row i from ``Generator().manual_seed(seeds[i])``."""
         C, h, w = self.latent_shape
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         if self.model.quantizer is None:
-            return torch.stack([torch.randn(C, h, w, generator=g) for g in gens]) * T
+            return self._to_prior(torch.stack([torch.randn(C, h, w, generator=g) for g in gens]) * T)
         quantizer = self.model.quantizer
         probs = quantizer.prior().float().cpu()
         if T == 0:
