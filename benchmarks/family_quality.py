@@ -123,36 +123,22 @@ def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def train_stage(stage: Stage, run_dir: Path, out: Path, budget: "CPUBudget") -> dict[str, Any]:
     """``limner.workflows.train`` with the budget callback; returns steps, images, losses."""
-    from unittest import mock
-
-    import limner.training.trainer as trainer_module
     from limner.training.signals import TrainingInterrupted
     from limner.workflows import TrainOptions, train
 
     family_options = {"vae": out / "runs" / stage.vae_stage} if stage.vae_stage else {}
     opts = TrainOptions(data=DATA, out=run_dir, family=stage.family, preset=stage.preset,
                         resolution=RESOLUTION, cond=stage.cond, overwrite=True, progress=False,
-                        train={**COMMON_TRAIN, **stage.train}, family_options=family_options)
-    # workflows.train takes no extra callbacks, so the budget rides on a Trainer subclass.
-    with mock.patch.object(trainer_module, "Trainer", budgeted_trainer(trainer_module.Trainer, budget)):
-        try:
-            train(opts)
-        except TrainingInterrupted:
-            pass  # the budget ran out; the trainer saved a checkpoint at this step
+                        train={**COMMON_TRAIN, **stage.train}, family_options=family_options,
+                        callbacks=[budget])
+    try:
+        train(opts)
+    except TrainingInterrupted:
+        pass  # the budget ran out; the trainer saved a checkpoint at this step
     trainer = budget.trainer
     return {"steps": trainer.step, "batch_size": trainer.config.batch_size,
             "images_seen": trainer.images_seen, "params": trainable_params(trainer),
             "final_metrics": last_logged(run_dir)}
-
-
-def budgeted_trainer(base: type, budget: "CPUBudget") -> type:
-    """``base`` (the Trainer) with ``budget`` appended to its callbacks."""
-
-    class BudgetedTrainer(base):
-        def __init__(self, *args: Any, callbacks: Any = (), **kwargs: Any):
-            super().__init__(*args, callbacks=[*callbacks, budget], **kwargs)
-
-    return BudgetedTrainer
 
 
 class CPUBudget(Callback):
