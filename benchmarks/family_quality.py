@@ -365,6 +365,18 @@ def machine_description(threads: int) -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads)"
 
 
+def merge_previous(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """A run of some ``--families`` keeps the other entries of an earlier run with the same
+    threads and budget scale in ``results.json`` (so one family can be re-run alone)."""
+    path = args.out / "results.json"
+    if not path.is_file() or set(args.families) == set(ENTRIES):
+        return results
+    old = json.loads(path.read_text(encoding="utf-8"))
+    same = old["settings"].get("threads") == args.threads and old["settings"].get("budget_scale") == args.budget_scale
+    merged = {**(old["families"] if same else {}), **results}
+    return {entry: merged[entry] for entry in ENTRIES if entry in merged}
+
+
 def write_results(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> Path:
     path = args.out / "results.json"
     settings = {"threads": args.threads, "budget_scale": args.budget_scale, "data": str(DATA),
@@ -405,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = run_all(args)
+    results = merge_previous(run_all(args), args)
     figure = save_combined(results, args.out)
     path = write_results(results, args)
     print(f"\n{machine_description(args.threads)}; budgets x{args.budget_scale:g}; "
