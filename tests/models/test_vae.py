@@ -513,8 +513,8 @@ def test_fitted_prior_recovers_mean_and_covariance_and_samples_from_them():
     for mu in _gaussian_batches(mean, cov, 400, 256):
         prior.update(mu, torch.full_like(mu, math.log(var)))
     assert prior.fitted
-    fitted_cov = prior.moment2.double() - torch.outer(prior.mean.double(), prior.mean.double())
-    assert torch.allclose(prior.mean.double(), mean, atol=0.05)
+    fitted_cov = prior.moment2[-1].double() - torch.outer(prior.mean[-1].double(), prior.mean[-1].double())
+    assert torch.allclose(prior.mean[-1].double(), mean, atol=0.05)
     assert torch.allclose(fitted_cov, cov + var * torch.eye(D, dtype=torch.float64), atol=0.08)
     eps = torch.randn(20000, D, 1, 1, generator=torch.Generator().manual_seed(2))
     z = prior.sample(eps).flatten(1).double()
@@ -528,7 +528,7 @@ def test_fitted_prior_is_diagonal_for_wide_latents_and_identity_before_any_updat
     prior = FittedGaussianPrior(FULL_COV_MAX + 1)
     eps = torch.randn(3, FULL_COV_MAX + 1, 1, 1)
     assert torch.equal(prior.sample(eps), eps)  # not fitted yet: N(0, I)
-    assert prior.moment2.shape == (FULL_COV_MAX + 1,)
+    assert prior.moment2.shape == (1, FULL_COV_MAX + 1)
     mu = torch.full((8, FULL_COV_MAX + 1, 1, 1), 2.0)
     prior.update(mu, torch.full_like(mu, math.log(0.25)))
     assert torch.allclose(prior.sample(torch.zeros_like(eps)), torch.full_like(eps, 2.0))
@@ -541,12 +541,34 @@ def test_kl_runs_sample_from_the_fitted_prior_and_old_configs_still_load(tmp_pat
 
     fam = load_run(tmp_path).family
     ema = load_file(str(next((tmp_path / "checkpoints").glob("step_*")) / "model_ema.safetensors"))
-    assert float(ema["prior.updates"]) == 3 and ema["prior.mean"].abs().sum() > 0
+    assert float(ema["prior.updates"][-1]) == 3 and ema["prior.mean"].abs().sum() > 0
+    assert ema["prior.mean"].shape[0] == 3  # two classes + all data
     out = fam.generate(BatchRequest(seeds=[1], labels=[0]))
     assert out.extra["prior"] == "fitted"
     zero = fam._prior_latents([1], 0.0)  # temperature 0 = the fitted mean, not z = 0
-    assert torch.allclose(zero.flatten(), fam.model.prior.mean.float(), atol=1e-5)
+    assert torch.allclose(zero.flatten(), fam.model.prior.mean[-1].float(), atol=1e-5)
+    by_class = fam._prior_latents([1], 0.0, labels=[0])
+    assert torch.allclose(by_class.flatten(), fam.model.prior.mean[0].float(), atol=1e-5)
     old = {**fam.config_dict(), "prior": "normal"}
     old.pop("prior")
     legacy = VAEFamily.from_config(old)  # a run from before the fitted prior
     assert legacy.model.prior is None and "prior.mean" not in legacy.model.state_dict()
+
+
+def test_class_conditional_prior_draws_from_each_class_gaussian():
+    from limner.models.vae.prior import FittedGaussianPrior
+
+    prior = FittedGaussianPrior(2, decay=0.99, classes=2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        labels = torch.randint(0, 2, (64,), generator=g)
+        mu = torch.randn(64, 2, generator=g) * 0.1 + torch.where(labels[:, None] == 0, -3.0, 3.0)
+        prior.update(mu.view(64, 2, 1, 1), torch.full((64, 2, 1, 1), -10.0), labels)
+    eps = torch.randn(500, 2, 1, 1, generator=g)
+    z0 = prior.sample(eps, [0] * 500).flatten(1)
+    z1 = prior.sample(eps, [1] * 500).flatten(1)
+    pooled = prior.sample(eps).flatten(1)
+    assert torch.allclose(z0.mean(0), torch.tensor([-3.0, -3.0]), atol=0.05) and z0.std(0).max() < 0.2
+    assert torch.allclose(z1.mean(0), torch.tensor([3.0, 3.0]), atol=0.05)
+    assert pooled.mean(0).abs().max() < 0.5 and pooled.std(0).min() > 2.5  # the mixture's spread
+    assert torch.equal(prior.sample(eps[:2], [7, None]), prior.sample(eps[:2]))  # unknown -> all data

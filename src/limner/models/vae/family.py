@@ -109,7 +109,8 @@ class VAE(nn.Module):
         self.prior = None  # KL only: the Gaussian fitted to q(z) that sampling draws from
         if self.variant == "kl" and config.prior == "fitted":
             C, h, w = config.latent_shape
-            self.prior = FittedGaussianPrior(C * h * w)
+            classes = enc.num_classes or 0 if enc.kind == CondKind.class_ else 0
+            self.prior = FittedGaussianPrior(C * h * w, classes=classes)
         self.quantizer = None
         if self.variant == "vq":
             self.quantizer = VectorQuantizer(
@@ -303,7 +304,7 @@ class VAEFamily:
                     loss, terms = self._model_loss(out, micro.images, beta, adversarial)
                 ctx.backward(loss, "model")
                 if self.model.prior is not None:
-                    self.model.prior.update(out.mu, out.logvar)
+                    self.model.prior.update(out.mu, out.logvar, micro.labels)
                 _accumulate(sums, {"loss": loss, **terms}, len(micro))
                 if out.quant is not None:
                     counts += out.quant.counts.cpu()
@@ -487,8 +488,9 @@ class VAEFamily:
         T = self.config.temperature if request.truncation is None else float(request.truncation)
         if not T >= 0:
             raise UsageError(f"--truncation (temperature) must be >= 0 for a VAE, got {T}")
-        z = self._prior_latents(request.seeds, T) if getattr(request, "noise", None) is None \
-            else self._explicit_latents(request.noise, T)
+        labels = request.labels if self.cond_kind == CondKind.class_ else None
+        z = self._prior_latents(request.seeds, T, labels) if getattr(request, "noise", None) is None \
+            else self._explicit_latents(request.noise, T, labels)
         if getattr(request, "mix_weights", None) is not None and self.cond_kind != CondKind.none:
             with self._eval():  # interpolation between two conditions
                 inputs = self.encoder.prepare_request(request, len(z))
@@ -513,21 +515,22 @@ class VAEFamily:
             return "unigram"
         return "fitted" if self.model.prior is not None and self.model.prior.fitted else "normal"
 
-    def _to_prior(self, eps: Tensor) -> Tensor:
-        """Unit-Gaussian draws [B, C, h, w] -> the KL prior: N(0, I) or the fitted Gaussian."""
-        return eps if self.model.prior is None else self.model.prior.sample(eps)
+    def _to_prior(self, eps: Tensor, labels: Sequence[int] | None = None) -> Tensor:
+        """Unit-Gaussian draws [B, C, h, w] -> the KL prior: N(0, I), or the fitted Gaussian
+        (of each row's class, for a class-conditional VAE)."""
+        return eps if self.model.prior is None else self.model.prior.sample(eps, labels)
 
-    def _explicit_latents(self, noise: Tensor, T: float) -> Tensor:
+    def _explicit_latents(self, noise: Tensor, T: float, labels: Sequence[int] | None = None) -> Tensor:
         """Unit-Gaussian latents given by the caller, at temperature T (KL only)."""
         _ = self.noise_shape  # refuses VQ with a clear message
-        return self._to_prior(noise.float() * T)
+        return self._to_prior(noise.float() * T, labels)
 
-    def _prior_latents(self, seeds: Sequence[int], T: float) -> Tensor:
+    def _prior_latents(self, seeds: Sequence[int], T: float, labels: Sequence[int] | None = None) -> Tensor:
         """[B, *latent_shape] draws from the prior, row i from ``Generator().manual_seed(seeds[i])``."""
         C, h, w = self.latent_shape
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         if self.model.quantizer is None:
-            return self._to_prior(torch.stack([torch.randn(C, h, w, generator=g) for g in gens]) * T)
+            return self._to_prior(torch.stack([torch.randn(C, h, w, generator=g) for g in gens]) * T, labels)
         quantizer = self.model.quantizer
         probs = quantizer.prior().float().cpu()
         if T == 0:
