@@ -245,3 +245,21 @@ def test_text_runs_get_text_alignment_from_a_clip_extractor(tiny_run, tiny_data,
     assert align["num_images"] == 8 and 0 <= align["retrieval_top1"] <= 1
     assert result["metrics"]["clip_score"] == pytest.approx(align["clip_score"])
     assert result["extractor"]["id"].startswith("limner-clip-v1-")
+
+
+def test_folder_resolution_is_the_first_decodable_image_side(tiny_data, tmp_path):
+    from limner.errors import DataError, UsageError
+    from limner.evaluation.evaluate import _folder_resolution
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a_broken.png").write_bytes(b"not a png")
+    from PIL import Image
+    Image.new("RGB", (40, 24)).save(folder / "b.png")
+    assert _folder_resolution(folder) == 24  # the broken first file is passed over
+    (folder / "b.png").unlink()
+    with pytest.raises(DataError, match="no decodable image"):
+        _folder_resolution(folder)
+    np.savez(tmp_path / "rows.npz", images=np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(UsageError, match="--resolution"):
+        _folder_resolution(tmp_path / "rows.npz")

@@ -34,7 +34,7 @@ from limner import __version__
 from limner.conditioning.base import CondKind
 from limner.data.cache import default_cache_dir
 from limner.data.dataset import ImageDataset
-from limner.errors import UsageError
+from limner.errors import DataError, UsageError
 from limner.evaluation import metrics as M
 from limner.evaluation.features import FeatureExtractor, as_nchw_uint8
 from limner.evaluation.memorization import MemorizationResult, memorization, pixel_vectors
@@ -278,16 +278,12 @@ def evaluate_run(run_dir: str | os.PathLike, target: EvalTarget, opts: EvalOptio
                            cache_dir=target.cache_dir, progress=target.progress)
     if dataset.content_hash != data_cfg.get("content_hash"):
         log.warning("--data differs from the data the run was trained on; scoring against --data as given")
-    extractor, folder = resolve_extractor(target.extractor, dataset, inception=target.inception,
-                                          device=target.device, cache_dir=target.cache_dir, progress=target.progress)
+    extractor, folder = _extractor_for(target, dataset)
     samples = sample_for_eval(loaded.family, dataset, opts, prompts=target.prompts, progress=target.progress)
-    evaluation = score_samples(samples, dataset, extractor, opts, cache_dir=target.cache_dir,
-                               alignment_model=alignment_model_for(target.alignment or folder, target.device))
-    evaluation.result["source"] = {"run": str(Path(run_dir).resolve()), "run_id": loaded.run_id, "step": loaded.step,
-                                   "model_hash": loaded.model_hash, "family": loaded.run_config["family"]["name"],
-                                   "data": str(target.data), "sampling": opts.sampling()}
-    write_outputs(evaluation, dataset, target.out)
-    return evaluation
+    source = {"run": str(Path(run_dir).resolve()), "run_id": loaded.run_id, "step": loaded.step,
+              "model_hash": loaded.model_hash, "family": loaded.run_config["family"]["name"],
+              "data": str(target.data), "sampling": opts.sampling()}
+    return _score_and_write(samples, dataset, extractor, folder, target, opts, source)
 
 
 def evaluate_folder(images_dir: str | os.PathLike, target: EvalTarget, opts: EvalOptions) -> Evaluation:
@@ -297,28 +293,43 @@ def evaluate_folder(images_dir: str | os.PathLike, target: EvalTarget, opts: Eva
     dataset = load_dataset(target.data, target.resolution or _folder_resolution(images_dir), cache_dir=target.cache_dir, progress=target.progress)
     found = load_dataset(images_dir, dataset.resolution, channels=dataset.channels, cache_dir=target.cache_dir,
                          progress=target.progress)
-    extractor, folder = resolve_extractor(target.extractor, dataset, inception=target.inception,
-                                          device=target.device, cache_dir=target.cache_dir, progress=target.progress)
+    extractor, folder = _extractor_for(target, dataset)
     samples = EvalSamples(torch.from_numpy(found.images).permute(0, 3, 1, 2).contiguous(),
                           prompts=found.captions if found.captions and all(found.captions) else None)
+    source = {"images": str(Path(images_dir).resolve()), "data": str(target.data), "skipped": len(found.skipped)}
+    return _score_and_write(samples, dataset, extractor, folder, target, opts, source)
+
+
+def _extractor_for(target: EvalTarget, dataset: ImageDataset) -> tuple[FeatureExtractor, Path | None]:
+    return resolve_extractor(target.extractor, dataset, inception=target.inception, device=target.device,
+                             cache_dir=target.cache_dir, progress=target.progress)
+
+
+def _score_and_write(samples: EvalSamples, dataset: ImageDataset, extractor: FeatureExtractor, folder: Path | None,
+                     target: EvalTarget, opts: EvalOptions, source: dict[str, Any]) -> Evaluation:
+    """Score, record where the samples came from, write result.json and report.png."""
     evaluation = score_samples(samples, dataset, extractor, opts, cache_dir=target.cache_dir,
                                alignment_model=alignment_model_for(target.alignment or folder, target.device))
-    evaluation.result["source"] = {"images": str(Path(images_dir).resolve()), "data": str(target.data),
-                                   "skipped": len(found.skipped)}
+    evaluation.result["source"] = source
     write_outputs(evaluation, dataset, target.out)
     return evaluation
 
 
 def _folder_resolution(images_dir: str | os.PathLike) -> int:
-    """The side the first decodable image of a folder would be centre-cropped to."""
-    from limner.data.dataset import load_dataset
+    """The side the first decodable image of a folder would be centre-cropped to (listed and
+    decoded with the loader's own rules, without decoding or caching the whole folder)."""
+    from limner.data.arrays import ArraySource
+    from limner.data.dataset import decode_file
+    from limner.data.sources import scan_source
 
-    from limner.data.decode import decode_image
-
-    probe = load_dataset(images_dir, 8, limit=1, progress=False)
-    if "#" in probe.paths[0]:  # IDX / npz rows: no file to read the size from
+    source = scan_source(images_dir)
+    if isinstance(source, ArraySource):  # IDX / npz rows: no file to read the size from
         raise UsageError("--resolution: needed when --images is an array file (IDX or npz)")
-    return min(decode_image(probe.paths[0]).size)
+    for item in source.items:
+        image, _, _ = decode_file(item.path)
+        if image is not None:
+            return min(image.size)
+    raise DataError(f"--images: no decodable image in {images_dir}")
 
 
 def write_outputs(evaluation: Evaluation, dataset: ImageDataset, out: Path) -> tuple[Path, Path]:
