@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from limner.training.callbacks import Callback
+from machine import machine_description
 
 DATA = Path("/work/shared/data/fashion-mnist")
 RESOLUTION = 32
@@ -351,18 +351,6 @@ def loss_metrics(metrics: dict[str, float]) -> dict[str, float]:
     if any(k.startswith("loss_") for k in out):
         out.pop("loss", None)  # the GAN logs its G loss twice
     return out
-
-
-def machine_description(threads: int) -> str:
-    import torch
-
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads)"
 
 
 def merge_previous(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from machine import machine_description
+
 RESOLUTION = 32  # the peers' U-Nets halve 3 (ddpm-pytorch) or 5 (diffusers) times: 28 px cannot be used
 DEFAULT_DATA = Path("/work/shared/data/fashion-mnist")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality_per_cpu_minute"
@@ -642,19 +644,6 @@ def print_table(results: list[dict], machine: str) -> None:
         print(f"\ntarget FD ratio <= {TARGET_RATIO}: {ok} ({limner['fd_ratio_vs_best_peer']:.2f})")
 
 
-def machine_description(threads: int) -> str:
-    import torch
-
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads), "
-            f"Python {platform.python_version()}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-min", type=float, default=20.0, help="training budget per contestant, in minutes "
@@ -703,7 +692,7 @@ def main(argv: list[str] | None = None) -> None:
         results = [run_contestant(name, args, work) for name in args.contestants]
         print("scoring ...", file=sys.stderr, flush=True)
         score(results, args, work)
-        machine = machine_description(args.threads)
+        machine = machine_description(args.threads, f"Python {platform.python_version()}")
         write_outputs(results, args, machine)
         print_table(results, machine)
         print(f"\nwritten to {args.out}")

@@ -32,6 +32,8 @@ import time
 from contextlib import nullcontext
 from typing import Any, Callable
 
+from machine import machine_description
+
 BATCH_TRAIN = 32
 BATCH_SAMPLE = 16
 RESOLUTION = 32
@@ -270,23 +272,6 @@ def _ratio(row: dict, ref: dict, mode: str) -> str:
     return f"{med:.2f} [{best:.2f}]"
 
 
-def machine_description(threads: int) -> str:
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import diffusers
-
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads), "
-            f"diffusers {diffusers.__version__}, Python {platform.python_version()}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one round, few iterations (smoke run)")
@@ -323,7 +308,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(run_worker(*args.worker, args.warmup, args.iters, args.threads)))
         return
-    machine = machine_description(args.threads)
+    import platform
+
+    import diffusers
+
+    machine = machine_description(args.threads, f"diffusers {diffusers.__version__}",
+                                  f"Python {platform.python_version()}")
     results = collect(args)
     rows = summarize(results)
     print_table(rows, machine)
