@@ -84,8 +84,11 @@ class FittedGaussianPrior(nn.Module):
         if not self.fitted:
             return eps
         flat = eps.detach().flatten(1).double().cpu()
-        slots = [self._slot(labels[i] if labels is not None else None) for i in range(len(flat))]
-        z = torch.stack([self._draw(slot, row) for slot, row in zip(slots, flat)])
+        slots = torch.tensor([self._slot(labels[i] if labels is not None else None) for i in range(len(flat))])
+        z = torch.empty_like(flat)
+        for slot in slots.unique().tolist():  # one factorisation per Gaussian, not per row
+            rows = slots == slot
+            z[rows] = self._draw(int(slot), flat[rows])
         return z.to(eps.dtype).view_as(eps).to(eps.device)
 
     def _slot(self, label: int | None) -> int:
@@ -94,9 +97,10 @@ class FittedGaussianPrior(nn.Module):
         return int(label)
 
     def _draw(self, slot: int, eps: Tensor) -> Tensor:
+        """Rows of unit-Gaussian ``eps`` [n, D] -> draws of Gaussian ``slot``, float64 [n, D]."""
         mean, m2 = self.mean[slot].double().cpu(), self.moment2[slot].double().cpu()
         if self.full:
             cov = m2 - torch.outer(mean, mean)
             cov = (cov + cov.T) / 2 + JITTER * torch.eye(self.dim, dtype=cov.dtype)
-            return mean + torch.linalg.cholesky(cov) @ eps
+            return mean + eps @ torch.linalg.cholesky(cov).T
         return mean + eps * (m2 - mean**2).clamp_min(JITTER).sqrt()
