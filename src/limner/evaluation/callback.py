@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from limner.data.dataset import ImageDataset
 from limner.evaluation.evaluate import LOWER_IS_BETTER, EvalOptions, resolve_extractor, sample_for_eval, score_samples
+from limner.evaluation.stats import ReferenceStats, reference_stats
 from limner.training.callbacks import Callback, MetricsLogger, TensorBoardLogger
 from limner.training.checkpoint import checkpoint_root, checkpoint_step, write_json_atomic
 
@@ -52,11 +53,13 @@ class EvalCallback(Callback):
         self.dataset, self.every, self.opts, self.metric = dataset, every, opts, metric
         self.extractor_spec, self.inception, self.cache_dir = extractor, inception, cache_dir
         self.extractor: Any = None
+        self.reference: ReferenceStats | None = None
         self.best: dict[str, Any] | None = None
 
     def on_train_start(self, trainer: "Trainer") -> None:
         self.extractor, _ = resolve_extractor(self.extractor_spec, self.dataset, inception=self.inception,
                                               device=str(trainer.device), cache_dir=self.cache_dir)
+        self.reference = reference_stats(self.dataset, self.extractor, cache_dir=self.cache_dir)
         best = trainer.run_dir / "eval" / "best.json"
         if best.is_file():  # a resumed run keeps competing with its earlier best
             self.best = json.loads(best.read_text(encoding="utf-8"))
@@ -70,7 +73,7 @@ class EvalCallback(Callback):
         """Score the current (EMA) weights, log the metrics and update the best checkpoint."""
         with trainer.sampling_weights():
             samples = sample_for_eval(trainer.family, self.dataset, self.opts, progress=False)
-        evaluation = score_samples(samples, self.dataset, self.extractor, self.opts, cache_dir=self.cache_dir)
+        evaluation = score_samples(samples, self.dataset, self.extractor, self.opts, reference=self.reference)
         step = trainer.step
         evaluation.result["source"] = {"run": str(trainer.run_dir), "step": step, "sampling": self.opts.sampling()}
         (trainer.run_dir / "eval").mkdir(exist_ok=True)

@@ -141,10 +141,12 @@ def sample_for_eval(family: Any, dataset: ImageDataset, opts: EvalOptions, *, pr
 
 
 def score_samples(samples: EvalSamples, dataset: ImageDataset, extractor: FeatureExtractor, opts: EvalOptions, *,
-                  alignment_model: Any = None, cache_dir: str | os.PathLike | None = None) -> Evaluation:
-    """Metrics of ``samples`` against ``dataset`` under ``extractor``."""
+                  alignment_model: Any = None, cache_dir: str | os.PathLike | None = None,
+                  reference: ReferenceStats | None = None) -> Evaluation:
+    """Metrics of ``samples`` against ``dataset`` under ``extractor`` (``reference``: the
+    dataset's statistics when the caller already holds them, else loaded from the cache)."""
     start = time.perf_counter()
-    ref = reference_stats(dataset, extractor, cache_dir=cache_dir)
+    ref = reference or reference_stats(dataset, extractor, cache_dir=cache_dir)
     images = _match_channels(samples.images, dataset.channels)
     feats, logits = extractor.features_and_logits(images)
     values = _distribution_metrics(feats, logits, ref, opts)
