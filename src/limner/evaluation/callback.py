@@ -24,7 +24,7 @@ from limner.data.dataset import ImageDataset
 from limner.evaluation.evaluate import LOWER_IS_BETTER, EvalOptions, resolve_extractor, sample_for_eval, score_samples
 from limner.evaluation.stats import ReferenceStats, reference_stats
 from limner.training.callbacks import Callback, MetricsLogger, TensorBoardLogger
-from limner.training.checkpoint import checkpoint_root, checkpoint_step, write_json_atomic
+from limner.training.checkpoint import checkpoint_root, checkpoint_step, commit_dir, write_json_atomic
 
 if TYPE_CHECKING:
     from limner.training.trainer import Trainer
@@ -116,11 +116,7 @@ def link_checkpoint(source: Path, target: Path) -> Path:
             os.link(item, tmp / item.name)
         except OSError:
             shutil.copy2(item, tmp / item.name)
-    old = target.with_name(f".old-{target.name}-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    commit_dir(tmp, target)
     return target
 
 

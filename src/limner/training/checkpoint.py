@@ -97,7 +97,7 @@ def write_checkpoint(run_dir: str | Path, step: int, weights: Mapping[str, Mappi
     check_plain_state(state)
     try:
         _write_contents(tmp, step, tensors, state)
-        _commit_dir(tmp, final)
+        commit_dir(tmp, final)
         write_text_atomic(root / LATEST_FILE, final.name + "\n")
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -148,7 +148,7 @@ def _write_contents(tmp: Path, step: int, tensors: Mapping[str, dict[str, Tensor
     _fsync_dir(tmp)
 
 
-def _commit_dir(tmp: Path, final: Path) -> None:
+def commit_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final`` (moving an existing same-step directory aside first)."""
     old = None
     if final.exists():
