@@ -7,7 +7,6 @@ training image, each next to that training image with the distance ratio under i
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from limner.data.dataset import ImageDataset
-from limner.visualization.grids import make_grid
+from limner.visualization.grids import make_grid, save_png_atomic
 
 __all__ = ["write_report", "memorization_sheet", "metric_lines"]
 
@@ -121,8 +120,4 @@ def _stack(parts: list[Image.Image], path: Path) -> Path:
     for part in parts:
         canvas.paste(part, (0, y))
         y += part.height
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return save_png_atomic(canvas, path)

@@ -66,13 +66,17 @@ def make_grid(
 
 def save_grid(path: str | os.PathLike[str], images: Tensor | np.ndarray, **kwargs: Any) -> Path:
     """Write ``make_grid(images, **kwargs)`` as a PNG atomically (temp file, then rename)."""
-    grid = make_grid(images, **kwargs)
+    return save_png_atomic(make_grid(images, **kwargs), path)
+
+
+def save_png_atomic(image: Image.Image, path: str | os.PathLike[str]) -> Path:
+    """Write ``image`` as a PNG via a temp file in the same folder, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            grid.save(f, format="PNG")
+            image.save(f, format="PNG")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
