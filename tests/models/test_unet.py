@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from limner.conditioning.base import Conditioning
 from limner.models.diffusion.unet import UNET_PRESETS, UNet, UNetConfig, unet_config
-from limner.nn import Upsample2d, attention, fused_group_norm_act, group_norm_act
+from limner.nn import GroupNorm2d, Upsample2d, attention, fused_group_norm_act, group_norm_act
 
 COND = 12  # condition width used by the conditioned configs
 
@@ -93,7 +93,7 @@ def test_unknown_preset_lists_presets() -> None:
 def test_preset_sizes() -> None:
     counts = {name: sum(p.numel() for p in UNet(unet_config(name)).parameters()) for name in UNET_PRESETS}
     assert 5_000 <= counts["tiny"] <= 100_000
-    assert 2_000_000 <= counts["small"] <= 6_500_000
+    assert 2_000_000 <= counts["small"] <= 7_000_000
     assert counts["base"] > counts["small"]
 
 
@@ -109,7 +109,35 @@ def test_config_round_trip_rebuilds_same_state_dict() -> None:
         UNetConfig.from_dict({**cfg.to_dict(), "width": 3})
 
 
-@pytest.mark.parametrize("bad", [dict(cross_attention=True), dict(resolution=15), dict(head_dim=5)])
+def test_config_saved_before_adaptive_norm_loads_with_its_blocks() -> None:
+    """A config dict without ``emb_mode`` (runs saved before adaptive group norm) rebuilds the
+    add-before-norm blocks its weights belong to; new configs use scale and shift."""
+    cfg = _config("vector")
+    assert cfg.emb_mode == "scale_shift"
+    legacy = {k: v for k, v in cfg.to_dict().items() if k != "emb_mode"}
+    old = UNetConfig.from_dict(legacy)
+    assert old.emb_mode == "shift"
+    new, old_net = UNet(cfg), UNet(old)
+    assert new.shift_proj.out_features == 2 * old_net.shift_proj.out_features
+    assert old_net.encoder[0].blocks[0].conv1.bias is None and new.encoder[0].blocks[0].conv1.bias is not None
+
+
+def test_embedding_reaches_one_channel_groups() -> None:
+    """With one channel per group (tiny's 16-wide level, norm_groups=16), a different noise level
+    changes the first block's output only through the adaptive norm."""
+    outs = {}
+    for mode in ("scale_shift", "shift"):
+        net = _randomize(UNet(unet_config("tiny", norm_groups=16, emb_mode=mode)))
+        x = torch.randn(1, 3, 16, 16).expand(2, -1, -1, -1)
+        h = net.conv_in(x)
+        shifts = net._shifts(torch.tensor([-1.0, 1.0]), None)
+        out = net.encoder[0].blocks[0](h, shifts[0])
+        outs[mode] = (out[0] - out[1]).abs().max().item()
+    assert outs["shift"] < 1e-4 < outs["scale_shift"]
+
+
+@pytest.mark.parametrize("bad", [dict(cross_attention=True), dict(resolution=15), dict(head_dim=5),
+                                 dict(emb_mode="film")])
 def test_invalid_config(bad: dict) -> None:
     with pytest.raises(ValueError):
         unet_config("tiny", **bad)
@@ -184,10 +212,11 @@ FLAGS = [("contiguous", False), ("channels_last", False), ("contiguous", True), 
          ("auto", True)]
 
 
-@pytest.mark.parametrize("kind", ["none", "tokens"])
-def test_fast_paths_match_reference(kind: str) -> None:
+@pytest.mark.parametrize("kind,emb_mode", [("none", "scale_shift"), ("tokens", "scale_shift"), ("tokens", "shift")])
+def test_fast_paths_match_reference(kind: str, emb_mode: str) -> None:
     """memory_format / fast_ops change speed only: same outputs and gradients as plain ops."""
-    nets = {flags: UNet(_config(kind, memory_format=flags[0], fast_ops=flags[1])) for flags in FLAGS}
+    nets = {flags: UNet(_config(kind, memory_format=flags[0], fast_ops=flags[1], emb_mode=emb_mode))
+            for flags in FLAGS}
     ref = _randomize(nets[FLAGS[0]])
     x, noise, cond = _inputs(ref.config, size=32, kind=kind)
     ref_out = ref(x, noise, cond)
@@ -230,6 +259,48 @@ def test_group_norm_act_matches_reference_in_float64(act: bool, groups: int, cha
 
     for got, want in zip(run(True), run(False)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("act", [True, False])
+@pytest.mark.parametrize("groups,channels", [(4, 8), (8, 8)])
+def test_per_sample_affine_matches_reference_in_float64(act: bool, groups: int, channels: int) -> None:
+    """[B, C] weight and bias (adaptive group norm) get per-sample gradients from the fused path."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(3, channels, 5, 6, generator=g, dtype=torch.float64) * 3 + 1)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w, b = (torch.randn(3, channels, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+
+    def run(fused: bool):
+        y = fused_group_norm_act(x, w, b, groups, act=act) if fused else group_norm_act(x, w, b, groups, act=act, fast=False)
+        return (y, *torch.autograd.grad(y, (x, w, b), torch.ones_like(y) + y.detach()))
+
+    for got, want in zip(run(True), run(False)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # Row i is the plain group norm of row i with row i's affine parameters.
+    y = group_norm_act(x, w, b, groups, act=False, fast=False)
+    torch.testing.assert_close(y[1], F.group_norm(x[1:2], groups, w[1], b[1])[0])
+
+
+def test_adaptive_group_norm_reaches_one_channel_groups() -> None:
+    """The reason for scale_shift: a pre-norm shift vanishes when each group is one channel; the
+    adaptive norm's scale and shift still change the output."""
+    norm = GroupNorm2d(8, max_groups=8, act=False)
+    x, shift = torch.randn(2, 8, 4, 4), torch.randn(2, 8)
+    torch.testing.assert_close(norm(x, shift), norm(x), rtol=0, atol=1e-5)
+    zero = torch.zeros(2, 8)
+    torch.testing.assert_close(norm.modulated(x, zero, zero), norm(x), rtol=0, atol=1e-6)
+    out = norm.modulated(x, torch.full((2, 8), 1.0), shift)
+    torch.testing.assert_close(out, norm(x) * 2 + shift[:, :, None, None], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_per_sample_affine_bf16_input(fmt: torch.memory_format) -> None:
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=fmt) * 2 + 3
+    w, b = torch.rand(2, 16) + 0.5, torch.randn(2, 16)
+    want = F.silu(F.group_norm(x, 8) * w[:, :, None, None] + b[:, :, None, None])
+    for got in (group_norm_act(x.bfloat16(), w, b, 8), fused_group_norm_act(x.bfloat16(), w, b, 8)):
+        assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(got.float(), want, rtol=0.03, atol=0.03)
 
 
 @pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])

@@ -555,6 +555,19 @@ def test_kl_runs_sample_from_the_fitted_prior_and_old_configs_still_load(tmp_pat
     assert legacy.model.prior is None and "prior.mean" not in legacy.model.state_dict()
 
 
+def test_conditional_blocks_use_adaptive_norm_and_old_runs_keep_theirs():
+    """New conditional VAEs modulate their norms with scale and shift; a config saved before
+    that (no ``emb_mode``) rebuilds the add-before-norm blocks its weights fit."""
+    fam = VAEFamily.create("tiny", INFO, "class")
+    assert fam.config.emb_mode == "scale_shift"
+    block = fam.model.decoder.blocks[0][0]
+    assert block.cond_proj.out_features == 2 * block.block.conv2.out_channels
+    old = fam.config_dict()
+    old.pop("emb_mode")
+    legacy = VAEFamily.from_config(old).model.decoder.blocks[0][0]
+    assert legacy.cond_proj.out_features == legacy.block.conv2.out_channels
+
+
 def test_class_conditional_prior_draws_from_each_class_gaussian():
     from limner.models.vae.prior import FittedGaussianPrior
 

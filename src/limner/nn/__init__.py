@@ -6,12 +6,13 @@ Model files under ``limner.models`` build on these; nothing here knows about a m
 from limner.nn.attention import Attention2d, TokenContext, attention, prepare_tokens
 from limner.nn.embeddings import FourierFeatures, NoiseEmbedding
 from limner.nn.norms import GroupNorm2d, fused_group_norm_act, group_norm_act, num_groups, prefers_fused
-from limner.nn.resblocks import ResBlock2d
+from limner.nn.resblocks import EmbMode, ResBlock2d
 from limner.nn.sampling import Downsample2d, Upsample2d
 
 __all__ = [
     "Attention2d",
     "Downsample2d",
+    "EmbMode",
     "FourierFeatures",
     "GroupNorm2d",
     "NoiseEmbedding",

@@ -1,4 +1,4 @@
-"""Group normalisation fused with SiLU and a per-sample channel shift.
+"""Group normalisation fused with SiLU, a per-sample affine map and a per-sample channel shift.
 
 GroupNorm (Wu & He, 2018, https://arxiv.org/abs/1803.08494) followed by SiLU is the
 pre-activation of every residual block in the diffusion U-Nets of Ho et al. (2020,
@@ -9,9 +9,12 @@ for channels-last tensors (and very slow in bfloat16), and the pair keeps three 
 for the backward pass (input, normalised output, activation). :func:`group_norm_act` computes the
 same function from per-channel moments, which are cheap reductions over H and W in any memory
 format; it applies the norm as one per-(sample, channel) affine map ``x * a + b`` and recomputes
-that map in the backward pass, so it keeps only its input. The optional ``shift`` [B, C] is added
-to the input before normalising, which lets a residual block add its noise-embedding projection
-(the ``h + emb`` of Ho et al.) without writing ``h + emb`` out.
+that map in the backward pass, so it keeps only its input. ``weight`` and ``bias`` may be per
+sample ([B, C]): that is the adaptive group norm ``GroupNorm(x) * (1 + scale) + shift`` of
+Dhariwal & Nichol (2021) with the embedding's scale and shift folded into the affine
+parameters by the caller (cheap [B, C] ops under ordinary autograd). The optional ``shift``
+[B, C] is instead added to the input before normalising: the ``h + emb`` of Ho et al., kept for
+runs made with that block (the norm erases it where a group holds a single channel).
 
 :func:`group_norm_act` uses the fused steps only where they are faster (:func:`prefers_fused`:
 large float32 maps and channels-last low-precision maps on the CPU) and the native kernels
@@ -43,7 +46,8 @@ def num_groups(channels: int, max_groups: int = 32) -> int:
 def _affine_coefficients(
     x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None, groups: int, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per-(sample, channel) ``a``, ``b`` [B, C] with ``GroupNorm(x + shift) == x * a + b``.
+    """Per-(sample, channel) ``a``, ``b`` [B, C] with ``GroupNorm(x + shift) == x * a + b``
+    (weight and bias [C] or per sample [B, C]).
 
     Also returns what the backward pass needs: the channel means ``m1`` [B, C] of x,
     ``d = shift - mu`` [B, G, C/G] (or [B, G, 1] without shift) and ``rstd`` [B, G, 1]. Statistics
@@ -60,9 +64,9 @@ def _affine_coefficients(
     shifted = (m1 if e is None else m1 + e).view(B, groups, n)
     mu = shifted.mean(2, keepdim=True)  # [B, G, 1]
     rstd = (m2.view(B, groups, n).mean(2, keepdim=True) - mu * mu).clamp_min_(0).add_(eps).rsqrt_()
-    a = rstd * weight.to(stat).view(groups, n)  # [B, G, n]
+    a = rstd * weight.to(stat).view(-1, groups, n)  # [B, G, n]
     d = -mu if e is None else e.view(B, groups, n) - mu
-    b = torch.addcmul(bias.to(stat).view(groups, n), d, a)
+    b = torch.addcmul(bias.to(stat).view(-1, groups, n), d, a)
     return a.view(B, C), b.view(B, C), m1, d, rstd
 
 
@@ -95,10 +99,14 @@ def _forward_native_stats(
     of x (which is what makes the reductions of :func:`_affine_coefficients` slow here)."""
     B, C, H, W = x.shape
     xe = x if shift is None else x + shift[:, :, None, None].to(x.dtype)
-    z, mu, rstd = torch.ops.aten.native_group_norm(xe, weight.float(), bias.float(), B, C, H * W, groups, eps)
+    per_sample = weight.dim() == 2
+    w = None if per_sample else weight.float()
+    z, mu, rstd = torch.ops.aten.native_group_norm(xe, w, None if per_sample else bias.float(), B, C, H * W, groups, eps)
     mu, rstd = mu[:, :, None], rstd[:, :, None]  # [B, G, 1]
-    a = (rstd * weight.float().view(groups, -1)).view(B, C)
-    b = torch.addcmul(bias.float().view(groups, -1), -mu, a.view(B, groups, -1)).view(B, C)
+    a = (rstd * weight.float().view(-1, groups, C // groups)).view(B, C)
+    b = torch.addcmul(bias.float().view(-1, groups, C // groups), -mu, a.view(B, groups, -1)).view(B, C)
+    if per_sample:  # the kernel normalised without the affine map: apply it to x in one pass
+        z = _apply_affine(xe, a, b, xe.dtype)
     y = F.silu(z, inplace=True) if act else z
     return y.to(out_dtype), xe, (a, b, None, -mu, rstd)
 
@@ -129,7 +137,8 @@ def _backward(
     x: Tensor, gz: Tensor, weight: Tensor, a: Tensor, m1: Tensor | None, d: Tensor, rstd: Tensor,
     groups: int, with_shift: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Gradients of ``z = GroupNorm(x + shift)`` given g = dL/dz, from per-channel sums.
+    """Gradients of ``z = GroupNorm(x + shift)`` given g = dL/dz, from per-channel sums (gamma
+    and its gradients per sample when ``weight`` is [B, C]).
 
     With S1 = sum_hw g and S2 = sum_hw g * x per (sample, channel) and N elements per group,
     dL/dx = a * g + p * x + q where p = -rstd^2 * B_g, q = p * (shift - mu) - rstd * A_g,
@@ -141,7 +150,7 @@ def _backward(
     s1 = _channel_sums(gz, stat).view(B, groups, n)
     s2 = _channel_sums(gz * x, stat).view(B, groups, n)
     g_xhat = torch.addcmul(s2, d, s1).mul_(rstd)  # [B, G, n]: sum_hw g * xhat
-    gamma = weight.to(stat).view(groups, n)
+    gamma = weight.to(stat).view(-1, groups, n)  # [1 or B, G, n]
     A = (gamma * s1).sum(2, keepdim=True)  # [B, G, 1], times N
     p = (gamma * g_xhat).sum(2, keepdim=True).mul_(rstd * rstd / (-n * H * W))  # [B, G, 1]
     q = torch.addcmul(p * d, rstd, A, value=-1.0 / (n * H * W))  # [B, G, n] or [B, G, 1]
@@ -153,6 +162,8 @@ def _backward(
         gshift = _channel_sums(gx, stat)
     elif with_shift:  # sum_hw (a g + p x + q) per channel
         gshift = torch.addcmul(q_c, p_c, m1).mul_(H * W).addcmul_(a, s1.view(B, C))
+    if weight.dim() == 2:  # per-sample affine parameters get per-sample gradients
+        return gx, g_xhat.view(B, C).to(weight.dtype), s1.view(B, C).to(weight.dtype), gshift
     return gx, g_xhat.sum(0).view(C).to(weight.dtype), s1.sum(0).view(C).to(weight.dtype), gshift
 
 
@@ -178,7 +189,7 @@ def group_norm_act(
 
     Args:
         x: [B, C, H, W], any memory format.
-        weight, bias: [C] affine parameters of the norm.
+        weight, bias: affine parameters of the norm, [C] or per sample [B, C].
         groups: number of channel groups; must divide C.
         shift: optional [B, C] added to every pixel of x before normalising.
         eps: added to the group variance.
@@ -192,7 +203,11 @@ def group_norm_act(
         return fused_group_norm_act(x, weight, bias, groups, shift, eps, act)
     out_dtype = _output_dtype(x)
     h = x if shift is None else x + shift[:, :, None, None].to(x.dtype)
-    h = F.group_norm(h, groups, weight.to(h.dtype), bias.to(h.dtype), eps)
+    if weight.dim() == 2:
+        h = F.group_norm(h, groups, None, None, eps)
+        h = torch.addcmul(bias.to(h.dtype)[:, :, None, None], h, weight.to(h.dtype)[:, :, None, None])
+    else:
+        h = F.group_norm(h, groups, weight.to(h.dtype), bias.to(h.dtype), eps)
     if act:  # in place when autograd does not need the pre-activation
         h = F.silu(h, inplace=not (torch.is_grad_enabled() and h.requires_grad))
     return h.to(out_dtype)
@@ -250,7 +265,16 @@ class GroupNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor, shift: Tensor | None = None) -> Tensor:
+        """Norm (+ SiLU) of ``x + shift``; shift [B, C] is optional (the pre-norm embedding add)."""
         return group_norm_act(x, self.weight, self.bias, self.groups, shift, self.eps, self.act, self.fast)
+
+    def modulated(self, x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """Adaptive group norm: ``GroupNorm(x) * (1 + scale) + shift`` (+ SiLU), scale and shift
+        [B, C] (Dhariwal & Nichol 2021), through per-sample affine parameters."""
+        scale1 = scale.to(self.weight.dtype) + 1
+        weight = self.weight * scale1
+        bias = torch.addcmul(shift.to(self.bias.dtype), self.bias, scale1)
+        return group_norm_act(x, weight, bias, self.groups, None, self.eps, self.act, self.fast)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, groups={self.groups}, act={self.act}, eps={self.eps}"

@@ -1,22 +1,33 @@
-"""Pre-activation residual block with a noise-embedding shift (Ho et al. 2020 U-Net block).
+"""Pre-activation residual block conditioned on an embedding (the diffusion U-Net block).
 
-GroupNorm → SiLU → conv3x3 → (+ embedding shift) → GroupNorm → SiLU → dropout → conv3x3, plus a
-1x1 convolution on the skip path when the width changes (He et al. 2016 pre-activation ordering;
-Ho et al. 2020, https://arxiv.org/abs/2006.11239; Dhariwal & Nichol 2021 zero-initialise the last
+GroupNorm → SiLU → conv3x3 → GroupNorm modulated by the embedding → SiLU → dropout → conv3x3,
+plus a 1x1 convolution on the skip path when the width changes (He et al. 2016 pre-activation
+ordering; Dhariwal & Nichol 2021, https://arxiv.org/abs/2105.05233, zero-initialise the last
 convolution so that a new block is the identity).
 
-The shift [B, C_out] is computed by the caller (one projection of the noise embedding for all
-blocks) and folded into the second norm (:func:`limner.nn.norms.group_norm_act`). The first
-convolution then has no bias: a constant added before the shift would be the same parameter twice.
+The caller computes each block's embedding projection (one matrix product for all blocks). Two
+ways to apply it, ``emb_mode``:
+
+- ``"scale_shift"``: adaptive group norm, ``GroupNorm(h) * (1 + scale) + shift`` with [B, 2 C_out]
+  split into scale and shift (Dhariwal & Nichol 2021, "AdaGN"). The default.
+- ``"shift"``: ``GroupNorm(h + shift)`` with a [B, C_out] shift (Ho et al. 2020,
+  https://arxiv.org/abs/2006.11239). The norm removes a per-channel constant within each group,
+  so where a group holds one channel the embedding does not reach the block at all; kept so
+  that runs made with it still load. The first convolution then has no bias (a constant added
+  before the shift would be the same parameter twice).
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 from torch import Tensor, nn
 
 from limner.nn.norms import GroupNorm2d
 
-__all__ = ["ResBlock2d"]
+__all__ = ["EmbMode", "ResBlock2d"]
+
+EmbMode = Literal["scale_shift", "shift"]
 
 
 class ResBlock2d(nn.Module):
@@ -26,15 +37,18 @@ class ResBlock2d(nn.Module):
         in_channels, out_channels: widths.
         dropout: dropout probability before the second convolution.
         max_groups: group-norm groups (see :class:`GroupNorm2d`).
-        shifted: the block receives a [B, out_channels] shift in ``forward``; False gives the
-            first convolution its own bias instead.
+        emb_mode: how ``forward``'s embedding is applied (module docstring): "scale_shift"
+            ([B, 2 * out_channels]), "shift" ([B, out_channels]), or None for a block without one.
     """
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0,
-                 max_groups: int = 32, shifted: bool = True) -> None:
+                 max_groups: int = 32, emb_mode: EmbMode | None = "scale_shift") -> None:
         super().__init__()
+        if emb_mode not in (*get_args(EmbMode), None):
+            raise ValueError(f"emb_mode must be one of {get_args(EmbMode)} or None, got {emb_mode!r}")
+        self.emb_mode = emb_mode
         self.norm1 = GroupNorm2d(in_channels, max_groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not shifted)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=emb_mode != "shift")
         self.norm2 = GroupNorm2d(out_channels, max_groups)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -42,9 +56,19 @@ class ResBlock2d(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: Tensor, shift: Tensor | None = None) -> Tensor:
-        """x [B, C_in, H, W], shift [B, C_out] or None → [B, C_out, H, W]."""
+    @property
+    def emb_width(self) -> int:
+        """Width of the embedding projection ``forward`` expects (0 without one)."""
+        return {"scale_shift": 2, "shift": 1, None: 0}[self.emb_mode] * self.conv2.out_channels
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        """x [B, C_in, H, W], emb [B, emb_width] (or None) → [B, C_out, H, W]."""
         h = self.conv1(self.norm1(x))
-        h = self.conv2(self.dropout(self.norm2(h, shift)))
+        if self.emb_mode == "scale_shift" and emb is not None:
+            scale, shift = emb.chunk(2, dim=1)
+            h = self.norm2.modulated(h, scale, shift)
+        else:
+            h = self.norm2(h, emb)
+        h = self.conv2(self.dropout(h))
         # conv2's output is not saved for its backward, so the residual sum can reuse it.
         return h.add_(x if self.skip is None else self.skip(x))

@@ -6,7 +6,9 @@ https://arxiv.org/abs/2105.05233). Each level holds ``num_res_blocks`` residual 
 self-attention at the feature-map sizes in ``attn_resolutions``); the decoder has one more block
 per level, each reading the concatenation of its input and one encoder activation. The noise label
 is the EDM ``c_noise = log(sigma) / 4`` (Karras et al. 2022, https://arxiv.org/abs/2206.00364),
-embedded with Fourier features; the EDM preconditioning itself lives in ``precond.py``.
+embedded with Fourier features; the EDM preconditioning itself lives in ``precond.py``. Residual
+blocks take the embedding through adaptive group norm (scale and shift after the norm, Dhariwal
+& Nichol 2021); runs saved with DDPM's add-before-norm blocks load with those.
 
 Optional conditioning (``limner.conditioning.Conditioning``): ``vector`` [B, D] goes through a
 linear layer into the noise embedding (class or pooled-text conditioning); ``tokens`` [B, T, D]
@@ -15,8 +17,8 @@ https://arxiv.org/abs/2112.10752).
 
 Speed (see ``benchmarks/README.md``): activations run channels-last in float32 and NCHW under
 CPU bfloat16 autocast (whichever layout PyTorch's CPU kernels are faster in); group norm, SiLU
-and the embedding shift are one fused step where that wins (``limner.nn.norms``); attention
-avoids the slow low-precision CPU kernels; the embedding shifts of all blocks are one matrix
+and the embedding's scale and shift are one fused step where that wins (``limner.nn.norms``);
+attention avoids the slow low-precision CPU kernels; the embeddings of all blocks are one matrix
 product; the decoder's upsampling convolutions use the equivalent transposed-convolution form
 (``limner.nn.sampling``). ``memory_format`` and ``fast_ops`` switch these off; the weights and
 results are the same.
@@ -35,6 +37,7 @@ from limner.conditioning.base import Conditioning
 from limner.nn import (
     Attention2d,
     Downsample2d,
+    EmbMode,
     GroupNorm2d,
     NoiseEmbedding,
     ResBlock2d,
@@ -72,6 +75,9 @@ class UNetConfig:
             embedding. Set False for token-only conditioning (no unused parameters under DDP).
         mid_attention: self-attention between the two middle residual blocks.
         norm_groups: maximum group-norm groups (the largest divisor of the width up to this).
+        emb_mode: how residual blocks take the noise (+ condition) embedding: "scale_shift"
+            (adaptive group norm, the default) or "shift" (added before the norm, as in DDPM; the
+            norm erases it in one-channel groups). Configs saved without this key are "shift".
         memory_format: activation layout (runtime only, not architecture): "channels_last",
             "contiguous" (NCHW) or "auto" = channels-last, except NCHW under CPU bfloat16/float16
             autocast, where PyTorch's NCHW group norm is much faster (see benchmarks/README.md).
@@ -94,6 +100,7 @@ class UNetConfig:
     vector_cond: bool = True
     mid_attention: bool = True
     norm_groups: int = 32
+    emb_mode: EmbMode = "scale_shift"
     memory_format: MemoryFormat = "auto"
     fast_ops: bool = True
 
@@ -111,6 +118,8 @@ class UNetConfig:
         if self.resolution % factor:
             raise ValueError(f"resolution {self.resolution} is not divisible by {factor} "
                              f"({len(self.channels)} levels)")
+        if self.emb_mode not in get_args(EmbMode):
+            raise ValueError(f"emb_mode must be one of {get_args(EmbMode)}, got {self.emb_mode!r}")
         if self.memory_format not in get_args(MemoryFormat):
             raise ValueError(f"memory_format must be one of {get_args(MemoryFormat)}, got {self.memory_format!r}")
         if self.cross_attention and self.cond_dim <= 0:
@@ -139,12 +148,13 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "UNetConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error. A dict without ``emb_mode``
+        was saved before adaptive group norm existed and gets the block it was trained with."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown UNetConfig keys: {unknown}")
-        return cls(**data)
+        return cls(**{"emb_mode": "shift", **data})
 
 
 # Sizes. in/out channels, resolution and conditioning are set by the caller.
@@ -208,8 +218,8 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(c.channels[0], c.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-        self._shift_widths = [b.conv2.out_channels for b in self._res_blocks()]
-        self.shift_proj = nn.Linear(emb, sum(self._shift_widths))  # every block's shift at once
+        self._shift_widths = [b.emb_width for b in self._res_blocks()]
+        self.shift_proj = nn.Linear(emb, sum(self._shift_widths))  # every block's embedding at once
         for module in self.modules():
             if isinstance(module, (GroupNorm2d, Upsample2d, Attention2d)):
                 module.fast = c.fast_ops
@@ -217,7 +227,7 @@ class UNet(nn.Module):
     # -- construction ------------------------------------------------------------------------
 
     def _res(self, cin: int, cout: int) -> ResBlock2d:
-        return ResBlock2d(cin, cout, self.config.dropout, self.config.norm_groups)
+        return ResBlock2d(cin, cout, self.config.dropout, self.config.norm_groups, self.config.emb_mode)
 
     def _attn(self, width: int) -> Attention2d:
         c = self.config
@@ -292,7 +302,7 @@ class UNet(nn.Module):
             raise ValueError(f"expected noise_labels [B] or a scalar, got {tuple(noise_labels.shape)}")
 
     def _shifts(self, noise_labels: Tensor, cond: Conditioning | None) -> tuple[Tensor, ...]:
-        """Noise (+ vector condition) embedding → one [B, C_out] shift per residual block."""
+        """Noise (+ vector condition) embedding → one [B, emb_width] projection per residual block."""
         emb = self.embed(noise_labels)  # [B, E]
         if self.cond_embed is not None and cond is not None and cond.vector is not None:
             emb = emb + self.cond_embed(cond.vector.to(emb.dtype))

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from limner.errors import UsageError
+from limner.nn import EmbMode
 
 Variant = Literal["kl", "vq"]
 ReconLoss = Literal["mse", "l1"]
@@ -73,6 +74,9 @@ class VAEConfig:
         prior: what a KL VAE samples from: "fitted" (a Gaussian fitted to the aggregate
             posterior during training, ``prior.py``) or "normal" (N(0, I); runs made before the
             fitted prior existed load as "normal").
+        emb_mode: how a conditional VAE's residual blocks take the condition vector:
+            "scale_shift" (adaptive group norm) or "shift" (added before the norm, which erases
+            it in one-channel groups; runs made before adaptive norm existed load as "shift").
     """
 
     preset: str
@@ -104,6 +108,7 @@ class VAEConfig:
     cond_drop: float = 0.1
     temperature: float = 1.0
     prior: Prior = "normal"
+    emb_mode: EmbMode = "shift"
 
     def __post_init__(self) -> None:
         self.widths = [int(w) for w in self.widths]
@@ -127,6 +132,7 @@ class VAEConfig:
         _choice("codebook_update", self.codebook_update, CodebookUpdate)
         _choice("disc_loss", self.disc_loss, DiscLoss)
         _choice("prior", self.prior, Prior)
+        _choice("emb_mode", self.emb_mode, EmbMode)
         if not self.widths or any(w < 1 for w in self.widths):
             raise UsageError(f"vae widths must be positive, got {self.widths}")
         if self.widths[-1] % self.head_dim:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from limner.models.vae.encoder import CondResBlock, MidBlock
-from limner.nn import GroupNorm2d, TokenContext, Upsample2d
+from limner.nn import EmbMode, GroupNorm2d, TokenContext, Upsample2d
 
 __all__ = ["Decoder"]
 
@@ -32,21 +32,22 @@ class Decoder(nn.Module):
         head_dim: attention head width of the middle block.
         dropout: dropout inside residual blocks.
         max_groups: group-norm groups.
+        emb_mode: how the condition vector enters the residual blocks (``CondResBlock``).
     """
 
     def __init__(self, out_channels: int, widths: list[int], num_res_blocks: int,
                  latent_channels: int, cond_dim: int = 0, cross_dim: int = 0, head_dim: int = 32,
-                 dropout: float = 0.0, max_groups: int = 32) -> None:
+                 dropout: float = 0.0, max_groups: int = 32, emb_mode: EmbMode = "scale_shift") -> None:
         super().__init__()
         width = widths[-1]
         self.conv_in = nn.Conv2d(latent_channels, width, 3, padding=1)
-        self.mid = MidBlock(width, cond_dim, cross_dim, head_dim, dropout, max_groups)
+        self.mid = MidBlock(width, cond_dim, cross_dim, head_dim, dropout, max_groups, emb_mode)
         self.blocks = nn.ModuleList()
         self.ups = nn.ModuleList()
         for level in reversed(range(len(widths))):
             stage = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
-                stage.append(CondResBlock(width, widths[level], cond_dim, dropout, max_groups))
+                stage.append(CondResBlock(width, widths[level], cond_dim, dropout, max_groups, emb_mode))
                 width = widths[level]
             self.blocks.append(stage)
             self.ups.append(Upsample2d(width) if level > 0 else nn.Identity())

@@ -8,16 +8,17 @@ convolution to the latent channels. The residual blocks and resamplers are ``lim
 
 Conditioning makes it a conditional VAE (Sohn et al. 2015, "Learning Structured Output
 Representation using Deep Conditional Generative Models"): the encoder models q(z | x, c) and
-the decoder p(x | z, c). The pooled condition vector shifts every residual block's second norm
-(as a diffusion U-Net adds its noise embedding); text tokens are also cross-attended from the
-middle block, as in latent diffusion.
+the decoder p(x | z, c). The pooled condition vector modulates every residual block's second norm
+(adaptive group norm, as a diffusion U-Net takes its noise embedding; runs saved before that
+add it before the norm instead); text tokens are also cross-attended from the middle block, as in
+latent diffusion.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from limner.nn import Attention2d, Downsample2d, GroupNorm2d, ResBlock2d, TokenContext
+from limner.nn import Attention2d, Downsample2d, EmbMode, GroupNorm2d, ResBlock2d, TokenContext
 
 __all__ = ["CondResBlock", "Encoder", "MidBlock"]
 
@@ -28,20 +29,22 @@ __all__ = ["CondResBlock", "Encoder", "MidBlock"]
 
 
 class CondResBlock(nn.Module):
-    """``ResBlock2d`` whose second norm is shifted by a projection of the condition vector.
+    """``ResBlock2d`` whose second norm is modulated by a projection of the condition vector.
 
     Args:
         in_channels, out_channels: widths.
-        cond_dim: width of the condition vector; 0 = unconditional (no projection, no shift).
+        cond_dim: width of the condition vector; 0 = unconditional (no projection).
         dropout: dropout inside the block.
         max_groups: group-norm groups.
+        emb_mode: how the projection enters the block (``limner.nn.ResBlock2d``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, cond_dim: int, dropout: float,
-                 max_groups: int) -> None:
+                 max_groups: int, emb_mode: EmbMode = "scale_shift") -> None:
         super().__init__()
-        self.block = ResBlock2d(in_channels, out_channels, dropout, max_groups, shifted=cond_dim > 0)
-        self.cond_proj = nn.Linear(cond_dim, out_channels) if cond_dim else None
+        self.block = ResBlock2d(in_channels, out_channels, dropout, max_groups,
+                                emb_mode=emb_mode if cond_dim > 0 else None)
+        self.cond_proj = nn.Linear(cond_dim, self.block.emb_width) if cond_dim else None
 
     def forward(self, x: Tensor, vector: Tensor | None) -> Tensor:
         """x [B, C_in, H, W], vector [B, D] (already SiLU-activated) or None → [B, C_out, H, W]."""
@@ -56,15 +59,15 @@ class MidBlock(nn.Module):
         channels: width C.
         cond_dim: condition vector width (0 = none).
         cross_dim: text token width for cross-attention (0 = none).
-        head_dim, dropout, max_groups: as in the blocks above.
+        head_dim, dropout, max_groups, emb_mode: as in the blocks above.
     """
 
     def __init__(self, channels: int, cond_dim: int, cross_dim: int, head_dim: int,
-                 dropout: float, max_groups: int) -> None:
+                 dropout: float, max_groups: int, emb_mode: EmbMode = "scale_shift") -> None:
         super().__init__()
-        self.res1 = CondResBlock(channels, channels, cond_dim, dropout, max_groups)
+        self.res1 = CondResBlock(channels, channels, cond_dim, dropout, max_groups, emb_mode)
         self.attn = Attention2d(channels, head_dim, cross_dim=cross_dim, max_groups=max_groups)
-        self.res2 = CondResBlock(channels, channels, cond_dim, dropout, max_groups)
+        self.res2 = CondResBlock(channels, channels, cond_dim, dropout, max_groups, emb_mode)
 
     def forward(self, x: Tensor, vector: Tensor | None, context: TokenContext | None) -> Tensor:
         """x [B, C, h, w] → [B, C, h, w]."""
@@ -90,11 +93,12 @@ class Encoder(nn.Module):
         head_dim: attention head width of the middle block.
         dropout: dropout inside residual blocks.
         max_groups: group-norm groups.
+        emb_mode: how the condition vector enters the residual blocks (``CondResBlock``).
     """
 
     def __init__(self, in_channels: int, widths: list[int], num_res_blocks: int,
                  out_channels: int, cond_dim: int = 0, cross_dim: int = 0, head_dim: int = 32,
-                 dropout: float = 0.0, max_groups: int = 32) -> None:
+                 dropout: float = 0.0, max_groups: int = 32, emb_mode: EmbMode = "scale_shift") -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.blocks = nn.ModuleList()
@@ -103,12 +107,12 @@ class Encoder(nn.Module):
         for level, level_width in enumerate(widths):
             stage = nn.ModuleList()
             for _ in range(num_res_blocks):
-                stage.append(CondResBlock(width, level_width, cond_dim, dropout, max_groups))
+                stage.append(CondResBlock(width, level_width, cond_dim, dropout, max_groups, emb_mode))
                 width = level_width
             self.blocks.append(stage)
             last = level == len(widths) - 1
             self.downs.append(nn.Identity() if last else Downsample2d(width))
-        self.mid = MidBlock(width, cond_dim, cross_dim, head_dim, dropout, max_groups)
+        self.mid = MidBlock(width, cond_dim, cross_dim, head_dim, dropout, max_groups, emb_mode)
         self.norm_out = GroupNorm2d(width, max_groups)
         self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
 

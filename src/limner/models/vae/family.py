@@ -102,7 +102,7 @@ class VAE(nn.Module):
         z = config.latent_channels
         shared = dict(widths=config.widths, num_res_blocks=config.num_res_blocks,
                       cond_dim=cond_dim, cross_dim=cross_dim, head_dim=config.head_dim,
-                      dropout=config.dropout, max_groups=config.norm_groups)
+                      dropout=config.dropout, max_groups=config.norm_groups, emb_mode=config.emb_mode)
         self.encoder = Encoder(config.channels, out_channels=2 * z if self.variant == "kl" else z,
                                **shared)
         self.decoder = Decoder(config.channels, latent_channels=z, **shared)
@@ -221,7 +221,8 @@ class VAEFamily:
             resolution=data.resolution,
             channels=data.channels,
             encoder=enc.to_dict(),
-            **{"prior": "fitted" if variant == "kl" else "normal", **size.fields_for(variant), **overrides},
+            **{"prior": "fitted" if variant == "kl" else "normal", "emb_mode": "scale_shift",
+               **size.fields_for(variant), **overrides},
         )
         return cls(cfg)
 
