@@ -25,7 +25,8 @@ def test_defaults_validate_and_round_trip():
         ("grad_clip", 0.0), ("grad_clip", math.nan), ("weight_decay", -0.1), ("ema_decay", 1.0),
         ("betas", (0.9, 1.0)), ("betas", (0.9,)), ("precision", "fp16"), ("nonfinite", "ignore"),
         ("log_every", 0), ("keep_last", 0), ("save_every", -1), ("sample_every", -2),
-        ("device", "tpu"), ("seed", -1), ("steps", True),
+        ("device", "tpu"), ("seed", -1), ("steps", True), ("lr_decay", "step"), ("min_lr_ratio", -0.1),
+        ("min_lr_ratio", 1.5),
     ],
 )
 def test_nonsense_is_refused_naming_the_field(field, value):

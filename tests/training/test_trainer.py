@@ -47,6 +47,18 @@ def test_lr_warms_up_linearly_then_stays(tmp_path):
     assert lrs == pytest.approx([0.005, 0.01, 0.015, 0.02, 0.02, 0.02])
 
 
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_lr_decays_to_the_floor_at_the_last_step(tmp_path, decay):
+    trainer = make_trainer(tmp_path, steps=6, log_every=1, warmup_steps=2, lr=0.02, lr_decay=decay,
+                           min_lr_ratio=0.1)
+    trainer.fit()
+    lrs = [r["lr"] for r in _metrics(tmp_path)]
+    # updates 1-2 warm up; updates 3..6 decay over p = 1/4 .. 1 to 0.1 * lr at the last one
+    p = [0.25, 0.5, 0.75, 1.0]
+    shape = [(1 + math.cos(math.pi * q)) / 2 for q in p] if decay == "cosine" else [1 - q for q in p]
+    assert lrs == pytest.approx([0.01, 0.02] + [0.02 * (0.1 + 0.9 * f) for f in shape])
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     """Mean loss over 2 micro-batches of 4 == loss over the batch of 8, so the updates agree."""
 

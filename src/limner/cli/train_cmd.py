@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, help="total optimisation steps (default: the preset's)")
     p.add_argument("--batch-size", type=positive_int, help="global batch size (default: the preset's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the preset's)")
+    p.add_argument("--lr-decay", choices=["none", "cosine", "linear"],
+                   help="after warm-up keep the LR (none) or decay it to 0 at the last step (default: the preset's)")
     p.add_argument("--grad-accum", type=positive_int, help="micro-batches per step (default: 1)")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = autocast (default: fp32)")
     p.add_argument("--resolution", type=positive_int, default=32, help="image size in pixels (default: 32)")
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         key: value
         for key, value in dict(
-            steps=args.steps, batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum,
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+            grad_accum=args.grad_accum,
             precision=args.precision, seed=args.seed, save_every=args.save_every,
             sample_every=args.sample_every, keep_last=args.keep_last,
         ).items()

@@ -6,7 +6,10 @@ EMA scheme: a fixed ``ema_decay`` per trainer step with the warm-up of Tarvainen
 staying stuck at the initialisation.
 
 The LR schedule is a linear warm-up to ``lr`` over ``warmup_steps`` optimizer updates, then
-constant (no decay that depends on ``steps``, so a run can be extended on resume).
+constant (``lr_decay="none"``, so a run can be extended on resume), or decayed to
+``lr * min_lr_ratio`` at ``steps`` along a half cosine (Loshchilov & Hutter 2017, "SGDR") or a
+straight line. A decayed run that is extended on resume continues from the LR its new ``steps``
+gives, not from where the old schedule ended.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from limner.errors import UsageError
 
 Precision = Literal["fp32", "bf16"]
 NonFinitePolicy = Literal["stop", "skip"]
+LRDecay = Literal["none", "cosine", "linear"]
 
 
 @dataclass
@@ -32,6 +36,9 @@ class TrainConfig:
         betas: AdamW betas.
         weight_decay: AdamW decoupled weight decay.
         warmup_steps: linear LR warm-up length in optimizer updates (0 = none).
+        lr_decay: after warm-up, "none" (constant), "cosine" or "linear" decay to
+            ``lr * min_lr_ratio`` at ``steps``.
+        min_lr_ratio: the decayed schedules' final LR as a fraction of ``lr``.
         grad_clip: max global grad norm per optimizer; None = no clipping (norm still logged).
         grad_accum: micro-batches per step (gradient accumulation).
         ema_decay: EMA decay per step (with warm-up, see module docstring); None = no EMA.
@@ -55,6 +62,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_decay: LRDecay = "none"
+    min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
     grad_accum: int = 1
     ema_decay: float | None = 0.999
@@ -102,6 +111,10 @@ class TrainConfig:
         _check_ema(self.ema_decay)
         _choice(self, "precision", ("fp32", "bf16"))
         _choice(self, "nonfinite", ("stop", "skip"))
+        _choice(self, "lr_decay", ("none", "cosine", "linear"))
+        _finite(self, "min_lr_ratio", positive=False)
+        if self.min_lr_ratio > 1:
+            raise UsageError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         _non_negative_int(self, "seed")
         _check_device(self.device)
         _check_divisible(self.batch_size, self.grad_accum, world_size)

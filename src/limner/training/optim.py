@@ -1,12 +1,15 @@
 """Optimizers and LR schedules built from a family's ``OptimizerSpec``s.
 
 AdamW (Loshchilov & Hutter, 2019, https://arxiv.org/abs/1711.05101) for every named optimizer,
-fused on CUDA. The schedule is a linear warm-up then constant, counted in optimizer updates; it
-keeps its own plain-int state so a checkpoint loads with ``weights_only=True``.
+fused on CUDA. The schedule is a linear warm-up then constant or decaying (cosine, Loshchilov &
+Hutter 2017, https://arxiv.org/abs/1608.03983; or linear) to a floor at the run's last step,
+counted in optimizer updates; it keeps its own plain-int state so a checkpoint loads with
+``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -32,23 +35,43 @@ def build_optimizer(spec: OptimizerSpec, config: TrainConfig, device: torch.devi
 
 
 class WarmupSchedule:
-    """Linear LR warm-up over ``warmup`` updates, then constant at each group's base LR.
+    """Linear LR warm-up over ``warmup`` updates, then constant at each group's base LR or
+    decayed to ``base_lr * min_ratio`` at update ``total``.
 
-    Update ``u`` (0-based) runs at ``base_lr * min(1, (u + 1) / warmup)``.
+    Update ``u`` (0-based) runs at ``base_lr * min(1, (u + 1) / warmup)`` during warm-up; after
+    it, with ``p = (u + 1 - warmup) / (total - warmup)`` clamped to [0, 1], the multiplier is
+    ``m + (1 - m) * (1 + cos(pi p)) / 2`` (cosine) or ``m + (1 - m) * (1 - p)`` (linear).
+
+    Args:
+        optimizer: its groups' current LRs are the base LRs.
+        warmup: warm-up length in updates (0 = none).
+        decay: "none", "cosine" or "linear".
+        total: the update at which a decay reaches its floor (the run's ``steps``).
+        min_ratio: the floor as a fraction of the base LR.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: int, decay: str = "none",
+                 total: int = 0, min_ratio: float = 0.0):
+        if decay not in ("none", "cosine", "linear"):
+            raise ValueError(f"unknown LR decay {decay!r}")
         self.optimizer = optimizer
         self.warmup = warmup
+        self.decay, self.total, self.min_ratio = decay, total, float(min_ratio)
         self.updates = 0
         self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
         self._apply()
 
     def factor(self) -> float:
         """The LR multiplier for the next update."""
-        if self.warmup <= 0:
+        u = self.updates + 1
+        if self.warmup > 0 and u < self.warmup:
+            return u / self.warmup
+        if self.decay == "none":
             return 1.0
-        return min(1.0, (self.updates + 1) / self.warmup)
+        span = self.total - self.warmup
+        p = 1.0 if span <= 0 else min(1.0, max(0.0, (u - self.warmup) / span))
+        shape = (1 + math.cos(math.pi * p)) / 2 if self.decay == "cosine" else 1 - p
+        return self.min_ratio + (1 - self.min_ratio) * shape
 
     def _apply(self) -> None:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):

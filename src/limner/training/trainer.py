@@ -191,7 +191,8 @@ class Trainer:
         specs = self.family.optimizers()
         self.optimizers = {name: build_optimizer(spec, self.config, self.device)
                            for name, spec in specs.items()}
-        self.schedulers = {n: WarmupSchedule(o, self.config.warmup_steps)
+        c = self.config
+        self.schedulers = {n: WarmupSchedule(o, c.warmup_steps, c.lr_decay, c.steps, c.min_lr_ratio)
                            for n, o in self.optimizers.items()}
         ema_names = list(self.family.ema_names()) if self.config.ema_decay is not None else []
         self.ema = EMA(self.modules, ema_names, self.config.ema_decay) if ema_names else None
