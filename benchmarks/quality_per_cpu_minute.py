@@ -8,8 +8,10 @@ Heusel et al. 2017, but not on Inception features), KID (Bińkowski et al. 2018)
 precision/recall (Kynkäänniemi et al. 2019).
 
 - ``limner``: ``limner.workflows.train`` (what ``limner train --cond none`` runs), preset
-  ``small``, stopped through ``Trainer.request_stop`` when the budget is spent; EMA weights,
-  the family's default sampler (DPM-Solver++(2M), 20 steps).
+  ``small``. Its cosine LR decay needs the run's length: a 30-step probe run measures the CPU
+  cost of a step (charged to the budget) and the run gets the steps the rest buys; it is stopped
+  through ``Trainer.request_stop`` if the budget runs out first. EMA weights, the family's
+  default sampler (DPM-Solver++(2M), 20 steps).
 - ``diffusers``: the recipe of diffusers' ``examples/unconditional_image_generation/
   train_unconditional.py`` (its UNet2DModel, DDPM epsilon objective, AdamW 1e-4 with 500 warm-up
   steps and cosine decay, EMAModel with warm-up, batch 16), run as a plain loop.
@@ -28,6 +30,8 @@ same weights, and the report says so. The recipes are described in full in bench
 Usage:
     python benchmarks/quality_per_cpu_minute.py                    # full run (~2 h on 2 cores)
     python benchmarks/quality_per_cpu_minute.py --quick --threads 1 # smoke run (~3-5 min)
+    python benchmarks/quality_per_cpu_minute.py --contestants limner # re-run limner only; the
+        # peers' samples are reused from --out when it holds a run with the same settings
 """
 
 from __future__ import annotations
@@ -208,7 +212,13 @@ def budget_callback(budget: CpuBudget, progress: Progress):
 
 
 def run_limner(args: argparse.Namespace, work: Path) -> dict:
-    """Train with limner's workflow until the budget is spent, then sample with its defaults."""
+    """Train with limner's workflow until the budget is spent, then sample with its defaults.
+
+    With ``--limner-lr-decay`` other than none, the LR schedule needs the run's length in steps:
+    a short probe run of the same recipe measures the CPU cost of a step (the probe's CPU time is
+    charged to the budget), and the real run is given as many steps as the rest of the budget
+    buys, with the budget stop kept as a safety net.
+    """
     import torch
 
     from limner.evaluation.evaluate import EvalOptions, sample_for_eval
@@ -216,16 +226,19 @@ def run_limner(args: argparse.Namespace, work: Path) -> dict:
     from limner.training.signals import TrainingInterrupted
     from limner.workflows import TrainOptions, train
 
+    budget = CpuBudget(args.budget_cpu_s)
+    recipe = {"sample_every": 0, "precision": args.limner_precision}  # no preview grids: the peers draw none
+    steps = 10**9
+    if args.limner_lr_decay != "none":
+        steps = probe_steps(args, work, recipe, budget)
+        recipe |= {"lr_decay": args.limner_lr_decay}
     run_dir = work / "limner_run"
     opts = TrainOptions(data=args.data, out=run_dir, preset=args.limner_preset, resolution=RESOLUTION,
-                        cond="none", progress=False, overwrite=True,
-                        train={"steps": 10**9, "sample_every": 0})  # no preview grids: the peers draw none
-    budget = CpuBudget(args.budget_cpu_s)
+                        cond="none", progress=False, overwrite=True, train={"steps": steps, **recipe})
     progress = Progress("limner", budget)
     opts.callbacks.append(budget_callback(budget, progress))
     try:
-        train(opts)
-        raise RuntimeError("limner trained 10**9 steps without spending the budget")
+        steps = train(opts).step
     except TrainingInterrupted as stop:
         steps = stop.step
     train_cpu, train_wall = budget.spent(), budget.wall()
@@ -249,6 +262,30 @@ def run_limner(args: argparse.Namespace, work: Path) -> dict:
         "sample_wall_s": samples.seconds, "images": samples.images,
         "recipe": {"preset": args.limner_preset, "train": train_cfg, "family": loaded.run_config["family"]["config"]},
     }
+
+
+def probe_steps(args: argparse.Namespace, work: Path, recipe: dict, budget: CpuBudget,
+                probe: int = 30, skip: int = 10) -> int:
+    """Steps the rest of ``budget`` buys: CPU per step over steps skip..probe of a probe run."""
+    from limner.training.callbacks import Callback
+    from limner.workflows import TrainOptions, train
+
+    marks: dict[int, float] = {}
+
+    class Mark(Callback):
+        def on_step_end(self, trainer, step, metrics):
+            marks[step] = budget.spent()
+
+    opts = TrainOptions(data=args.data, out=work / "limner_probe", preset=args.limner_preset,
+                        resolution=RESOLUTION, cond="none", progress=False, overwrite=True,
+                        train={"steps": probe, "save_every": 0, **recipe}, callbacks=[Mark()])
+    train(opts)
+    shutil.rmtree(work / "limner_probe", ignore_errors=True)
+    per_step = (marks[probe] - marks[skip]) / (probe - skip)
+    steps = int((budget.seconds - budget.spent()) / per_step * 0.9)  # measured: checkpoints and start-up cost ~8%
+    print(f"  limner: probe {per_step:.2f} CPU-s/step -> {steps} steps with {args.limner_lr_decay} LR decay",
+          file=sys.stderr, flush=True)
+    return max(steps, probe)
 
 
 def _empty_cond(batch: int) -> Any:
@@ -516,7 +553,8 @@ def run_contestant(name: str, args: argparse.Namespace, work: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--work-dir", str(work), "--data", str(args.data),
            "--budget-min", str(args.budget_min), "--threads", str(args.threads), "--num-samples",
            str(args.num_samples), "--sample-batch", str(args.sample_batch), "--sample-cap-min",
-           str(args.sample_cap_min), "--seed", str(args.seed), "--limner-preset", args.limner_preset]
+           str(args.sample_cap_min), "--seed", str(args.seed), "--limner-preset", args.limner_preset,
+           "--limner-precision", args.limner_precision, "--limner-lr-decay", args.limner_lr_decay]
     if args.sample_steps:
         cmd += ["--sample-steps", str(args.sample_steps)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -572,6 +610,36 @@ def score(results: list[dict], args: argparse.Namespace, work: Path) -> None:
         res["fd_ratio_vs_best_peer"] = res["metrics"]["fid"] / min(peers) if peers else None
 
 
+COMPARABLE = ("data", "resolution", "budget_cpu_s", "threads", "num_samples", "seed", "quick")
+
+
+def reused_contestants(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Contestants not run this time, taken from the previous results in ``--out`` (their
+    samples are re-scored) when that run had the same budget, threads, sample count and seed."""
+    import numpy as np
+
+    previous = args.out / "results.json"
+    if set(args.contestants) == set(CONTESTANTS) or not previous.is_file():
+        return []
+    report = json.loads(previous.read_text())
+    now = settings(args)
+    if any(report["settings"].get(k) != now[k] for k in COMPARABLE):
+        print(f"note: {previous} has other settings; contestants not run are left out",
+              file=sys.stderr, flush=True)
+        return []
+    reused = []
+    for res in report["contestants"]:
+        npz = args.out / f"samples_{res['name']}.npz"
+        if res["name"] in args.contestants or not npz.is_file():
+            continue
+        res["samples_path"] = str(work / f"{res['name']}_samples.npy")
+        np.save(res["samples_path"], np.load(npz)["images"])
+        res["reused_from"] = report.get("machine", "") + " (earlier run, same settings)"
+        reused.append(res)
+        print(f"[{res['name']}] reused from {previous}", file=sys.stderr, flush=True)
+    return reused
+
+
 def write_outputs(results: list[dict], args: argparse.Namespace, machine: str) -> None:
     """Per-contestant grids, the side-by-side picture, samples (.npz) and results.json."""
     import numpy as np
@@ -616,7 +684,7 @@ def side_by_side(grids: list[tuple[dict, Any]], path: Path, gap: int = 24) -> No
 
 def settings(args: argparse.Namespace) -> dict:
     keys = ("budget_min", "threads", "num_samples", "sample_batch", "sample_cap_min", "sample_steps", "seed",
-            "quick", "limner_preset")
+            "quick", "limner_preset", "limner_precision", "limner_lr_decay")
     return {"data": str(args.data), "resolution": RESOLUTION, "budget_cpu_s": args.budget_cpu_s,
             **{k: getattr(args, k) for k in keys}}
 
@@ -650,7 +718,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "of --threads threads (CPU seconds = threads x minutes x 60)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per contestant")
     p.add_argument("--num-samples", type=int, default=1000, help="samples per contestant for the metrics")
-    p.add_argument("--contestants", nargs="+", default=list(CONTESTANTS), choices=list(CONTESTANTS))
+    p.add_argument("--contestants", nargs="+", default=list(CONTESTANTS), choices=list(CONTESTANTS),
+                   help="contestants to run; the others are reused from --out when its results.json "
+                        "has the same budget, threads, sample count and seed (default: all)")
     p.add_argument("--quick", action="store_true", help="smoke run: 0.3 min budget, 64 samples of 3 steps, "
                    f"a stand-in extractor on {QUICK_SCORE_ROWS} images; output under {QUICK_OUT}")
     p.add_argument("--out", type=Path, default=None, help=f"results folder (default {DEFAULT_OUT})")
@@ -663,6 +733,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-steps", type=int, default=None, help="force this many sampling steps for all "
                    "(DDIM for the peers, limner's default sampler); for smoke runs")
     p.add_argument("--limner-preset", default="small")
+    p.add_argument("--limner-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="limner's training precision (bf16 = autocast; default fp32, as the peers)")
+    p.add_argument("--limner-lr-decay", default=None, choices=["none", "cosine", "linear"],
+                   help="limner's LR decay over the steps the budget buys, measured by a probe run "
+                        "(default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--keep-work", action="store_true", help="keep the scratch folder (runs, samples)")
@@ -673,6 +748,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sample_steps = args.sample_steps or 3
     args.out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     args.budget_cpu_s = args.threads * args.budget_min * 60
+    if args.limner_lr_decay is None:
+        from limner.models.diffusion.family import DiffusionFamily
+
+        args.limner_lr_decay = DiffusionFamily.train_defaults(args.limner_preset).get("lr_decay", "none")
     args.sample_cap_cpu_s = args.sample_cap_min * 60
     return args
 
@@ -690,6 +769,8 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         results = [run_contestant(name, args, work) for name in args.contestants]
+        results += reused_contestants(args, work)
+        results.sort(key=lambda r: list(CONTESTANTS).index(r["name"]))
         print("scoring ...", file=sys.stderr, flush=True)
         score(results, args, work)
         machine = machine_description(args.threads, f"Python {platform.python_version()}")

@@ -83,14 +83,14 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         unet="small", text_dim=128, text_layers=2,
-        train=dict(batch_size=32, lr=2e-3, warmup_steps=100, steps=1500, sample_every=250,
-                   save_every=250, ema_decay=0.995, log_every=10),
+        train=dict(batch_size=32, lr=2e-3, warmup_steps=100, lr_decay="cosine", steps=1500,
+                   sample_every=250, save_every=250, ema_decay=0.995, log_every=10),
         description="a few million parameters; trains on a laptop CPU at 32 px",
     ),
     "base": Preset(
         unet="base", text_dim=256, text_layers=4,
-        train=dict(batch_size=128, lr=1e-3, warmup_steps=500, steps=50000, sample_every=2500,
-                   save_every=2500, ema_decay=0.9995, log_every=50),
+        train=dict(batch_size=128, lr=1e-3, warmup_steps=500, lr_decay="cosine", min_lr_ratio=0.1,
+                   steps=50000, sample_every=2500, save_every=2500, ema_decay=0.9995, log_every=50),
         description="for a GPU, 32-64 px",
     ),
 }
