@@ -8,10 +8,10 @@ Heusel et al. 2017, but not on Inception features), KID (Bińkowski et al. 2018)
 precision/recall (Kynkäänniemi et al. 2019).
 
 - ``limner``: ``limner.workflows.train`` (what ``limner train --cond none`` runs), preset
-  ``small``. Its cosine LR decay needs the run's length: a 30-step probe run measures the CPU
-  cost of a step (charged to the budget) and the run gets the steps the rest buys; it is stopped
-  through ``Trainer.request_stop`` if the budget runs out first. EMA weights, the family's
-  default sampler (DPM-Solver++(2M), 20 steps).
+  ``small``, stopped through ``Trainer.request_stop`` when the budget is spent. Its cosine LR
+  decay needs the run's length, which a budget does not fix in steps: after every step the end
+  of the decay is set to where the budget will run out at the CPU cost per step so far. EMA
+  weights, the family's default sampler (DPM-Solver++(2M), 20 steps).
 - ``diffusers``: the recipe of diffusers' ``examples/unconditional_image_generation/
   train_unconditional.py`` (its UNet2DModel, DDPM epsilon objective, AdamW 1e-4 with 500 warm-up
   steps and cosine decay, EMAModel with warm-up, batch 16), run as a plain loop.
@@ -198,15 +198,34 @@ def sample_batches(num: int, batch: int, seed: int) -> list[list[int]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def budget_callback(budget: CpuBudget, progress: Progress):
-    """A trainer callback asking the trainer to save and stop once the CPU budget is spent."""
+def budget_callback(budget: CpuBudget, progress: Progress, fit_schedule: bool = False):
+    """A trainer callback asking the trainer to save and stop once the CPU budget is spent.
+
+    With ``fit_schedule``, after every step it also sets the end of the LR schedules' decay to
+    the step at which the budget will run out at the average CPU cost per step so far, so a
+    decaying schedule reaches its floor when the budget does (whatever the machine's speed).
+    """
     from limner.training.callbacks import Callback
 
     class StopWhenSpent(Callback):
+        def on_train_start(self, trainer):
+            self.cpu0, self.step0 = budget.spent(), None
+
         def on_step_end(self, trainer, step, metrics):
             progress.step(step, float(metrics.get("loss", float("nan"))))
             if budget.exhausted():
                 trainer.request_stop()
+            elif fit_schedule:
+                self._fit(trainer, step)
+
+        def _fit(self, trainer, step):
+            if self.step0 is None:  # the first step pays for start-up: measure from its end
+                self.cpu0, self.step0 = budget.spent(), step
+                return
+            per_step = (budget.spent() - self.cpu0) / (step - self.step0)
+            end = step + int((budget.seconds - budget.spent()) / per_step)
+            for schedule in trainer.schedulers.values():
+                schedule.total = end
 
     return StopWhenSpent()
 
@@ -214,10 +233,8 @@ def budget_callback(budget: CpuBudget, progress: Progress):
 def run_limner(args: argparse.Namespace, work: Path) -> dict:
     """Train with limner's workflow until the budget is spent, then sample with its defaults.
 
-    With ``--limner-lr-decay`` other than none, the LR schedule needs the run's length in steps:
-    a short probe run of the same recipe measures the CPU cost of a step (the probe's CPU time is
-    charged to the budget), and the real run is given as many steps as the rest of the budget
-    buys, with the budget stop kept as a safety net.
+    With ``--limner-lr-decay`` other than none, the schedule's end follows the budget: see
+    :func:`budget_callback`.
     """
     import torch
 
@@ -227,18 +244,18 @@ def run_limner(args: argparse.Namespace, work: Path) -> dict:
     from limner.workflows import TrainOptions, train
 
     budget = CpuBudget(args.budget_cpu_s)
-    recipe = {"sample_every": 0, "precision": args.limner_precision}  # no preview grids: the peers draw none
-    steps = 10**9
-    if args.limner_lr_decay != "none":
-        steps = probe_steps(args, work, recipe, budget)
-        recipe |= {"lr_decay": args.limner_lr_decay}
+    recipe = {"sample_every": 0, "precision": args.limner_precision,  # no preview grids: the peers draw none
+              "lr_decay": args.limner_lr_decay}
+    if args.limner_batch_size:
+        recipe["batch_size"] = args.limner_batch_size
     run_dir = work / "limner_run"
     opts = TrainOptions(data=args.data, out=run_dir, preset=args.limner_preset, resolution=RESOLUTION,
-                        cond="none", progress=False, overwrite=True, train={"steps": steps, **recipe})
+                        cond="none", progress=False, overwrite=True, train={"steps": 10**9, **recipe})
     progress = Progress("limner", budget)
-    opts.callbacks.append(budget_callback(budget, progress))
+    opts.callbacks.append(budget_callback(budget, progress, fit_schedule=args.limner_lr_decay != "none"))
     try:
-        steps = train(opts).step
+        train(opts)
+        raise RuntimeError("limner trained 10**9 steps without spending the budget")
     except TrainingInterrupted as stop:
         steps = stop.step
     train_cpu, train_wall = budget.spent(), budget.wall()
@@ -262,30 +279,6 @@ def run_limner(args: argparse.Namespace, work: Path) -> dict:
         "sample_wall_s": samples.seconds, "images": samples.images,
         "recipe": {"preset": args.limner_preset, "train": train_cfg, "family": loaded.run_config["family"]["config"]},
     }
-
-
-def probe_steps(args: argparse.Namespace, work: Path, recipe: dict, budget: CpuBudget,
-                probe: int = 30, skip: int = 10) -> int:
-    """Steps the rest of ``budget`` buys: CPU per step over steps skip..probe of a probe run."""
-    from limner.training.callbacks import Callback
-    from limner.workflows import TrainOptions, train
-
-    marks: dict[int, float] = {}
-
-    class Mark(Callback):
-        def on_step_end(self, trainer, step, metrics):
-            marks[step] = budget.spent()
-
-    opts = TrainOptions(data=args.data, out=work / "limner_probe", preset=args.limner_preset,
-                        resolution=RESOLUTION, cond="none", progress=False, overwrite=True,
-                        train={"steps": probe, "save_every": 0, **recipe}, callbacks=[Mark()])
-    train(opts)
-    shutil.rmtree(work / "limner_probe", ignore_errors=True)
-    per_step = (marks[probe] - marks[skip]) / (probe - skip)
-    steps = int((budget.seconds - budget.spent()) / per_step * 0.9)  # measured: checkpoints and start-up cost ~8%
-    print(f"  limner: probe {per_step:.2f} CPU-s/step -> {steps} steps with {args.limner_lr_decay} LR decay",
-          file=sys.stderr, flush=True)
-    return max(steps, probe)
 
 
 def _empty_cond(batch: int) -> Any:
@@ -555,6 +548,8 @@ def run_contestant(name: str, args: argparse.Namespace, work: Path) -> dict:
            str(args.num_samples), "--sample-batch", str(args.sample_batch), "--sample-cap-min",
            str(args.sample_cap_min), "--seed", str(args.seed), "--limner-preset", args.limner_preset,
            "--limner-precision", args.limner_precision, "--limner-lr-decay", args.limner_lr_decay]
+    if args.limner_batch_size:
+        cmd += ["--limner-batch-size", str(args.limner_batch_size)]
     if args.sample_steps:
         cmd += ["--sample-steps", str(args.sample_steps)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -684,7 +679,7 @@ def side_by_side(grids: list[tuple[dict, Any]], path: Path, gap: int = 24) -> No
 
 def settings(args: argparse.Namespace) -> dict:
     keys = ("budget_min", "threads", "num_samples", "sample_batch", "sample_cap_min", "sample_steps", "seed",
-            "quick", "limner_preset", "limner_precision", "limner_lr_decay")
+            "quick", "limner_preset", "limner_precision", "limner_lr_decay", "limner_batch_size")
     return {"data": str(args.data), "resolution": RESOLUTION, "budget_cpu_s": args.budget_cpu_s,
             **{k: getattr(args, k) for k in keys}}
 
@@ -735,9 +730,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limner-preset", default="small")
     p.add_argument("--limner-precision", default="fp32", choices=["fp32", "bf16"],
                    help="limner's training precision (bf16 = autocast; default fp32, as the peers)")
+    p.add_argument("--limner-batch-size", type=int, default=None, help="limner's batch size (default: the preset's)")
     p.add_argument("--limner-lr-decay", default=None, choices=["none", "cosine", "linear"],
-                   help="limner's LR decay over the steps the budget buys, measured by a probe run "
-                        "(default: the preset's)")
+                   help="limner's LR decay, fitted to end with the budget (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--keep-work", action="store_true", help="keep the scratch folder (runs, samples)")

@@ -60,3 +60,21 @@ def _tiny_folder(tmp_path):
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"im{i}.png")
     return data
+
+
+def test_resume_takes_the_runs_family_and_refuses_another(tmp_path):
+    """--resume without --family continues the saved family; a different --family or a --vae
+    on a run that has none is a usage error naming the option, not silently ignored."""
+    import pytest
+
+    from limner.errors import UsageError
+
+    data, out = _tiny_folder(tmp_path), tmp_path / "run"
+    common = dict(data=data, out=out, preset="tiny", resolution=16, progress=False, cache_dir=tmp_path / "cache")
+    train(TrainOptions(family="vae", train={"steps": 1, "batch_size": 4, "sample_every": 0}, **common))
+    result = train(TrainOptions(resume=True, train={"steps": 2}, **common))  # no --family: the run's
+    assert result.step == 2
+    with pytest.raises(UsageError, match="--family: .* is a vae run"):
+        train(TrainOptions(resume=True, family="gan", train={"steps": 3}, **common))
+    with pytest.raises(UsageError, match="--vae: .* latent-diffusion runs only"):
+        train(TrainOptions(resume=True, family_options={"vae": out}, train={"steps": 3}, **common))

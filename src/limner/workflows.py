@@ -31,7 +31,7 @@ class TrainOptions:
 
     data: Path
     out: Path
-    family: str = "diffusion"
+    family: str | None = None  # None = "diffusion" for a new run, the saved family on resume
     preset: str = "small"
     resolution: int = 32
     cond: str | None = None  # None = follow the data
@@ -128,9 +128,10 @@ def train(opts: TrainOptions):
 
     check_paths(opts)
     device = resolve_device(opts.device)
-    fam_cls = family_class(opts.family)
     if opts.resume:
         run_config = read_run_config(opts.out)
+        check_resume_matches(opts, run_config)
+        fam_cls = family_class(run_config["family"]["name"])
         saved = run_config["train"]
         train_cfg = TrainConfig.from_dict({**saved, **opts.train, "device": device})
         family = fam_cls.from_config(run_config["family"]["config"])
@@ -148,6 +149,7 @@ def train(opts: TrainOptions):
         cond = family.cond_kind
         run_config = {**run_config, "train": train_cfg.to_dict()}
     else:
+        fam_cls = family_class(opts.family or "diffusion")
         train_cfg = TrainConfig.from_dict(
             {**fam_cls.train_defaults(opts.preset), **opts.train, "device": device}
         )
@@ -181,6 +183,24 @@ def train(opts: TrainOptions):
         callbacks=callbacks, progress=opts.progress, resume=opts.resume,
     )
     return trainer.fit()
+
+
+def check_resume_matches(opts: TrainOptions, run_config: dict[str, Any]) -> None:
+    """--resume continues the saved run, family included (--family may be left out): a different
+    --family, or a --vae other than the VAE run
+    the saved run was built from (it keeps its own copy), is a usage error instead of being
+    silently ignored. Training settings (--steps, --lr, ...) may change on resume."""
+    saved = run_config["family"]["name"]
+    if opts.family is not None and opts.family != saved:
+        raise UsageError(f"--family: {opts.out} is a {saved} run; resume it with --family {saved} "
+                         "(or start a new run in another folder)")
+    vae = opts.family_options.get("vae")
+    vae_run = run_config["family"]["config"].get("vae_run") or {}
+    if vae is not None and not vae_run:
+        raise UsageError(f"--vae: {opts.out} is a {saved} run; --vae applies to latent-diffusion runs only")
+    if vae is not None and Path(vae).resolve() != Path(vae_run["path"]):
+        raise UsageError(f"--vae: {opts.out} was trained on the latents of {vae_run['path']} and keeps "
+                         f"its own copy of that VAE; leave --vae out to resume it")
 
 
 def eval_callback(opts: TrainOptions, train_cfg, dataset):

@@ -32,7 +32,7 @@ from limner.models.gan.config import GANConfig
 from limner.models.gan.discriminator import minibatch_std
 from limner.models.gan.family import GANFamily
 from limner.models.gan.generator import feature_sizes
-from limner.models.gan.losses import LogisticLoss, R1Penalty
+from limner.models.gan.losses import LogisticLoss, R1Penalty, mode_seeking
 from limner.training.callbacks import Callback
 from limner.training.config import TrainConfig
 from limner.training.trainer import Trainer
@@ -41,7 +41,7 @@ torch.set_num_threads(1)
 
 KINDS = ["none", "class", "text"]
 CAPTIONS = ["red heart", "blue square", "green heart"]
-LOGGED = {"loss", "loss_D", "loss_G", "D_real", "D_fake", "aug_p"}
+LOGGED = {"loss", "loss_D", "loss_G", "D_real", "D_fake", "aug_p", "ms"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,6 +354,31 @@ def test_logistic_loss_values():
     assert torch.allclose(LogisticLoss.generator(zero), torch.full((3,), math.log(2)))
     big = torch.full((1,), 30.0)
     assert LogisticLoss.discriminator(big, -big).item() < 1e-6  # confident and right: ~0
+
+
+def test_mode_seeking_term_is_the_inverse_image_to_latent_distance_ratio():
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [1.0, 3.0], [9.0, 9.0]])
+    x = torch.zeros(5, 1, 2, 2)
+    x[2] += 0.5  # pair (0, 2): image distance 0.5, latent distance 1
+    x[4] += 7.0  # pair (1, 3): image distance 0, latent distance 1; row 4 has no pair
+    # mean image distance 0.25 over mean latent distance 1 -> 1 / 0.25; row 4 (odd) is left out
+    assert mode_seeking(x, z).item() == pytest.approx(1 / (0.25 + 1e-5))
+    same = mode_seeking(torch.zeros(4, 1, 2, 2), torch.randn(4, 3))
+    assert same.item() == pytest.approx(1e5)  # a generator that ignores z is penalised hard
+
+
+@pytest.mark.parametrize("kind", ["class", "text"])
+def test_mode_seeking_pairs_share_conditions_with_other_latents(kind):
+    fam = family(kind)
+    batch = Batch(images=torch.zeros(5, 3, 16, 16), indices=torch.arange(5), captions=[CAPTIONS[i % 3] for i in range(5)],
+                  labels=torch.arange(5) % 3)
+    plain = fam.gan_step.condition_inputs(batch)
+    paired = fam.gan_step.condition_inputs(batch, paired=True)
+    field = "labels" if kind == "class" else "token_ids"
+    a, b = getattr(plain, field), getattr(paired, field)
+    assert torch.equal(b[:2], a[:2]) and torch.equal(b[2:4], a[:2]) and torch.equal(b[4], a[4])
+    assert fam.config.mode_seeking > 0 and GANFamily.from_config(
+        {k: v for k, v in fam.config_dict().items() if k != "mode_seeking"}).config.mode_seeking == 0
 
 
 def test_ada_moves_p_toward_the_target():

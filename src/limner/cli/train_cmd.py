@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", metavar="DATA", type=Path, help="image folder, IDX file/folder or .npz")
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder to write")
-    p.add_argument("--family", default="diffusion",
-                   help=f"model family: {', '.join(sorted(FAMILIES))} (default: diffusion)")
+    p.add_argument("--family", default=None,
+                   help=f"model family: {', '.join(sorted(FAMILIES))} (default: diffusion; "
+                        "with --resume, the run's own)")
     p.add_argument("--preset", default="small", help="model size and recipe: tiny, small, base; VAE also vq-tiny, vq-small, vq-base (default: small)")
     p.add_argument("--steps", type=positive_int, help="total optimisation steps (default: the preset's)")
     p.add_argument("--batch-size", type=positive_int, help="global batch size (default: the preset's)")
@@ -79,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from limner.workflows import TrainOptions, train
 
-    if args.vae is not None and args.family != "latent-diffusion":
-        raise UsageError(f"--vae applies to --family latent-diffusion only, not {args.family!r}")
+    if args.vae is not None and args.family != "latent-diffusion" and not args.resume:
+        raise UsageError(f"--vae applies to --family latent-diffusion only, not {args.family or 'diffusion'!r}")
 
     overrides = {
         key: value

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -69,20 +70,50 @@ def load_frozen_minilm() -> FrozenMiniLM:
 
 
 class FeatureCache:
-    """Caption → frozen features [T_i, 384] float16, with hit/miss counts. Shared, not copied,
-    by ``copy.deepcopy`` so an EMA copy of the encoder does not duplicate it."""
+    """Caption → frozen features [T_i, 384] float16, least recently used first out once the
+    rows exceed ``max_bytes``, with hit/miss counts. Shared, not copied, by ``copy.deepcopy`` so
+    an EMA copy of the encoder does not duplicate it.
 
-    def __init__(self) -> None:
-        self.rows: dict[str, Tensor] = {}
+    The bound matters for a long-lived process (a studio serving prompts): without it every new
+    prompt would stay in memory. 1 GiB holds ~100k typical captions, more than most datasets.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.rows: OrderedDict[str, Tensor] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.hits = 0
         self.misses = 0
 
     def __deepcopy__(self, memo: dict) -> "FeatureCache":
         return self
 
+    def __contains__(self, caption: str) -> bool:
+        return caption in self.rows
+
+    def get(self, caption: str) -> Tensor:
+        """The cached row of ``caption`` (KeyError if absent), marked as just used."""
+        self.rows.move_to_end(caption)
+        return self.rows[caption]
+
+    def put(self, caption: str, row: Tensor) -> None:
+        """Cache ``row``, then drop least recently used rows while over ``max_bytes`` (the new
+        row itself always stays)."""
+        if caption in self.rows:
+            self.bytes -= _nbytes(self.rows.pop(caption))
+        self.rows[caption] = row
+        self.bytes += _nbytes(row)
+        while self.bytes > self.max_bytes and len(self.rows) > 1:
+            self.bytes -= _nbytes(self.rows.popitem(last=False)[1])
+
     def clear(self) -> None:
         """Forget every cached caption (counts are kept)."""
         self.rows.clear()
+        self.bytes = 0
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 class MiniLMTextEncoder(TextCondEncoder):
@@ -109,8 +140,7 @@ class MiniLMTextEncoder(TextCondEncoder):
     ) -> CondInputs:
         """Run the frozen model: features [B, T, 384] float32, feature_mask [B, T] bool."""
         captions = self._check_captions(captions, labels, batch_size)
-        self._fill_cache(captions)
-        rows = [self.cache.rows[c] for c in captions]
+        rows = self._cached_rows(captions)
         T = max((row.shape[0] for row in rows), default=1)
         features = torch.zeros(len(rows), T, MINILM_WIDTH)
         mask = torch.zeros(len(rows), T, dtype=torch.bool)
@@ -119,17 +149,20 @@ class MiniLMTextEncoder(TextCondEncoder):
             mask[i, : row.shape[0]] = True
         return CondInputs(batch_size=len(rows), features=features, feature_mask=mask)
 
-    def _fill_cache(self, captions: list[str]) -> None:
-        """Encode the captions not cached yet, in one batch."""
-        missing = list(dict.fromkeys(c for c in captions if c not in self.cache.rows))
+    def _cached_rows(self, captions: list[str]) -> list[Tensor]:
+        """Each caption's features; the captions not cached yet are encoded in one batch."""
+        missing = list(dict.fromkeys(c for c in captions if c not in self.cache))
         self.cache.misses += len(missing)
         self.cache.hits += len(captions) - len(missing)
-        if not missing:
-            return
-        hidden, mask = load_frozen_minilm()(missing, self.config.max_tokens)
-        for caption, h, m in zip(missing, hidden, mask):
-            # float16 halves the cache; every row goes through it, so cached = uncached.
-            self.cache.rows[caption] = h[m].to(torch.float16)
+        fresh: dict[str, Tensor] = {}
+        if missing:
+            hidden, mask = load_frozen_minilm()(missing, self.config.max_tokens)
+            for caption, h, m in zip(missing, hidden, mask):
+                # float16 halves the cache; every row goes through it, so cached = uncached.
+                fresh[caption] = h[m].to(torch.float16)
+                self.cache.put(caption, fresh[caption])
+        # rows of this batch come from `fresh` too: the cache may already have evicted them
+        return [fresh[c] if c in fresh else self.cache.get(c) for c in captions]
 
     def encode(self, inputs: CondInputs) -> Conditioning:
         """Project the frozen features: tokens [B, T, D] (zero where masked), vector [B, D]."""

@@ -145,36 +145,41 @@ class MiniLMTextTower(nn.Module):
     """Captions -> frozen MiniLM token features, mean-pooled [B, 384] -> trainable MLP [B, width].
 
     The frozen model is kept out of module registration, so the state dict holds the MLP only.
-    Pooled features are cached per caption (each training caption runs through MiniLM once).
+    Pooled features are cached per caption (each training caption runs through MiniLM once), in
+    the bounded least-recently-used cache of the MiniLM condition encoder.
     """
 
     def __init__(self, config: ClipTextConfig):
         super().__init__()
-        from limner.conditioning.minilm import MINILM_WIDTH
+        from limner.conditioning.minilm import MINILM_WIDTH, FeatureCache
 
         _check_minilm_version(config)
         self.max_tokens = config.max_tokens
         W = config.width
         self.proj = nn.Sequential(nn.LayerNorm(MINILM_WIDTH), nn.Linear(MINILM_WIDTH, W), nn.GELU(),
                                   nn.Linear(W, W))
-        self.cache: dict[str, Tensor] = {}
+        self.cache = FeatureCache()
 
     def forward(self, texts: list[str]) -> Tensor:
-        self._fill_cache(texts)
         device = self.proj[1].weight.device
-        return self.proj(torch.stack([self.cache[t] for t in texts]).to(device))
+        return self.proj(torch.stack(self._pooled(texts)).to(device))
 
-    def _fill_cache(self, texts: list[str], chunk: int = 256) -> None:
-        """Run MiniLM (CPU, no grad) on the captions not cached yet; store masked means [384]."""
+    def _pooled(self, texts: list[str], chunk: int = 256) -> list[Tensor]:
+        """Masked-mean MiniLM features [384] of each text; MiniLM (CPU, no grad) runs on the
+        texts not cached yet."""
         from limner.conditioning.minilm import load_frozen_minilm
 
         missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        fresh: dict[str, Tensor] = {}
         for start in range(0, len(missing), chunk):
             part = missing[start:start + chunk]
             hidden, mask = load_frozen_minilm()(part, self.max_tokens)  # [B, T, 384], [B, T]
             m = mask[..., None].float()
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-            self.cache.update(zip(part, pooled))
+            for text, row in zip(part, pooled):
+                fresh[text] = row
+                self.cache.put(text, row)
+        return [fresh[t] if t in fresh else self.cache.get(t) for t in texts]
 
     def unknown_words(self, text: str) -> list[str]:
         """Always empty: MiniLM's WordPiece vocabulary spells any word from sub-words."""

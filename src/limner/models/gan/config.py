@@ -49,6 +49,9 @@ class GANConfig:
         ada_interval: steps between adjustments of p.
         ada_kimg: thousands of real images over which p can move from 0 to 1.
         truncation_samples: latents averaged for the per-condition truncation centre.
+        mode_seeking: weight of MSGAN's mode-seeking term in the G loss (Mao et al. 2019,
+            https://arxiv.org/abs/1903.05628), against a conditional generator that ignores z;
+            0 = off (runs saved before it existed load with 0).
     """
 
     preset: str
@@ -65,6 +68,7 @@ class GANConfig:
     ada_interval: int = 4
     ada_kimg: float = 20.0
     truncation_samples: int = 256
+    mode_seeking: float = 0.0
 
     def __post_init__(self) -> None:
         self.augment = list(self.augment)
@@ -76,6 +80,7 @@ class GANConfig:
         _check(self.ada_target is None or 0.0 <= self.ada_target <= 1.0,
                "ada_target must be in [0, 1] or null")
         _check(self.ada_kimg > 0, "ada_kimg must be positive")
+        _check(self.mode_seeking >= 0 and math.isfinite(self.mode_seeking), "mode_seeking must be >= 0")
         for name in ("r1_interval", "ada_interval", "truncation_samples"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
@@ -124,7 +129,7 @@ PRESETS: dict[str, Preset] = {
         discriminator=dict(channel_base=256, channel_max=32),
         cond_dim=32, text_layers=1,
         family=dict(r1_gamma=0.01, r1_interval=4, ada_interval=2, ada_kimg=0.5,
-                    truncation_samples=64),
+                    truncation_samples=64, mode_seeking=1.0),
         train=dict(batch_size=8, lr=2e-3, steps=50, sample_every=0, save_every=25,
                    ema_decay=0.99, log_every=5, **_GAN_OPTIM),
         description="tens of thousands of parameters, for tests (16 px)",
@@ -133,7 +138,7 @@ PRESETS: dict[str, Preset] = {
         generator=dict(z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024, channel_max=128),
         discriminator=dict(channel_base=1024, channel_max=128),
         cond_dim=128, text_layers=2,
-        family=dict(r1_gamma=0.02, r1_interval=16, ada_interval=4, ada_kimg=20.0),
+        family=dict(r1_gamma=0.02, r1_interval=16, ada_interval=4, ada_kimg=20.0, mode_seeking=1.0),
         train=dict(batch_size=32, lr=2e-3, steps=5000, sample_every=500, save_every=500,
                    ema_decay=0.999, log_every=10, **_GAN_OPTIM),
         description="about a million parameters per network; trains on a laptop CPU at 32 px",
@@ -142,7 +147,7 @@ PRESETS: dict[str, Preset] = {
         generator=dict(z_dim=256, w_dim=256, mapping_layers=4, channel_base=8192, channel_max=256),
         discriminator=dict(channel_base=8192, channel_max=256),
         cond_dim=256, text_layers=4,
-        family=dict(r1_gamma=0.05, r1_interval=16, ada_interval=4, ada_kimg=100.0),
+        family=dict(r1_gamma=0.05, r1_interval=16, ada_interval=4, ada_kimg=100.0, mode_seeking=1.0),
         train=dict(batch_size=64, lr=2.5e-3, steps=50000, sample_every=2500, save_every=2500,
                    ema_decay=0.9995, log_every=50, **_GAN_OPTIM),
         description="for a GPU, 32-64 px",

@@ -63,7 +63,7 @@ class GANFamily:
                                        config.ada_kimg)
         self.gan_step = GANStep(self.G, self.D, R1Penalty(config.r1_gamma, config.r1_interval),
                             DiffAugment(config.augment), self.ada,
-                            conditional=enc.kind != CondKind.none)
+                            conditional=enc.kind != CondKind.none, mode_seeking=config.mode_seeking)
 
     # ----------------------------------------------------------------- construction
     @classmethod

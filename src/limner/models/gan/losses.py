@@ -9,6 +9,10 @@ Sources:
   (https://arxiv.org/abs/1801.04406, eq. 9): ``R1 = gamma/2 E_real ||grad_x D(x)||^2``.
 - Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN" (StyleGAN2, §3.1):
   lazy regularisation, R1 every k steps with its weight multiplied by k.
+- Mao et al. 2019, "Mode Seeking Generative Adversarial Networks for Diverse Image Synthesis"
+  (MSGAN, https://arxiv.org/abs/1903.05628, eq. 3): for two latents under one condition, the
+  generator maximises ``d(G(c, z1), G(c, z2)) / d(z1, z2)``, minimised as its reciprocal; the
+  cure for a conditional generator that ignores z.
 """
 
 from __future__ import annotations
@@ -63,3 +67,17 @@ class R1Penalty:
         """
         (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
         return grad.float().square().sum(dim=(1, 2, 3))
+
+
+def mode_seeking(images: Tensor, z: Tensor, eps: float = 1e-5) -> Tensor:
+    """MSGAN's term for the pairs (i, i + B/2) of a batch whose two halves share conditions:
+    ``1 / (mean_pairs(mean|x_i - x_j|) / mean_pairs(mean|z_i - z_j|) + eps)``, a scalar.
+
+    Args:
+        images: [B, C, H, W] generator outputs, B >= 2 (an odd last row is left out).
+        z: [B, z_dim] the latents they came from.
+    """
+    h = images.shape[0] // 2
+    d_images = (images[:h] - images[h:2 * h]).abs().float().mean()
+    d_z = (z[:h] - z[h:2 * h]).abs().float().mean()
+    return 1.0 / (d_images / d_z + eps)

@@ -9,7 +9,9 @@ with the R1 pass folded into the D pass on the steps that evaluate it:
    lazy R1 penalty on the real images, taken through the augmentation (Mescheder et al. 2018);
    backward; then ``ctx.optimizer_step("D")``.
 2. G step: D frozen; fakes from G, which also tracks the mean w for truncation; augmented;
-   non-saturating loss; backward; then ``ctx.optimizer_step("G")``.
+   non-saturating loss, plus MSGAN's mode-seeking term when its weight is set (the second half
+   of the micro-batch then repeats the first half's conditions with other latents, Mao et al.
+   2019); backward; then ``ctx.optimizer_step("G")``.
 3. ADA: p is adjusted from the signs of D(real) when due.
 
 All randomness (latents, augmentations) comes from ``ctx.generator()``, so resuming a run draws
@@ -35,7 +37,7 @@ from limner.models.base import StepContext
 from limner.models.gan.augment import AdaptiveProbability, DiffAugment
 from limner.models.gan.discriminator import Discriminator
 from limner.models.gan.generator import Generator
-from limner.models.gan.losses import LogisticLoss, R1Penalty
+from limner.models.gan.losses import LogisticLoss, R1Penalty, mode_seeking
 
 
 @contextmanager
@@ -74,19 +76,22 @@ class GANStep:
         augment: the augmentation applied to every image D sees.
         ada: the augmentation probability (fixed or adaptive); its state is the family's.
         conditional: whether the networks take condition inputs.
+        mode_seeking: weight of MSGAN's mode-seeking term in the G loss (0 = off).
     """
 
     def __init__(self, G: Generator, D: Discriminator, r1: R1Penalty, augment: DiffAugment,
-                 ada: AdaptiveProbability, conditional: bool) -> None:
+                 ada: AdaptiveProbability, conditional: bool, mode_seeking: float = 0.0) -> None:
         self.G, self.D = G, D
         self.loss = LogisticLoss()
         self.r1, self.augment, self.ada = r1, augment, ada
         self.conditional = conditional
+        self.mode_seeking = float(mode_seeking)
 
     def __call__(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         """Both phases and the ADA update; metrics: loss (= loss_G), loss_D, loss_G, D_real,
-        D_fake (mean logits), r1 (mean ||grad||^2, on R1 steps), aug_p (p used this step) and
-        ada_rt (r_t, on adjustment steps)."""
+        D_fake (mean logits), r1 (mean ||grad||^2, on R1 steps), aug_p (p used this step),
+        ada_rt (r_t, on adjustment steps) and, with mode seeking on, ms (its term before
+        weighting: lower = more diverse)."""
         p = self.ada.p
         metrics = self.discriminator_step(batch, ctx, p)
         metrics.update(self.generator_step(batch, ctx, p))
@@ -126,20 +131,26 @@ class GANStep:
         return mean.result()
 
     def generator_step(self, batch: Batch, ctx: StepContext, p: float) -> dict[str, float]:
-        """Non-saturating G loss through the frozen D; one G update."""
+        """Non-saturating G loss (+ mode seeking) through the frozen D; one G update."""
         G_net = ctx.net("G")
         mean = _Mean(len(batch))
         with frozen(self.D):
             for micro in ctx.micro_batches(batch):
                 gen = ctx.generator()
-                inputs = self.condition_inputs(micro)
+                seeking = self.mode_seeking > 0 and len(micro) >= 2
+                inputs = self.condition_inputs(micro, paired=seeking)
                 z = self.latents(len(micro), micro.images.device, gen)
                 with ctx.autocast():
                     fake = G_net(z, inputs, update_w_avg=True)
                     logits = self.D(self.augment(fake, p, gen), inputs).float()
                 loss = self.loss.generator(logits).mean()
+                values = dict(loss_G=loss)
+                if seeking:
+                    ms = mode_seeking(fake, z)
+                    loss = loss + self.mode_seeking * ms
+                    values["ms"] = ms
                 ctx.backward(loss, "G")
-                mean.add(len(micro), loss_G=loss)
+                mean.add(len(micro), **values)
         ctx.optimizer_step("G")
         return mean.result()
 
@@ -148,10 +159,16 @@ class GANStep:
         """z [n, z_dim] ~ N(0, I) from the step generator."""
         return torch.randn(n, self.G.config.z_dim, generator=gen, device=device)
 
-    def condition_inputs(self, micro: Batch) -> CondInputs | None:
-        """The micro-batch's captions or labels, prepared for both encoders (same config)."""
+    def condition_inputs(self, micro: Batch, paired: bool = False) -> CondInputs | None:
+        """The micro-batch's captions or labels, prepared for both encoders (same config).
+
+        ``paired``: rows h..2h-1 (h = B // 2) repeat rows 0..h-1, for the mode-seeking pairs.
+        """
         if not self.conditional:
             return None
         inputs = self.G.encoder.prepare(captions=micro.captions, labels=micro.labels,
                                         batch_size=len(micro))
+        if paired:
+            B, h = len(micro), len(micro) // 2
+            inputs = inputs[torch.cat([torch.arange(h), torch.arange(h), torch.arange(2 * h, B)])]
         return inputs.to(micro.images.device)
