@@ -249,8 +249,10 @@ def run_limner(args: argparse.Namespace, work: Path) -> dict:
     if args.limner_batch_size:
         recipe["batch_size"] = args.limner_batch_size
     run_dir = work / "limner_run"
+    family = {"overrides": {"P_mean": args.limner_p_mean}} if args.limner_p_mean is not None else {}
     opts = TrainOptions(data=args.data, out=run_dir, preset=args.limner_preset, resolution=RESOLUTION,
-                        cond="none", progress=False, overwrite=True, train={"steps": 10**9, **recipe})
+                        cond="none", progress=False, overwrite=True, train={"steps": 10**9, **recipe},
+                        family_options=family)
     progress = Progress("limner", budget)
     opts.callbacks.append(budget_callback(budget, progress, fit_schedule=args.limner_lr_decay != "none"))
     try:
@@ -550,6 +552,8 @@ def run_contestant(name: str, args: argparse.Namespace, work: Path) -> dict:
            "--limner-precision", args.limner_precision, "--limner-lr-decay", args.limner_lr_decay]
     if args.limner_batch_size:
         cmd += ["--limner-batch-size", str(args.limner_batch_size)]
+    if args.limner_p_mean is not None:
+        cmd += ["--limner-p-mean", str(args.limner_p_mean)]
     if args.sample_steps:
         cmd += ["--sample-steps", str(args.sample_steps)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -679,7 +683,8 @@ def side_by_side(grids: list[tuple[dict, Any]], path: Path, gap: int = 24) -> No
 
 def settings(args: argparse.Namespace) -> dict:
     keys = ("budget_min", "threads", "num_samples", "sample_batch", "sample_cap_min", "sample_steps", "seed",
-            "quick", "limner_preset", "limner_precision", "limner_lr_decay", "limner_batch_size")
+            "quick", "limner_preset", "limner_precision", "limner_lr_decay", "limner_batch_size",
+            "limner_p_mean")
     return {"data": str(args.data), "resolution": RESOLUTION, "budget_cpu_s": args.budget_cpu_s,
             **{k: getattr(args, k) for k in keys}}
 
@@ -731,6 +736,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limner-precision", default="fp32", choices=["fp32", "bf16"],
                    help="limner's training precision (bf16 = autocast; default fp32, as the peers)")
     p.add_argument("--limner-batch-size", type=int, default=None, help="limner's batch size (default: the preset's)")
+    p.add_argument("--limner-p-mean", type=float, default=None,
+                   help="limner's EDM P_mean, the mean log-sigma of training noise (default: the family's)")
     p.add_argument("--limner-lr-decay", default=None, choices=["none", "cosine", "linear"],
                    help="limner's LR decay, fitted to end with the budget (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)

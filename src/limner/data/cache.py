@@ -23,13 +23,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from limner.data.decode import open_regular
+from limner.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +102,11 @@ def load_entry(path: Path, key: str, n_items: int, row_shape: tuple[int, int, in
 def save_entry(path: Path, key: str, entry: CacheEntry) -> None:
     """Write an entry atomically (temp file + os.replace); failures are logged, not raised."""
     meta = json.dumps({"version": DATA_FORMAT_VERSION, "key": key, "skipped": entry.skipped})
-    tmp = None
+
+    def write(f) -> None:
+        np.savez(f, images=entry.images, ok=entry.ok, meta=np.frombuffer(meta.encode(), np.uint8))
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=entry.images, ok=entry.ok, meta=np.frombuffer(meta.encode(), np.uint8))
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, write, fsync=False)
     except OSError as e:
         log.warning("could not write dataset cache %s (%s); continuing without it", path, e)
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from limner.data.dataset import ImageDataset
 from limner.evaluation.features import FeatureExtractor
 from limner.evaluation.memorization import pixel_vectors
 from limner.evaluation.metrics import feature_stats
+from limner.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +106,12 @@ _ARRAYS = ("mu", "sigma", "features", "indices", "pixels")
 
 
 def _save(path: Path, stats: ReferenceStats) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"count": stats.count, "key": stats.key, "extractor_id": stats.extractor_id,
                        "dataset_hash": stats.dataset_hash}).encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    arrays = {k: getattr(stats, k) for k in _ARRAYS}
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.frombuffer(meta, dtype=np.uint8), **{k: getattr(stats, k) for k in _ARRAYS})
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, meta=np.frombuffer(meta, dtype=np.uint8), **arrays), fsync=False)
     except OSError as e:  # a read-only cache must not fail the evaluation
-        Path(tmp).unlink(missing_ok=True)
         log.warning("could not cache reference statistics at %s: %s", path, e)
 
 

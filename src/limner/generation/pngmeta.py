@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
 from limner.errors import LimnerError
+from limner.fsutil import atomic_write
 from limner.generation.request import GenerationRecord
 
 RECORD_KEY = "limner"
@@ -49,15 +49,7 @@ def save_png(image: Image.Image, record: GenerationRecord, path: str | os.PathLi
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, a1111_parameters(record))
     info.add_text(RECORD_KEY, record.to_json())
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))
 
 
 def read_record(path: str | os.PathLike) -> GenerationRecord:

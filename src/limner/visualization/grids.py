@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from limner.fsutil import atomic_write
 
 MIN_CELL = 96  # auto scale: smallest integer factor giving cells at least this many pixels
 MAX_LABEL_LINES = 3
@@ -71,19 +72,7 @@ def save_grid(path: str | os.PathLike[str], images: Tensor | np.ndarray, **kwarg
 
 def save_png_atomic(image: Image.Image, path: str | os.PathLike[str]) -> Path:
     """Write ``image`` as a PNG via a temp file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 # ----------------------------------------------------------------------------
