@@ -209,7 +209,7 @@ def budget_callback(budget: CpuBudget, progress: Progress, fit_schedule: bool = 
 
     class StopWhenSpent(Callback):
         def on_train_start(self, trainer):
-            self.cpu0, self.step0 = budget.spent(), None
+            self.step0 = None  # set, with its CPU time, at the end of the first step
 
         def on_step_end(self, trainer, step, metrics):
             progress.step(step, float(metrics.get("loss", float("nan"))))

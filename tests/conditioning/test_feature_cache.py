@@ -27,3 +27,16 @@ def test_a_row_larger_than_the_bound_is_still_kept_alone():
     assert list(cache.rows) == ["y"] and cache.bytes == 16
     cache.clear()
     assert cache.bytes == 0 and "y" not in cache
+
+
+def test_lookup_encodes_each_missing_caption_once_and_counts():
+    cache, calls = FeatureCache(), []
+
+    def encode(captions):
+        calls.append(list(captions))
+        return [torch.full((1, 2), float(len(c)), dtype=torch.float16) for c in captions]
+
+    rows = cache.lookup(["ab", "c", "ab"], encode)
+    assert calls == [["ab", "c"]] and [r[0, 0].item() for r in rows] == [2.0, 1.0, 2.0]
+    cache.lookup(["c", "dddd"], encode)
+    assert calls[-1] == ["dddd"] and (cache.misses, cache.hits) == (3, 2)

@@ -249,13 +249,19 @@ def test_group_norm_act_matches_reference_in_float64(act: bool, groups: int, cha
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     w, b, e = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
                for s in [(channels,), (channels,), (2, channels)])
+    _assert_fused_matches_reference(x, w, b, groups, e, act)
+
+
+def _assert_fused_matches_reference(x, w, b, groups: int, shift, act: bool) -> None:
+    """Fused and reference group norm agree on the output and every input's gradient."""
+    inputs = tuple(t for t in (x, w, b, shift) if t is not None)
 
     def run(fused: bool):
         if fused:
-            y = fused_group_norm_act(x, w, b, groups, e, act=act)
+            y = fused_group_norm_act(x, w, b, groups, shift, act=act)
         else:
-            y = group_norm_act(x, w, b, groups, e, act=act, fast=False)
-        return (y, *torch.autograd.grad(y, (x, w, b, e), torch.ones_like(y) + y.detach()))
+            y = group_norm_act(x, w, b, groups, shift, act=act, fast=False)
+        return (y, *torch.autograd.grad(y, inputs, torch.ones_like(y) + y.detach()))
 
     for got, want in zip(run(True), run(False)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
@@ -269,13 +275,7 @@ def test_per_sample_affine_matches_reference_in_float64(act: bool, groups: int, 
     x = (torch.randn(3, channels, 5, 6, generator=g, dtype=torch.float64) * 3 + 1)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     w, b = (torch.randn(3, channels, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-
-    def run(fused: bool):
-        y = fused_group_norm_act(x, w, b, groups, act=act) if fused else group_norm_act(x, w, b, groups, act=act, fast=False)
-        return (y, *torch.autograd.grad(y, (x, w, b), torch.ones_like(y) + y.detach()))
-
-    for got, want in zip(run(True), run(False)):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    _assert_fused_matches_reference(x, w, b, groups, None, act)
     # Row i is the plain group norm of row i with row i's affine parameters.
     y = group_norm_act(x, w, b, groups, act=False, fast=False)
     torch.testing.assert_close(y[1], F.group_norm(x[1:2], groups, w[1], b[1])[0])

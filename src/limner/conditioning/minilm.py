@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from collections import OrderedDict
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +106,18 @@ class FeatureCache:
         while self.bytes > self.max_bytes and len(self.rows) > 1:
             self.bytes -= _nbytes(self.rows.popitem(last=False)[1])
 
+    def lookup(self, captions: list[str], encode: Callable[[list[str]], list[Tensor]]) -> list[Tensor]:
+        """The row of each caption; ``encode`` runs once, on the distinct captions not cached yet
+        (in order), and its rows are cached. Counts hits and misses."""
+        missing = list(dict.fromkeys(c for c in captions if c not in self))
+        self.misses += len(missing)
+        self.hits += len(captions) - len(missing)
+        fresh = dict(zip(missing, encode(missing))) if missing else {}
+        for caption, row in fresh.items():
+            self.put(caption, row)
+        # this batch's new rows come from `fresh`: the bound may already have evicted some
+        return [fresh[c] if c in fresh else self.get(c) for c in captions]
+
     def clear(self) -> None:
         """Forget every cached caption (counts are kept)."""
         self.rows.clear()
@@ -151,18 +163,12 @@ class MiniLMTextEncoder(TextCondEncoder):
 
     def _cached_rows(self, captions: list[str]) -> list[Tensor]:
         """Each caption's features; the captions not cached yet are encoded in one batch."""
-        missing = list(dict.fromkeys(c for c in captions if c not in self.cache))
-        self.cache.misses += len(missing)
-        self.cache.hits += len(captions) - len(missing)
-        fresh: dict[str, Tensor] = {}
-        if missing:
-            hidden, mask = load_frozen_minilm()(missing, self.config.max_tokens)
-            for caption, h, m in zip(missing, hidden, mask):
-                # float16 halves the cache; every row goes through it, so cached = uncached.
-                fresh[caption] = h[m].to(torch.float16)
-                self.cache.put(caption, fresh[caption])
-        # rows of this batch come from `fresh` too: the cache may already have evicted them
-        return [fresh[c] if c in fresh else self.cache.get(c) for c in captions]
+        return self.cache.lookup(captions, self._encode_rows)
+
+    def _encode_rows(self, captions: list[str]) -> list[Tensor]:
+        hidden, mask = load_frozen_minilm()(captions, self.config.max_tokens)
+        # float16 halves the cache; every row goes through it, so cached = uncached.
+        return [h[m].to(torch.float16) for h, m in zip(hidden, mask)]
 
     def encode(self, inputs: CondInputs) -> Conditioning:
         """Project the frozen features: tokens [B, T, D] (zero where masked), vector [B, D]."""

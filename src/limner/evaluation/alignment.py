@@ -164,22 +164,20 @@ class MiniLMTextTower(nn.Module):
         device = self.proj[1].weight.device
         return self.proj(torch.stack(self._pooled(texts)).to(device))
 
-    def _pooled(self, texts: list[str], chunk: int = 256) -> list[Tensor]:
-        """Masked-mean MiniLM features [384] of each text; MiniLM (CPU, no grad) runs on the
-        texts not cached yet."""
+    def _pooled(self, texts: list[str]) -> list[Tensor]:
+        """Masked-mean MiniLM features [384] of each text; MiniLM runs on the texts not cached yet."""
+        return self.cache.lookup(texts, self._encode_pooled)
+
+    def _encode_pooled(self, texts: list[str], chunk: int = 256) -> list[Tensor]:
+        """MiniLM (CPU, no grad) on ``texts`` in chunks; masked means [384] each."""
         from limner.conditioning.minilm import load_frozen_minilm
 
-        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        fresh: dict[str, Tensor] = {}
-        for start in range(0, len(missing), chunk):
-            part = missing[start:start + chunk]
-            hidden, mask = load_frozen_minilm()(part, self.max_tokens)  # [B, T, 384], [B, T]
+        rows: list[Tensor] = []
+        for start in range(0, len(texts), chunk):
+            hidden, mask = load_frozen_minilm()(texts[start:start + chunk], self.max_tokens)  # [B, T, 384], [B, T]
             m = mask[..., None].float()
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-            for text, row in zip(part, pooled):
-                fresh[text] = row
-                self.cache.put(text, row)
-        return [fresh[t] if t in fresh else self.cache.get(t) for t in texts]
+            rows.extend((hidden * m).sum(1) / m.sum(1).clamp(min=1))
+        return rows
 
     def unknown_words(self, text: str) -> list[str]:
         """Always empty: MiniLM's WordPiece vocabulary spells any word from sub-words."""

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from limner.errors import CheckpointError
+from limner.fsutil import atomic_write
 from limner.training.safe_load import load_safetensors, load_state
 
 CHECKPOINT_FORMAT = 1
@@ -182,7 +183,7 @@ def remove_stale_tmp(run_dir: str | Path) -> list[Path]:
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    prefixes = (".tmp-", ".old-", f".{LATEST_FILE}.tmp-")
+    prefixes = (".tmp-", ".old-", f".{LATEST_FILE}.")  # the last: atomic_write's temp files
     stale = [p for p in root.iterdir() if p.name.startswith(prefixes)]
     for path in stale:
         if path.is_dir():
@@ -200,17 +201,9 @@ def quarantine(path: Path) -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small text file via temp file + fsync + ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a small UTF-8 text file via temp file + fsync + ``os.replace``, then fsync the
+    folder so the rename itself survives a crash."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     _fsync_dir(path.parent)
 
 
