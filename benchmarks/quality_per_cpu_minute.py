@@ -207,25 +207,18 @@ def budget_callback(budget: CpuBudget, progress: Progress, fit_schedule: bool = 
     """
     from limner.training.callbacks import Callback
 
+    from budget import ScheduleFit
+
     class StopWhenSpent(Callback):
         def on_train_start(self, trainer):
-            self.step0 = None  # set, with its CPU time, at the end of the first step
+            self.fit = ScheduleFit()
 
         def on_step_end(self, trainer, step, metrics):
             progress.step(step, float(metrics.get("loss", float("nan"))))
             if budget.exhausted():
                 trainer.request_stop()
             elif fit_schedule:
-                self._fit(trainer, step)
-
-        def _fit(self, trainer, step):
-            if self.step0 is None:  # the first step pays for start-up: measure from its end
-                self.cpu0, self.step0 = budget.spent(), step
-                return
-            per_step = (budget.spent() - self.cpu0) / (step - self.step0)
-            end = step + int((budget.seconds - budget.spent()) / per_step)
-            for schedule in trainer.schedulers.values():
-                schedule.total = end
+                self.fit.update(trainer, step, budget.spent(), budget.seconds)
 
     return StopWhenSpent()
 

@@ -43,12 +43,24 @@ class TrainOptions:
     cache_dir: Path | None = None
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides (steps, lr, ...)
     family_options: dict[str, Any] = field(default_factory=dict)  # extra create() args (vae=...)
+    family_overrides: dict[str, Any] = field(default_factory=dict)  # nested config fields (--set family.*)
     eval_every: int = 0  # in-training evaluation every K steps (0 = off)
     eval_num: int = 500
     eval_metric: str = "fid"
     extractor: str | None = None
     inception: Path | None = None
     callbacks: list[Any] = field(default_factory=list)  # extra trainer callbacks (e.g. a time budget)
+
+
+def train_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``--set train.*`` values checked against the TrainConfig field each replaces (a typo or a
+    wrong type is a UsageError naming it); the device has its own option."""
+    from limner.overrides import merge_overrides
+    from limner.training.config import TrainConfig
+
+    merged = merge_overrides(TrainConfig().to_dict(), settings, where="train",
+                             fixed={"device": "use --device"})
+    return {key: merged[key] for key in settings}
 
 
 def default_cond(dataset) -> CondKind:
@@ -150,6 +162,9 @@ def train(opts: TrainOptions):
         run_config = {**run_config, "train": train_cfg.to_dict()}
     else:
         fam_cls = family_class(opts.family or "diffusion")
+        create_options = dict(opts.family_options)
+        if opts.family_overrides:
+            create_options["overrides"] = opts.family_overrides
         train_cfg = TrainConfig.from_dict(
             {**fam_cls.train_defaults(opts.preset), **opts.train, "device": device}
         )
@@ -165,7 +180,7 @@ def train(opts: TrainOptions):
         )
         torch.manual_seed(train_cfg.seed)  # model init is part of the run's reproducibility
         family = fam_cls.create(opts.preset, info, cond, text_encoder=opts.text_encoder,
-                                **opts.family_options)
+                                **create_options)
         run_config = build_run_config(opts, family, train_cfg, dataset)
         if opts.overwrite and opts.out.exists():
             _clear_run_dir(opts.out)
@@ -191,6 +206,10 @@ def check_resume_matches(opts: TrainOptions, run_config: dict[str, Any]) -> None
     the saved run was built from (it keeps its own copy), is a usage error instead of being
     silently ignored. Training settings (--steps, --lr, ...) may change on resume."""
     saved = run_config["family"]["name"]
+    if opts.family_overrides:
+        key = _first_path(opts.family_overrides)
+        raise UsageError(f"--set family.{key}: a run's model settings are fixed once it starts "
+                         "(train.* settings may change on resume); start a new run to change it")
     if opts.family is not None and opts.family != saved:
         raise UsageError(f"--family: {opts.out} is a {saved} run; resume it with --family {saved} "
                          "(or start a new run in another folder)")
@@ -250,3 +269,9 @@ def _clear_run_dir(out: Path) -> None:
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("config.json", "metrics.jsonl"):
         (out / name).unlink(missing_ok=True)
+
+
+def _first_path(nested: dict[str, Any]) -> str:
+    """The first dotted path in a nested override dict (for error messages)."""
+    key, value = next(iter(nested.items()))
+    return f"{key}.{_first_path(value)}" if isinstance(value, dict) and value else key

@@ -79,3 +79,13 @@ def nonneg_float(text: str) -> float:
 def checkpoint_step(text: str) -> int | str:
     """A checkpoint step (int >= 0) or "best" (the checkpoint kept by evaluation during training)."""
     return "best" if text == "best" else nonneg_int(text)
+
+
+def setting(text: str) -> tuple[str, object]:
+    """A ``--set KEY=VALUE`` config override (``limner.overrides.parse_assignment``)."""
+    from limner.overrides import parse_assignment
+
+    try:
+        return parse_assignment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

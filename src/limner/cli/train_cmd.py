@@ -8,7 +8,7 @@ from pathlib import Path
 
 from limner.models.registry import FAMILIES
 from limner.errors import UsageError
-from limner.cli.args import nonneg_int, positive_float, positive_int, seed_int
+from limner.cli.args import nonneg_int, positive_float, positive_int, seed_int, setting
 
 DESCRIPTION = """\
 Train a generative model on DATA and write a run folder to --out.
@@ -28,6 +28,7 @@ examples:
   limner train data/emoji-demo --preset small --out runs/emoji --steps 1500
   limner train ../shared/data/fashion-mnist --out runs/fmnist --cond class --resolution 32
   limner train data/emoji-demo --out runs/emoji --resume --steps 3000
+  limner train data/emoji-demo --out runs/emoji --set train.ema_decay=0.999 --set family.cfg=3
   torchrun --nproc_per_node=2 -m limner train data/emoji-demo --out runs/ddp
 """
 
@@ -57,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vae", type=Path, metavar="RUN_DIR",
                    help="latent-diffusion only: a VAE run trained with --cond none; its latent space "
                         "is learned and its weights are copied into the new run")
+    p.add_argument("--set", dest="settings", action="append", type=setting, default=[],
+                   metavar="KEY=VALUE",
+                   help="set any config field, repeatable: train.NAME (e.g. train.ema_decay=0.9999) "
+                        "or family.NAME at any depth (e.g. family.P_mean=-0.8, "
+                        "family.unet.dropout=0.1); values are JSON, checked against the preset's "
+                        "(see config.json of a run for the names)")
     p.add_argument("--seed", type=seed_int, help="seed for init, data order and noise (default: 0)")
     p.add_argument("--save-every", type=nonneg_int, help="checkpoint every N steps (default: the preset's)")
     p.add_argument("--sample-every", type=nonneg_int, help="sample grid every N steps, 0 = never")
@@ -78,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from limner.workflows import TrainOptions, train
+    from limner.overrides import split_sections
+    from limner.workflows import TrainOptions, train, train_settings
 
     if args.vae is not None and args.family != "latent-diffusion" and not args.resume:
         raise UsageError(f"--vae applies to --family latent-diffusion only, not {args.family or 'diffusion'!r}")
@@ -93,12 +101,19 @@ def run(args: argparse.Namespace) -> int:
         ).items()
         if value is not None
     }
+    settings = split_sections(args.settings)
+    for key in settings["train"]:
+        if key in overrides:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"--set train.{key}: also given as {flag}; give it once")
+    overrides.update(train_settings(settings["train"]))
     opts = TrainOptions(
         data=args.data, out=args.out, family=args.family, preset=args.preset,
         resolution=args.resolution, cond=args.cond, text_encoder=args.text_encoder,
         resume=args.resume, overwrite=args.overwrite, device=args.device,
         progress=not args.no_progress, cache_dir=args.cache_dir, train=overrides,
         family_options={"vae": args.vae} if args.vae is not None else {},
+        family_overrides=settings["family"],
         eval_every=args.eval_every, eval_num=args.eval_num, eval_metric=args.eval_metric,
         extractor=args.extractor, inception=args.inception,
     )

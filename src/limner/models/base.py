@@ -96,6 +96,12 @@ class Family(Protocol):
     ``create(preset, data: DataInfo, cond, *, text_encoder, overrides)`` for a new run,
     ``from_config(dict)`` to rebuild from a run's config.json, and ``train_defaults(preset)``
     for the TrainConfig values that go with a preset.
+
+    ``overrides`` (``limner train --set family.NAME=VALUE``) are config fields as saved in
+    ``config.json``, nested dicts for nested fields; a family merges them with
+    ``limner.overrides.merge_overrides``, which checks each against the value it replaces, and
+    lists the fields that follow from the data or from other options in a class attribute
+    ``fixed_settings: dict[path, what to use instead]``.
     """
 
     name: ClassVar[str]

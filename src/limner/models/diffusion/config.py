@@ -7,6 +7,7 @@ for a run (including the text vocabulary) is saved in the run's ``config.json``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -51,6 +52,34 @@ class DiffusionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def validate(self) -> "DiffusionConfig":
+        """Raise UsageError naming the first nonsensical field (a typo'd ``--set`` value) before
+        any network is built; returns self."""
+        from limner.samplers.base import SAMPLERS
+        from limner.samplers.schedules import ScheduleName
+
+        def bad(name: str, why: str) -> UsageError:
+            return UsageError(f"family.{name}: {why}, got {getattr(self, name)!r}")
+
+        for name in ("sigma_data", "P_std", "sigma_min", "sigma_max"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise bad(name, "must be a positive number")
+        if not math.isfinite(self.P_mean):
+            raise bad("P_mean", "must be a finite number")
+        if self.sigma_min >= self.sigma_max:
+            raise bad("sigma_min", f"must be below sigma_max ({self.sigma_max})")
+        if not 0 <= self.cond_drop <= 1:
+            raise bad("cond_drop", "must be in [0, 1]")
+        if not 0 <= self.cfg < math.inf:
+            raise bad("cfg", "must be >= 0")
+        if self.steps < 1:
+            raise bad("steps", "must be at least 1")
+        if self.sampler not in SAMPLERS:
+            raise bad("sampler", f"must be one of {', '.join(sorted(SAMPLERS))}")
+        if self.schedule not in {s.value for s in ScheduleName}:
+            raise bad("schedule", f"must be one of {', '.join(s.value for s in ScheduleName)}")
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DiffusionConfig":

@@ -23,6 +23,7 @@ from limner.models.diffusion.config import DiffusionConfig, get_preset
 from limner.models.diffusion.losses import EDMLoss
 from limner.models.diffusion.precond import EDMPrecond
 from limner.models.diffusion.unet import UNet, UNetConfig, unet_config
+from limner.overrides import merge_overrides
 from limner.samplers import CFGDenoiser, sample
 
 
@@ -30,6 +31,18 @@ class DiffusionFamily:
     """Family plug-in for pixel diffusion (see ``limner.models.base.Family``)."""
 
     name: ClassVar[str] = "diffusion"
+    # Config fields that follow from the data or another option; ``overrides`` may not set them.
+    fixed_settings: ClassVar[dict[str, str]] = {
+        "preset": "use --preset",
+        "resolution": "use --resolution",
+        "channels": "follows the data",
+        "encoder": "follows the data, --cond and --text-encoder",
+        "unet.in_channels": "follows the data",
+        "unet.out_channels": "follows the data",
+        "unet.resolution": "use --resolution",
+        "unet.cond_dim": "follows the condition",
+        "unet.cross_attention": "follows the condition",
+    }
 
     def __init__(self, config: DiffusionConfig):
         self.config = config
@@ -48,8 +61,14 @@ class DiffusionFamily:
         *,
         text_encoder: str = "trained",
         overrides: dict[str, Any] | None = None,
+        overrides_where: str = "family",
     ) -> "DiffusionFamily":
-        """A new model for ``data`` from a named preset; resolves everything saved in the config."""
+        """A new model for ``data`` from a named preset; resolves everything saved in the config.
+
+        ``overrides`` sets config fields at any depth (``{"P_mean": -0.8, "unet": {"dropout":
+        0.1}}``), each checked against the preset's value (``limner.overrides``); the fields in
+        ``fixed_settings`` follow from the data and cannot be set. ``overrides_where`` is their
+        prefix in error messages (a family that embeds this config nests it deeper)."""
         p = get_preset(preset)
         enc = resolve_encoder_config(
             cond, data, text_encoder=text_encoder, dim=p.text_dim, layers=p.text_layers
@@ -68,9 +87,12 @@ class DiffusionFamily:
             channels=data.channels,
             unet=unet.to_dict(),
             encoder=enc.to_dict(),
-            **(overrides or {}),
         )
-        return cls(cfg)
+        if overrides:
+            merged = merge_overrides(cfg.to_dict(), overrides, where=overrides_where,
+                                     fixed=cls.fixed_settings)
+            cfg = DiffusionConfig.from_dict(merged)
+        return cls(cfg.validate())
 
     @classmethod
     def from_config(cls, data: dict[str, Any]) -> "DiffusionFamily":

@@ -46,12 +46,23 @@ from limner.models.gan.discriminator import Discriminator, DiscriminatorConfig
 from limner.models.gan.generator import Generator, GeneratorConfig
 from limner.models.gan.losses import R1Penalty
 from limner.models.gan.step import GANStep
+from limner.overrides import merge_overrides
 
 
 class GANFamily:
     """Family plug-in for GANs (see ``limner.models.base.Family``)."""
 
     name: ClassVar[str] = "gan"
+    # Config fields that follow from the data or another option; ``overrides`` may not set them.
+    fixed_settings: ClassVar[dict[str, str]] = {
+        "preset": "use --preset",
+        "resolution": "use --resolution",
+        "channels": "follows the data",
+        "encoder": "follows the data, --cond and --text-encoder",
+        **{f"{net}.{name}": why for net in ("generator", "discriminator")
+           for name, why in (("resolution", "use --resolution"), ("channels", "follows the data"),
+                             ("cond_dim", "follows the condition"))},
+    }
 
     def __init__(self, config: GANConfig):
         self.config = config
@@ -89,8 +100,11 @@ class GANFamily:
             generator=GeneratorConfig(**p.generator, **size).to_dict(),
             discriminator=DiscriminatorConfig(**p.discriminator, **size).to_dict(),
             encoder=enc.to_dict(),
-            **{**p.family, **(overrides or {})},
+            **p.family,
         )
+        if overrides:  # any config field at any depth, checked (limner.overrides)
+            cfg = GANConfig.from_dict(
+                merge_overrides(cfg.to_dict(), overrides, where="family", fixed=cls.fixed_settings))
         return cls(cfg)
 
     @classmethod

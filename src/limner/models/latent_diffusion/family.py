@@ -107,6 +107,14 @@ class LatentDiffusionFamily:
     # Family options naming another run this family needs, and that run's family (the CLI's
     # ``--vae RUN_DIR``; the VAE must be trained with ``--cond none``).
     required_runs: ClassVar[dict[str, str]] = {"vae": "vae"}
+    # Config fields ``overrides`` may not set (``diffusion.*`` it may, see ``create``).
+    fixed_settings: ClassVar[dict[str, str]] = {
+        "preset": "use --preset",
+        "resolution": "follows the --vae run",
+        "channels": "follows the --vae run",
+        "vae": "a frozen copy of the --vae run; train another VAE run to change it",
+        "vae_run": "follows --vae",
+    }
 
     def __init__(self, config: LatentDiffusionConfig, *, diffusion: DiffusionFamily | None = None):
         self.config = config
@@ -134,10 +142,22 @@ class LatentDiffusionFamily:
             preset: a diffusion preset (tiny, small, base), applied to the latent grid.
             data: the training data; its resolution and channels must be the VAE's.
             cond: condition of the diffusion model (the VAE itself must be unconditional).
-            overrides: ``DiffusionConfig`` fields (``sigma_data`` defaults to 1.0 here).
+            overrides: config fields as saved in ``config.json``: ``{"diffusion": {...}}`` sets
+                the latent denoiser's ``DiffusionConfig`` fields at any depth (``sigma_data``
+                defaults to 1.0 here); the rest is fixed (``fixed_settings``).
             vae: the VAE run folder (``--vae RUN_DIR``).
         """
         get_preset(preset)  # a clear --preset error before the VAE is loaded
+        overrides = dict(overrides or {})
+        for name in overrides:
+            if name != "diffusion":
+                why = cls.fixed_settings.get(name)
+                raise UsageError(f"--set family.{name}: " + (f"not settable ({why})" if why else
+                                 f"unknown setting {name!r} (settable: family.diffusion.NAME)"))
+        diffusion_overrides = overrides.get("diffusion", {})
+        if not isinstance(diffusion_overrides, dict):
+            raise UsageError("--set family.diffusion: is a group of settings; set its fields "
+                             "(family.diffusion.NAME=...)")
         source = _load_vae_run(vae)
         vae_cfg = source.family.config
         _check_vae_fits(vae_cfg, data)
@@ -145,7 +165,8 @@ class LatentDiffusionFamily:
         latent_data = replace(data, resolution=h, channels=C_z)
         diffusion = DiffusionFamily.create(
             preset, latent_data, cond, text_encoder=text_encoder,
-            overrides={"sigma_data": LATENT_SIGMA_DATA, **(overrides or {})},
+            overrides={"sigma_data": LATENT_SIGMA_DATA, **diffusion_overrides},
+            overrides_where="family.diffusion",
         )
         _check_unet_fits(diffusion, h)
         cfg = LatentDiffusionConfig(

@@ -25,7 +25,7 @@ images), ``latent_shape`` and, for VQ, ``encode_tokens`` / ``decode_tokens``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any, ClassVar, Iterator, NamedTuple, Sequence
 
 import torch
@@ -52,6 +52,7 @@ from limner.models.vae.losses import (
 )
 from limner.models.vae.quantizer import QuantizerOutput, VectorQuantizer, codebook_usage, perplexity
 from limner.nn import TokenContext, prepare_tokens
+from limner.overrides import merge_overrides
 
 __all__ = ["VAE", "VAEFamily", "VAEOutput", "reparameterize"]
 
@@ -182,6 +183,14 @@ class VAEFamily:
     """Family plug-in for KL and VQ autoencoders (see ``limner.models.base.Family``)."""
 
     name: ClassVar[str] = "vae"
+    # Config fields that follow from the data or another option; ``overrides`` may not set them.
+    fixed_settings: ClassVar[dict[str, str]] = {
+        "preset": "use --preset",
+        "variant": "use --preset vq-tiny|vq-small|vq-base for the VQ variant",
+        "resolution": "use --resolution",
+        "channels": "follows the data",
+        "encoder": "follows the data, --cond and --text-encoder",
+    }
 
     def __init__(self, config: VAEConfig):
         self.config = config
@@ -208,23 +217,18 @@ class VAEFamily:
         field, ``variant`` included."""
         size, variant = get_preset(preset)
         overrides = dict(overrides or {})
-        variant = overrides.pop("variant", variant)
-        unknown = sorted(set(overrides) - {f.name for f in fields(VAEConfig)})
-        if unknown:
-            raise UsageError(f"unknown vae setting(s): {', '.join(unknown)}")
+        variant = overrides.pop("variant", variant)  # picks the preset's fields for that variant
         enc = resolve_encoder_config(
             cond, data, text_encoder=text_encoder, dim=size.text_dim, layers=size.text_layers
         )
-        cfg = VAEConfig(
-            preset=preset,
-            variant=variant,
-            resolution=data.resolution,
-            channels=data.channels,
-            encoder=enc.to_dict(),
-            **{"prior": "fitted" if variant == "kl" else "normal", "emb_mode": "scale_shift",
-               **size.fields_for(variant), **overrides},
-        )
-        return cls(cfg)
+        fields_ = {"prior": "fitted" if variant == "kl" else "normal", "emb_mode": "scale_shift",
+                   **size.fields_for(variant)}
+        base = dict(preset=preset, variant=variant, resolution=data.resolution,
+                    channels=data.channels, encoder=enc.to_dict())
+        if overrides:  # any other config field, checked against its default (limner.overrides)
+            fields_ = merge_overrides({**_defaults(VAEConfig), **fields_}, overrides, where="family",
+                                      fixed=cls.fixed_settings)
+        return cls(VAEConfig(**base, **fields_))
 
     @classmethod
     def from_config(cls, data: dict[str, Any]) -> "VAEFamily":
@@ -548,3 +552,14 @@ def _accumulate(sums: dict[str, float], terms: dict[str, Tensor], weight: int) -
     """sums[k] += terms[k] * weight, as Python floats (weight = micro-batch size)."""
     for key, value in terms.items():
         sums[key] = sums.get(key, 0.0) + float(value.detach()) * weight
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default of every dataclass field that has one."""
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
