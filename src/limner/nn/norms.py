@@ -18,7 +18,9 @@ runs made with that block (the norm erases it where a group holds a single chann
 
 :func:`group_norm_act` uses the fused steps only where they are faster (:func:`prefers_fused`:
 large float32 maps and channels-last low-precision maps on the CPU) and the native kernels
-elsewhere. The fused path is first-order only (no double backward); ``fast=False`` always
+elsewhere. Float32 channels-last maps on the CPU go to the compiled two-pass kernel of
+:mod:`limner.nn.kernels` when it could be built (about 2x faster than the fused PyTorch steps,
+forward and backward); the fused PyTorch steps remain its fallback. The fused path is first-order only (no double backward); ``fast=False`` always
 selects the reference implementation, which also serves as the test oracle.
 """
 
@@ -28,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from limner.nn import kernels
 
 __all__ = ["GroupNorm2d", "fused_group_norm_act", "group_norm_act", "num_groups", "prefers_fused"]
 
@@ -111,20 +115,38 @@ def _forward_native_stats(
     return y.to(out_dtype), xe, (a, b, None, -mu, rstd)
 
 
+def _use_kernel(x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None, groups: int,
+                out_dtype: torch.dtype) -> bool:
+    """Whether the compiled kernel of :mod:`limner.nn.kernels` computes this call."""
+    return (shift is None and out_dtype == torch.float32 and bias.shape == weight.shape
+            and bias.dtype == torch.float32 and kernels.supports(x, weight, groups))
+
+
 class _GroupNormAct(torch.autograd.Function):
     """Autograd for :func:`group_norm_act`; saves x and the small coefficient tensors only."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None,
                 groups: int, eps: float, act: bool, out_dtype: torch.dtype) -> Tensor:
+        ctx.groups, ctx.act, ctx.has_shift, ctx.out_dtype = groups, act, shift is not None, out_dtype
+        ctx.kernel = _use_kernel(x, weight, bias, shift, groups, out_dtype)
+        if ctx.kernel:
+            y, a, b, mean, rstd = kernels.group_norm_act_forward(x, weight, bias, groups, eps, act)
+            ctx.save_for_backward(x, weight, a, b, mean, rstd)
+            return y
         y, saved, coeffs = _forward(x, weight, bias, shift, groups, eps, act, out_dtype)
         ctx.save_for_backward(saved, weight, *coeffs)
-        ctx.groups, ctx.act, ctx.has_shift, ctx.out_dtype = groups, act, shift is not None, out_dtype
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.kernel:
+            x, weight, a, b, mean, rstd = ctx.saved_tensors
+            gx, gw, gb = kernels.group_norm_act_backward(x, grad, weight, a, b, mean, rstd, ctx.groups, ctx.act)
+            if weight.dim() == 1:
+                gw, gb = gw.sum(0), gb.sum(0)
+            return gx, gw, gb, None, None, None, None, None
         x, weight, a, b, m1, d, rstd = ctx.saved_tensors
         gz = grad
         if ctx.act:  # recompute the pre-activation instead of having stored it
@@ -199,7 +221,7 @@ def group_norm_act(
     Returns [B, C, H, W] in x's memory format; under CPU/CUDA autocast its dtype is the
     autocast dtype (its consumer is a convolution that would cast it anyway).
     """
-    if fast and prefers_fused(x):
+    if fast and (prefers_fused(x) or _use_kernel(x, weight, bias, shift, groups, _output_dtype(x))):
         return fused_group_norm_act(x, weight, bias, groups, shift, eps, act)
     out_dtype = _output_dtype(x)
     h = x if shift is None else x + shift[:, :, None, None].to(x.dtype)
@@ -235,6 +257,8 @@ def fused_group_norm_act(
     out_dtype = _output_dtype(x)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, shift)):
         return _GroupNormAct.apply(x, weight, bias, shift, groups, eps, act, out_dtype)
+    if _use_kernel(x, weight, bias, shift, groups, out_dtype):
+        return kernels.group_norm_act_forward(x, weight, bias, groups, eps, act)[0]
     return _forward(x, weight, bias, shift, groups, eps, act, out_dtype)[0]
 
 

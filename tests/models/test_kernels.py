@@ -1,0 +1,169 @@
+"""The compiled GroupNorm + SiLU kernel against the float64 reference ops, and its fallbacks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from limner.nn import kernels
+from limner.nn.norms import GroupNorm2d, group_norm_act
+
+needs_kernel = pytest.mark.skipif(
+    not kernels.available(), reason=f"compiled kernels unavailable: {kernels.status()}")
+
+CL = torch.channels_last
+
+
+def _reference(x, weight, bias, groups, act):
+    """float64 reference values and gradients via the PyTorch ops."""
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    y = group_norm_act(xr, wr, br, groups, act=act, fast=False)
+    return xr, wr, br, y
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+CASES = [  # B, C, H, W, groups, per-sample affine, act
+    (4, 32, 32, 32, 32, True, True),
+    (3, 64, 16, 16, 32, False, True),
+    (2, 96, 8, 8, 32, True, False),  # 3 channels per group, no activation
+    (1, 24, 5, 7, 8, False, True),  # one sample, odd map, C not a multiple of the vector width
+    (5, 128, 4, 4, 32, True, True),
+    (2, 8, 33, 17, 1, False, True),  # one group, rows not a multiple of the row blocks
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("B,C,H,W,groups,per_sample,act", CASES)
+def test_kernel_matches_reference(B, C, H, W, groups, per_sample, act):
+    g = torch.Generator().manual_seed(B * C + H)
+    x = (torch.randn(B, C, H, W, generator=g) * 2 + 0.5).contiguous(memory_format=CL)
+    shape = (B, C) if per_sample else (C,)
+    weight, bias = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    y, a, b, mean, rstd = kernels.group_norm_act_forward(x, weight, bias, groups, 1e-5, act)
+    assert y.is_contiguous(memory_format=CL) and y.dtype == torch.float32
+    xr, wr, br, yr = _reference(x, weight, bias, groups, act)
+    assert _rel(y, yr) < 2e-6
+    gy = torch.randn(B, C, H, W, generator=g).contiguous(memory_format=CL)
+    yr.backward(gy.double())
+    gx, gw, gb = kernels.group_norm_act_backward(x, gy, weight, a, b, mean, rstd, groups, act)
+    if not per_sample:
+        gw, gb = gw.sum(0), gb.sum(0)
+    assert _rel(gx, xr.grad) < 5e-6
+    assert _rel(gw, wr.grad) < 5e-6
+    assert _rel(gb, br.grad) < 5e-6
+
+
+@needs_kernel
+def test_kernel_is_accurate_when_the_mean_dwarfs_the_spread():
+    """A large offset must not cancel the variance (the float block sums are shifted)."""
+    g = torch.Generator().manual_seed(0)
+    x = (1000.0 + torch.randn(2, 32, 32, 32, generator=g)).contiguous(memory_format=CL)
+    weight, bias = torch.ones(32), torch.zeros(32)
+    y, a, b, mean, rstd = kernels.group_norm_act_forward(x, weight, bias, 8, 1e-5, False)
+    xr, wr, br, yr = _reference(x, weight, bias, 8, False)
+    # float32 x itself carries ~6e-5 absolute error at 1000; the normalised output stays within it
+    assert (y.double() - yr).abs().max().item() < 5e-4
+    gy = torch.randn(2, 32, 32, 32, generator=g).contiguous(memory_format=CL)
+    yr.backward(gy.double())
+    gx = kernels.group_norm_act_backward(x, gy, weight, a, b, mean, rstd, 8, False)[0]
+    assert _rel(gx, xr.grad) < 1e-3
+
+
+@needs_kernel
+def test_autograd_through_the_kernel_matches_the_reference_ops():
+    """GroupNorm2d.modulated (the U-Net block's adaptive norm) with the kernel vs fast=False."""
+    torch.manual_seed(0)
+    norm = GroupNorm2d(64)
+    x = torch.randn(4, 64, 16, 16).contiguous(memory_format=CL).requires_grad_()
+    scale, shift = torch.randn(4, 64, requires_grad=True), torch.randn(4, 64, requires_grad=True)
+    grads = []
+    for fast in (True, False):
+        norm.fast = fast
+        for t in (x, scale, shift, norm.weight, norm.bias):
+            t.grad = None
+        out = norm.modulated(x, scale, shift)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([out.detach()] + [t.grad.clone() for t in (x, scale, shift, norm.weight, norm.bias)])
+    for got, want in zip(*grads):
+        assert _rel(got, want) < 1e-5
+
+
+@needs_kernel
+def test_kernel_results_do_not_depend_on_the_thread_count():
+    torch.manual_seed(1)
+    x = torch.randn(8, 32, 16, 16).contiguous(memory_format=CL)
+    w, b, gy = torch.randn(8, 32), torch.randn(8, 32), torch.randn(8, 32, 16, 16).contiguous(memory_format=CL)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            fwd = kernels.group_norm_act_forward(x, w, b, 32, 1e-5, True)
+            outs.append([fwd[0], *kernels.group_norm_act_backward(x, gy, w, *fwd[1:], 32, True)])
+    finally:
+        torch.set_num_threads(before)
+    for other in outs[1:]:
+        assert all(torch.equal(p, q) for p, q in zip(outs[0], other))
+
+
+@needs_kernel
+def test_supports_only_what_the_kernel_handles():
+    x = torch.randn(2, 32, 8, 8)
+    w = torch.ones(32)
+    assert kernels.supports(x.contiguous(memory_format=CL), w, 32)
+    assert not kernels.supports(x, w, 32)  # NCHW
+    assert not kernels.supports(x.contiguous(memory_format=CL).double(), w, 32)
+    assert not kernels.supports(x.contiguous(memory_format=CL).bfloat16(), w, 32)
+    assert not kernels.supports(x.contiguous(memory_format=CL), w, 5)  # groups do not divide C
+    assert not kernels.supports(x.contiguous(memory_format=CL), torch.ones(3, 32), 32)  # wrong B
+    assert not kernels.supports(x.contiguous(memory_format=CL)[:, :, ::2], w, 32)  # strided view
+
+
+def _run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+_PROBE = """
+import torch
+from limner.nn import kernels
+from limner.nn.norms import group_norm_act
+x = torch.randn(2, 32, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+w, b = torch.ones(32, requires_grad=True), torch.zeros(32, requires_grad=True)
+group_norm_act(x, w, b, 32).sum().backward()
+print(kernels.available(), '|', kernels.status())
+"""
+
+
+def test_disabled_kernels_fall_back_to_the_pytorch_ops(tmp_path):
+    env = {**os.environ, "LIMNER_KERNELS": "0", "LIMNER_KERNEL_DIR": str(tmp_path)}
+    proc = _run_python(_PROBE, env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("False | disabled")
+    assert not list(tmp_path.iterdir())  # nothing compiled
+
+
+def test_missing_compiler_falls_back_with_a_reason(tmp_path):
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "LIMNER_KERNEL_DIR": str(tmp_path / "k")}
+    proc = _run_python(_PROBE, env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("False | build failed"), proc.stdout
+    assert "no-such-cc" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_kernel_builds_once_into_its_cache_dir(tmp_path):
+    env = {**os.environ, "LIMNER_KERNEL_DIR": str(tmp_path)}
+    for _ in range(2):
+        proc = _run_python(_PROBE, env)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("True | compiled"), proc.stdout
+    built = [p.name for p in tmp_path.iterdir()]
+    assert len(built) == 1 and built[0].startswith("group_norm_act-") and built[0].endswith(".so")
