@@ -7,8 +7,8 @@ level (3 in the decoder), self-attention at 8x8 and in the middle block, 128-wid
 Every measurement runs in its own subprocess, so peak RSS (``ru_maxrss``) belongs to one model,
 one precision and one mode; both kinds of worker import torch and diffusers, so their baselines
 match. Workers are interleaved over several rounds and the report gives medians, because the CPU
-may be shared. Training: batch 32, MSE against a fixed target, AdamW(lr=1e-4) with PyTorch's
-default settings, the same seeded tensors for both models; a step is forward + loss + zero_grad +
+may be shared. Training: batch 32, MSE against a fixed target, AdamW(lr=1e-4, fused=True) (what
+limner's trainer uses on the CPU), the same seeded tensors for both models; a step is forward + loss + zero_grad +
 backward + optimizer step. Sampling: batch 16, one network evaluation (NFE) under
 ``torch.inference_mode()``. Warm-up iterations are not timed. bf16 rows wrap the forward pass
 (and loss) in ``torch.autocast("cpu", dtype=torch.bfloat16)`` for both models.
@@ -42,6 +42,7 @@ CHANNELS = (32, 64, 128, 128)
 # model name → what it is. "diffusers" is the reference the ratios are taken against.
 MODELS = {
     "limner": "limner UNet, preset 'small', default settings",
+    "limner-nokernel": "limner UNet, default settings but no compiled kernels (LIMNER_KERNELS=0)",
     "limner-ref": "limner UNet, reference ops, NCHW (fast_ops=False, memory_format='contiguous')",
     "limner-compile": "limner UNet under torch.compile (inductor)",
     "diffusers": "diffusers UNet2DModel, default (fp32 weights, NCHW)",
@@ -119,6 +120,11 @@ def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, th
     torch.manual_seed(0)
     net, forward, prep = build_model(name)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    kernels = "-"
+    if name.startswith("limner"):
+        from limner.nn import kernels as limner_kernels
+
+        kernels = limner_kernels.status()  # builds them now, outside the timed region
     rss_before = _max_rss_mb()
     step = _train_step(net, forward, prep, autocast) if mode == "train" else _sample_nfe(net, forward, prep, autocast)
     t0 = time.perf_counter()
@@ -130,6 +136,7 @@ def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, th
         "batch": BATCH_TRAIN if mode == "train" else BATCH_SAMPLE,
         "first_s": first, "rss_mb": _max_rss_mb(), "rss_before_mb": rss_before,
         "params": sum(p.numel() for p in net.parameters()), "threads": torch.get_num_threads(),
+        "kernels": kernels,
     }
 
 
@@ -139,7 +146,7 @@ def _train_step(net: Any, forward: Callable, prep: Callable, autocast: Callable)
 
     x, target, sigma = _data(BATCH_TRAIN, seed=1)
     x, target = prep(x), prep(target)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)  # what limner's trainer uses
     net.train()
 
     def step() -> None:
@@ -182,7 +189,8 @@ def spawn(name: str, precision: str, mode: str, args: argparse.Namespace) -> dic
         warmup = max(warmup, 3)  # recompiles for the second call's grad mode settle by then
     cmd = [sys.executable, __file__, "--worker", name, precision, mode,
            "--warmup", str(warmup), "--iters", str(iters), "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "LIMNER_KERNELS": "0"} if name == "limner-nokernel" else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {name} {precision} {mode} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -279,7 +287,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=["limner", "diffusers", "diffusers-cl"], choices=list(MODELS))
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="add limner-compile rows (compile time in '1st step s')")
-    p.add_argument("--ablation", action="store_true", help="add limner-ref rows (the unoptimised ops)")
+    p.add_argument("--ablation", action="store_true",
+                   help="add limner-nokernel (no compiled kernels) and limner-ref (the unoptimised ops) rows")
     p.add_argument("--train-iters", type=int, default=10)
     p.add_argument("--train-warmup", type=int, default=3)
     p.add_argument("--sample-iters", type=int, default=20)
@@ -295,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.compile:
         args.models.append("limner-compile")
     if args.ablation:
-        args.models.append("limner-ref")
+        args.models += ["limner-nokernel", "limner-ref"]
     return args
 
 
@@ -317,6 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     results = collect(args)
     rows = summarize(results)
     print_table(rows, machine)
+    built = sorted({r["kernels"] for r in results if r["model"] == "limner"})
+    if built:
+        print(f"limner's compiled kernels: {'; '.join(built)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "rows": rows, "raw": results}, f, indent=1)
