@@ -9,6 +9,7 @@ from pathlib import Path
 from limner.cli.args import nonneg_float, positive_int
 
 DEMO_DATA = Path(__file__).resolve().parents[3] / "data" / "emoji-demo"
+DEMO_P_MEAN = -0.8  # ln(sigma) centre of training noise levels (the preset's is -0.4)
 DEMO_PROMPTS = ["large red circle", "large blue square", "green heart", "grinning face",
                 "thumbs up sign", "thumbs up sign, dark skin tone"]
 
@@ -19,12 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train the `small` diffusion preset on the bundled emoji subset (data/emoji-demo, "
             "captioned Noto emoji) at 32 px, then write a labelled grid for a few prompts. "
-            "Takes about 6-8 minutes on 2 CPU cores."
+            "Takes about 7 minutes on 2 CPU cores. The demo trains with batch 16 and "
+            "P_mean -0.8 instead of the preset's 32 and -0.4: on 224 colour images, twice the "
+            "updates and more training at low noise levels give the prompts' colours and clean "
+            "flat areas within the time."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
     p.add_argument("--data", type=Path, default=DEMO_DATA, help="captioned image folder (default: the bundled subset)")
-    p.add_argument("--steps", type=positive_int, default=900, help="training steps (default: 900)")
+    p.add_argument("--steps", type=positive_int, default=1800, help="training steps (default: 1800)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per step (default: 16)")
     p.add_argument("--cfg", type=nonneg_float, default=3.5, help="guidance scale for the grid (default: 3.5)")
     p.add_argument("--prompt", action="append", dest="prompts", help="prompt for the grid (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
@@ -46,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     opts = TrainOptions(
         data=args.data, out=args.out, preset="small", resolution=32, device=device,
-        overwrite=True, train={"steps": args.steps},
+        overwrite=True, train={"steps": args.steps, "batch_size": args.batch_size},
+        family_overrides={"P_mean": DEMO_P_MEAN},
     )
     train(opts)
     prompts = args.prompts or DEMO_PROMPTS

@@ -20,8 +20,9 @@ runs made with that block (the norm erases it where a group holds a single chann
 large float32 maps and channels-last low-precision maps on the CPU) and the native kernels
 elsewhere. Float32 channels-last maps on the CPU go to the compiled two-pass kernel of
 :mod:`limner.nn.kernels` when it could be built (about 2x faster than the fused PyTorch steps,
-forward and backward); the fused PyTorch steps remain its fallback. The fused path is first-order only (no double backward); ``fast=False`` always
-selects the reference implementation, which also serves as the test oracle.
+forward and backward), with the steps above as its fallback. The fused paths are first-order
+only (no double backward); ``fast=False`` always selects the reference implementation, which
+also serves as the test oracle.
 """
 
 from __future__ import annotations
@@ -128,31 +129,42 @@ class _GroupNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None,
                 groups: int, eps: float, act: bool, out_dtype: torch.dtype) -> Tensor:
-        ctx.groups, ctx.act, ctx.has_shift, ctx.out_dtype = groups, act, shift is not None, out_dtype
-        ctx.kernel = _use_kernel(x, weight, bias, shift, groups, out_dtype)
-        if ctx.kernel:
-            y, a, b, mean, rstd = kernels.group_norm_act_forward(x, weight, bias, groups, eps, act)
-            ctx.save_for_backward(x, weight, a, b, mean, rstd)
-            return y
         y, saved, coeffs = _forward(x, weight, bias, shift, groups, eps, act, out_dtype)
         ctx.save_for_backward(saved, weight, *coeffs)
+        ctx.groups, ctx.act, ctx.has_shift, ctx.out_dtype = groups, act, shift is not None, out_dtype
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        if ctx.kernel:
-            x, weight, a, b, mean, rstd = ctx.saved_tensors
-            gx, gw, gb = kernels.group_norm_act_backward(x, grad, weight, a, b, mean, rstd, ctx.groups, ctx.act)
-            if weight.dim() == 1:
-                gw, gb = gw.sum(0), gb.sum(0)
-            return gx, gw, gb, None, None, None, None, None
         x, weight, a, b, m1, d, rstd = ctx.saved_tensors
         gz = grad
         if ctx.act:  # recompute the pre-activation instead of having stored it
             gz = torch.ops.aten.silu_backward(grad, _apply_affine(x, a, b, ctx.out_dtype))
         gx, gweight, gbias, gshift = _backward(x, gz, weight, a, m1, d, rstd, ctx.groups, ctx.has_shift)
         return gx, gweight, gbias, gshift, None, None, None, None
+
+
+class _KernelGroupNormAct(torch.autograd.Function):
+    """Autograd for the compiled kernel (:mod:`limner.nn.kernels`); saves x and [B, C] / [B, G]
+    coefficients only, like :class:`_GroupNormAct`."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
+                act: bool) -> Tensor:
+        y, a, b, mean, rstd = kernels.group_norm_act_forward(x, weight, bias, groups, eps, act)
+        ctx.save_for_backward(x, weight, a, b, mean, rstd)
+        ctx.groups, ctx.act = groups, act
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, a, b, mean, rstd = ctx.saved_tensors
+        gx, gw, gb = kernels.group_norm_act_backward(x, grad, weight, a, b, mean, rstd, ctx.groups, ctx.act)
+        if weight.dim() == 1:
+            gw, gb = gw.sum(0), gb.sum(0)
+        return gx, gw, gb, None, None, None
 
 
 def _backward(
@@ -221,9 +233,13 @@ def group_norm_act(
     Returns [B, C, H, W] in x's memory format; under CPU/CUDA autocast its dtype is the
     autocast dtype (its consumer is a convolution that would cast it anyway).
     """
-    if fast and (prefers_fused(x) or _use_kernel(x, weight, bias, shift, groups, _output_dtype(x))):
-        return fused_group_norm_act(x, weight, bias, groups, shift, eps, act)
     out_dtype = _output_dtype(x)
+    if fast and _use_kernel(x, weight, bias, shift, groups, out_dtype):
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+            return _KernelGroupNormAct.apply(x, weight, bias, groups, eps, act)
+        return kernels.group_norm_act_forward(x, weight, bias, groups, eps, act)[0]
+    if fast and prefers_fused(x):
+        return fused_group_norm_act(x, weight, bias, groups, shift, eps, act)
     h = x if shift is None else x + shift[:, :, None, None].to(x.dtype)
     if weight.dim() == 2:
         h = F.group_norm(h, groups, None, None, eps)
@@ -257,8 +273,6 @@ def fused_group_norm_act(
     out_dtype = _output_dtype(x)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, shift)):
         return _GroupNormAct.apply(x, weight, bias, shift, groups, eps, act, out_dtype)
-    if _use_kernel(x, weight, bias, shift, groups, out_dtype):
-        return kernels.group_norm_act_forward(x, weight, bias, groups, eps, act)[0]
     return _forward(x, weight, bias, shift, groups, eps, act, out_dtype)[0]
 
 

@@ -44,7 +44,7 @@ _lib: ctypes.CDLL | None = None
 _status = "not loaded yet"
 _tried = False
 
-_f32p = ctypes.POINTER(ctypes.c_float)
+_ptr_t = ctypes.c_void_p  # tensors are passed as their data_ptr() ints (cheaper than casts)
 _i64 = ctypes.c_int64
 
 
@@ -123,11 +123,11 @@ def _load() -> ctypes.CDLL | None:
             return None
         i32, f32 = ctypes.c_int, ctypes.c_float
         lib.limner_gn_forward.restype = i32
-        lib.limner_gn_forward.argtypes = [_f32p, _f32p, _f32p, i32, _i64, _i64, _i64, _i64, f32, i32,
-                                          _f32p, _f32p, _f32p, _f32p, _f32p]
+        lib.limner_gn_forward.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _i64, _i64, _i64, _i64, f32, i32,
+                                          _ptr_t, _ptr_t, _ptr_t, _ptr_t, _ptr_t]
         lib.limner_gn_backward.restype = i32
-        lib.limner_gn_backward.argtypes = [_f32p, _f32p, _f32p, i32, _f32p, _f32p, _f32p, _f32p,
-                                           _i64, _i64, _i64, _i64, i32, _f32p, _f32p, _f32p]
+        lib.limner_gn_backward.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _ptr_t, _ptr_t, _ptr_t, _ptr_t,
+                                           _i64, _i64, _i64, _i64, i32, _ptr_t, _ptr_t, _ptr_t]
         _lib, _status = lib, f"compiled ({path})"
         return lib
 
@@ -154,10 +154,6 @@ def supports(x: Tensor, weight: Tensor, groups: int) -> bool:
     return available()
 
 
-def _ptr(t: Tensor) -> ctypes._Pointer:
-    return ctypes.cast(t.data_ptr(), _f32p)
-
-
 def group_norm_act_forward(
     x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, act: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -166,13 +162,14 @@ def group_norm_act_forward(
     lib = _load()
     assert lib is not None, "group_norm_act_forward called without the compiled kernels"
     B, C, H, W = x.shape
-    weight, bias = weight.detach().contiguous(), bias.detach().to(torch.float32).contiguous()
+    weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    a, b = x.new_empty(B, C), x.new_empty(B, C)
-    mean, rstd = x.new_empty(B, groups), x.new_empty(B, groups)
+    coeffs = x.new_empty(2 * B * C + 2 * B * groups)  # a, b, mean, rstd in one allocation
+    a, b = coeffs[:B * C].view(B, C), coeffs[B * C:2 * B * C].view(B, C)
+    mean, rstd = coeffs[2 * B * C:].view(2, B, groups).unbind(0)
     rc = lib.limner_gn_forward(
-        _ptr(x), _ptr(weight), _ptr(bias), int(weight.dim() == 2), B, H * W, C, groups, eps, int(act),
-        _ptr(y), _ptr(a), _ptr(b), _ptr(mean), _ptr(rstd))
+        x.data_ptr(), weight.data_ptr(), bias.data_ptr(), int(weight.dim() == 2), B, H * W, C, groups,
+        eps, int(act), y.data_ptr(), a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
     if rc != 0:
         raise MemoryError("group_norm_act kernel: out of memory")
     return y, a, b, mean, rstd
@@ -191,10 +188,11 @@ def group_norm_act_backward(
         grad = grad.clone(memory_format=torch.channels_last)
     weight = weight.detach().contiguous()
     gx = torch.empty_like(x, memory_format=torch.channels_last)
-    gw, gb = x.new_empty(B, C), x.new_empty(B, C)
+    gw, gb = x.new_empty(2, B, C).unbind(0)
     rc = lib.limner_gn_backward(
-        _ptr(x), _ptr(grad), _ptr(weight), int(weight.dim() == 2), _ptr(a), _ptr(b), _ptr(mean),
-        _ptr(rstd), B, H * W, C, groups, int(act), _ptr(gx), _ptr(gw), _ptr(gb))
+        x.data_ptr(), grad.data_ptr(), weight.data_ptr(), int(weight.dim() == 2), a.data_ptr(),
+        b.data_ptr(), mean.data_ptr(), rstd.data_ptr(), B, H * W, C, groups, int(act),
+        gx.data_ptr(), gw.data_ptr(), gb.data_ptr())
     if rc != 0:
         raise MemoryError("group_norm_act kernel: out of memory")
     return gx, gw, gb
