@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -86,6 +87,7 @@ def _build(cc: str) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_temps(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=".group_norm_act-", suffix=".so.tmp", dir=target.parent)
     os.close(fd)
     try:
@@ -98,6 +100,17 @@ def _build(cc: str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _sweep_stale_temps(folder: Path, max_age_s: float = 3600.0) -> None:
+    """Remove partial outputs of builds killed more than an hour ago (a live build takes ~1 s)."""
+    now = time.time()
+    for path in folder.glob(".group_norm_act-*.so.tmp"):
+        try:
+            if now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+        except OSError:
+            pass  # another process swept it first
 
 
 def _load() -> ctypes.CDLL | None:
