@@ -34,8 +34,13 @@ _LABELS = {
 
 def metric_lines(result: dict[str, Any]) -> list[str]:
     """The metric table as text lines (also printed by the CLI)."""
+    return [f"{label:<24} {text}" for label, text in metric_rows(result)]
+
+
+def metric_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, formatted value) for each metric present in the result."""
     m = result["metrics"]
-    lines = []
+    rows = []
     for key, label in _LABELS.items():
         if key not in m:
             continue
@@ -48,8 +53,8 @@ def metric_lines(result: dict[str, Any]) -> list[str]:
             text = f"{100 * value:.1f} %"
         else:
             text = f"{value:.4f}" if abs(value) < 100 else f"{value:.2f}"
-        lines.append(f"{label:<24} {text}")
-    return lines
+        rows.append((label, text))
+    return rows
 
 
 def _header_lines(result: dict[str, Any]) -> list[str]:
@@ -62,14 +67,25 @@ def _header_lines(result: dict[str, Any]) -> list[str]:
             ""]
 
 
-def _text_panel(lines: Sequence[str], width: int, size: int = 14) -> Image.Image:
+def _text_panel(lines: Sequence[str | tuple[str, str]], width: int, size: int = 14) -> Image.Image:
+    """Text lines on white; (label, value) rows get their values in one aligned column (the
+    default font is proportional, so padding with spaces would not align them)."""
     font = ImageFont.load_default(size=size)
     line_h = int(font.getbbox("Ágjy")[3]) + 4
-    width = max(width, max((int(font.getlength(s)) for s in lines), default=0) + 2 * PAD)
+    labels = [line[0] for line in lines if isinstance(line, tuple)]
+    column = max((int(font.getlength(label)) for label in labels), default=0) + 3 * PAD
+    widths = [column + int(font.getlength(line[1])) if isinstance(line, tuple) else int(font.getlength(line))
+              for line in lines]
+    width = max(width, max(widths, default=0) + 2 * PAD)
     panel = Image.new("RGB", (width, line_h * len(lines) + 2 * PAD), "white")
     draw = ImageDraw.Draw(panel)
     for i, line in enumerate(lines):
-        draw.text((PAD, PAD + i * line_h), line, fill=(0, 0, 0), font=font)
+        y = PAD + i * line_h
+        if isinstance(line, tuple):
+            draw.text((PAD, y), line[0], fill=(0, 0, 0), font=font)
+            draw.text((PAD + column, y), line[1], fill=(0, 0, 0), font=font)
+        else:
+            draw.text((PAD, y), line, fill=(0, 0, 0), font=font)
     return panel
 
 
@@ -106,7 +122,7 @@ def write_report(path: str | os.PathLike, evaluation: Any, dataset: ImageDataset
                      labels=_grid_labels(samples.prompts, samples.labels, dataset.class_names, n))
     sheet = memorization_sheet(samples.images, dataset, evaluation.memorization, evaluation.reference.indices)
     width = max(grid.width, sheet.width)
-    parts = [_text_panel(_header_lines(result) + metric_lines(result), width),
+    parts = [_text_panel([*_header_lines(result), *metric_rows(result)], width),
              _text_panel(["samples (seeded; first %d)" % n], width), grid,
              _text_panel(["closest to a training image (generated | nearest training image; ratio < "
                           f"{result['memorization'].get('threshold', 1 / 3):.2f} = near-copy)"], width), sheet]
