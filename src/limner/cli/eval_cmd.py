@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import checkpoint_step, nonneg_float, positive_int, seed_int
+from limner.cli.args import checkpoint_step, nonneg_float, positive_float, positive_int, seed_int
 
 DESCRIPTION = """\
 Sample N images from a run (or take a folder of images from anywhere with --images) and score them
@@ -65,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
     p.add_argument("--cfg", type=nonneg_float, help="guidance scale (default: the run's)")
     p.add_argument("--truncation", type=nonneg_float, metavar="PSI", help="GAN truncation / VAE temperature")
+    p.add_argument("--sigma-max", type=positive_float, metavar="SIGMA", help="noise level the diffusion samplers start from (default: the run's, 80)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the first sample (default: 0)")
     p.add_argument("--step", type=checkpoint_step, metavar="STEP|best",
                    help="checkpoint step, or 'best' (kept by --eval-every) (default: newest valid)")
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--inception: --extractor inception needs the weights file (--inception PATH)")
     target = _target(args)
     opts = EvalOptions(num=args.num, batch_size=args.batch_size, seed=args.seed, sampler=args.sampler,
-                       steps=args.steps, cfg=args.cfg, truncation=args.truncation,
+                       steps=args.steps, cfg=args.cfg, truncation=args.truncation, sigma_max=args.sigma_max,
                        kid_subset_size=args.kid_subset_size)
     if args.images is not None:
         evaluation = evaluate_folder(args.images, target, opts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import checkpoint_step, nonneg_float, nonneg_int, positive_int, seed_int
+from limner.cli.args import checkpoint_step, nonneg_float, nonneg_int, positive_float, positive_int, seed_int
 
 DESCRIPTION = """\
 Generate images from a trained run folder. Every PNG carries its generation record (prompt,
@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=nonneg_float, help="classifier-free guidance scale; 1 = none (default: the run's)")
     p.add_argument("--truncation", type=nonneg_float, metavar="PSI",
                    help="GAN truncation psi / VAE prior temperature (default: 1 = none)")
+    p.add_argument("--sigma-max", type=positive_float, metavar="SIGMA",
+                   help="noise level the diffusion samplers start from (default: the run's, 80); about 20 suits 5-step schedules")
     p.add_argument("--seed", type=seed_int, default=-1, help="seed of the first image; image i uses seed+i; -1 = random")
     p.add_argument("--step", type=checkpoint_step, metavar="STEP|best",
                    help="checkpoint step, or 'best' (kept by --eval-every) (default: newest valid)")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         request = GenerationRequest(
             run=str(args.run_dir), prompt=args.prompt, negative=args.negative, label=label,
             seed=args.seed, num=args.num, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
-            truncation=args.truncation,
+            truncation=args.truncation, sigma_max=args.sigma_max,
             step=args.step, batch_size=args.batch_size,
         )
         images = generate(request, device=device)

@@ -63,6 +63,7 @@ class EvalOptions:
     steps: int | None = None
     cfg: float | None = None
     truncation: float | None = None
+    sigma_max: float | None = None
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
@@ -71,7 +72,8 @@ class EvalOptions:
 
     def sampling(self) -> dict[str, Any]:
         return {"num": self.num, "seed": self.seed, "sampler": self.sampler, "steps": self.steps,
-                "cfg": self.cfg, "truncation": self.truncation, "batch_size": self.batch_size}
+                "cfg": self.cfg, "truncation": self.truncation, "sigma_max": self.sigma_max,
+                "batch_size": self.batch_size}
 
 
 @dataclass
@@ -127,7 +129,8 @@ def sample_for_eval(family: Any, dataset: ImageDataset, opts: EvalOptions, *, pr
         b = min(a + opts.batch_size, opts.num)
         request = BatchRequest(seeds=list(range(opts.seed + a, opts.seed + b)),
                                prompts=texts[a:b] if texts else None, labels=labels[a:b] if labels else None,
-                               sampler=opts.sampler, steps=opts.steps, cfg=opts.cfg, truncation=opts.truncation)
+                               sampler=opts.sampler, steps=opts.steps, cfg=opts.cfg, truncation=opts.truncation,
+                               sigma_max=opts.sigma_max)
         with torch.no_grad():
             chunks.append(family.generate(request).images.cpu())
         bar.update(b - a)

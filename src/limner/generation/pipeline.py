@@ -145,6 +145,7 @@ def batch_requests(request: GenerationRequest, label: int | None) -> list[BatchR
                 steps=request.steps,
                 cfg=request.cfg,
                 truncation=request.truncation,
+                sigma_max=request.sigma_max,
             )
         )
     return out
@@ -190,6 +191,7 @@ def make_record(
         steps=breq.steps or getattr(fam_cfg, "steps", None),
         cfg=breq.cfg if breq.cfg is not None else getattr(fam_cfg, "cfg", None),
         truncation=breq.truncation,
+        sigma_max=breq.sigma_max,  # None: the run's own (as for truncation)
         batch_seeds=list(breq.seeds),
         index=index,
         family=loaded.family.name,
@@ -247,6 +249,7 @@ def regenerate(record: GenerationRecord, *, run: str | None = None, device: str 
         steps=record.steps,
         cfg=record.cfg,
         truncation=record.truncation,
+        sigma_max=record.sigma_max,
         step=record.step,
         batch_size=len(record.batch_seeds),
     )

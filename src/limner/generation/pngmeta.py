@@ -31,6 +31,7 @@ def a1111_parameters(record: GenerationRecord) -> str:
         ("Steps", record.steps),
         ("Sampler", record.sampler),
         ("CFG scale", record.cfg),
+        ("Sigma max", record.sigma_max),
         ("Seed", record.seed),
         ("Size", f"{record.width}x{record.height}"),
         ("Model hash", record.model_hash),

@@ -28,6 +28,8 @@ class GenerationRequest:
         sampler / steps / cfg: sampler name, number of steps, classifier-free guidance scale;
             None means the family's default.
         truncation: truncation psi (GAN families).
+        sigma_max: noise level the diffusion samplers start from; None means the run's
+            (80 for the EDM schedule). Lower helps very short schedules (about 20 for 5 steps).
         step: checkpoint step to load; None = the newest valid checkpoint.
         batch_size: images per forward batch (part of the record: see ``GenerationRecord``).
     """
@@ -42,6 +44,7 @@ class GenerationRequest:
     steps: int | None = None
     cfg: float | None = None
     truncation: float | None = None
+    sigma_max: float | None = None
     step: int | str | None = None  # a step, "best", or None = newest
     batch_size: int = 16
 
@@ -58,6 +61,7 @@ class BatchRequest:
     steps: int | None = None
     cfg: float | None = None
     truncation: float | None = None
+    sigma_max: float | None = None
     # Interpolation (``limner interpolate``): explicit unit-Gaussian starting latents
     # [B, *family.noise_shape] instead of the seeds' draws, and a second condition blended in
     # with weight mix_weights[i] for row i.
@@ -96,6 +100,7 @@ class GenerationRecord:
     torch_version: str
     python_version: str = field(default_factory=platform.python_version)
     created: str = ""
+    sigma_max: float | None = None  # as requested (None = the run's); absent from older records
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = RECORD_SCHEMA
 

@@ -157,6 +157,7 @@ class GenerationRequestLike(Protocol):
     steps: int | None
     cfg: float | None
     truncation: float | None
+    sigma_max: float | None  # diffusion samplers' starting noise level; None = the family's
 
 
 @dataclass

@@ -9,6 +9,7 @@ Ho & Salimans 2022 (classifier-free guidance, condition dropout).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +19,7 @@ from limner.conditioning import CondKind, build_encoder, resolve_encoder_config
 from limner.conditioning.base import Conditioning
 from limner.conditioning.encoders import EncoderConfig
 from limner.data.batch import Batch
+from limner.errors import UsageError
 from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
 from limner.models.diffusion.config import DiffusionConfig, get_preset
 from limner.models.diffusion.losses import EDMLoss
@@ -175,7 +177,7 @@ class DiffusionFamily:
                 denoiser, noise, cond,
                 sampler=request.sampler or cfg.sampler,
                 steps=request.steps or cfg.steps,
-                sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, schedule=cfg.schedule,
+                sigma_min=cfg.sigma_min, sigma_max=sampling_sigma_max(cfg, request), schedule=cfg.schedule,
                 generator=gens, callback=callback,
             )
         finally:
@@ -202,6 +204,19 @@ class DiffusionFamily:
         """Row i from ``gens[i]`` (seeded with seeds[i]), unless the request brings its own."""
         noise = torch.stack([torch.randn(self.noise_shape, generator=g) for g in gens])
         return noise if getattr(request, "noise", None) is None else request.noise.to(noise.dtype)
+
+
+def sampling_sigma_max(cfg: DiffusionConfig, request: Any) -> float:
+    """The noise level sampling starts from: the request's ``sigma_max`` when given (checked
+    against the run's sigma_min), else the run's."""
+    value = getattr(request, "sigma_max", None)
+    if value is None:
+        return cfg.sigma_max
+    value = float(value)
+    if not math.isfinite(value) or value <= cfg.sigma_min:
+        raise UsageError(f"sigma_max must be a finite number above the run's sigma_min ({cfg.sigma_min}), "
+                         f"got {value}")
+    return value
 
 
 def to_uint8(x: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ from limner.data.batch import Batch
 from limner.errors import CheckpointError, UsageError
 from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
 from limner.models.diffusion.config import DiffusionConfig, get_preset
-from limner.models.diffusion.family import DiffusionFamily, to_uint8
+from limner.models.diffusion.family import DiffusionFamily, sampling_sigma_max, to_uint8
 from limner.models.latent_diffusion.config import LATENT_SIGMA_DATA, LatentDiffusionConfig
 from limner.models.vae.family import VAEFamily
 from limner.samplers import CFGDenoiser, sample
@@ -288,7 +288,7 @@ class LatentDiffusionFamily:
             return sample(
                 denoiser, noise, cond,
                 sampler=request.sampler or cfg.sampler, steps=request.steps or cfg.steps,
-                sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, schedule=cfg.schedule,
+                sigma_min=cfg.sigma_min, sigma_max=sampling_sigma_max(cfg, request), schedule=cfg.schedule,
                 generator=gens, callback=callback,
             )
         finally:
