@@ -30,6 +30,23 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(scope="session")
+def noise_images():
+    """``noise_images(folder, seed)``: ``folder`` (created) with 4 seeded random 16 px RGB PNGs,
+    a dataset for tests that need a run, not a picture."""
+    import numpy as np
+    from PIL import Image
+
+    def make(folder: Path, seed: int, count: int = 4, size: int = 16) -> Path:
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+        return folder
+
+    return make
+
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "data" / "emoji-demo"
 

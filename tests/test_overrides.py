@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from limner.cli.main import main
 from limner.errors import UsageError
@@ -90,13 +88,8 @@ def test_merge_errors_name_the_key(overrides, needle):
 
 
 @pytest.fixture
-def data(tmp_path):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
-    return folder
+def data(tmp_path, noise_images):
+    return noise_images(tmp_path / "data", seed=0)
 
 
 def _train(data, out, *extra):

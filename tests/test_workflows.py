@@ -30,7 +30,7 @@ def test_bad_files_are_skipped_with_their_path(tmp_path, capsys):
     assert "empty.png" in err and "cut.png" in err
 
 
-def test_extra_callbacks_reach_the_trainer(tmp_path):
+def test_extra_callbacks_reach_the_trainer(tmp_path, noise_images):
     from limner.training.callbacks import Callback
 
     class StopAfterTwo(Callback):
@@ -46,30 +46,21 @@ def test_extra_callbacks_reach_the_trainer(tmp_path):
 
     with pytest.raises(TrainingInterrupted) as info:
         train(TrainOptions(
-            data=_tiny_folder(tmp_path), out=tmp_path / "run", preset="tiny", resolution=16, progress=False,
+            data=noise_images(tmp_path / "data", seed=1), out=tmp_path / "run", preset="tiny", resolution=16, progress=False,
             cache_dir=tmp_path / "cache", callbacks=[StopAfterTwo()],
             train={"steps": 10, "batch_size": 4, "sample_every": 0, "save_every": 0},
         ))
     assert StopAfterTwo.seen == [1, 2] and info.value.step == 2
 
 
-def _tiny_folder(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"im{i}.png")
-    return data
-
-
-def test_resume_takes_the_runs_family_and_refuses_another(tmp_path):
+def test_resume_takes_the_runs_family_and_refuses_another(tmp_path, noise_images):
     """--resume without --family continues the saved family; a different --family or a --vae
     on a run that has none is a usage error naming the option, not silently ignored."""
     import pytest
 
     from limner.errors import UsageError
 
-    data, out = _tiny_folder(tmp_path), tmp_path / "run"
+    data, out = noise_images(tmp_path / "data", seed=1), tmp_path / "run"
     common = dict(data=data, out=out, preset="tiny", resolution=16, progress=False, cache_dir=tmp_path / "cache")
     train(TrainOptions(family="vae", train={"steps": 1, "batch_size": 4, "sample_every": 0}, **common))
     result = train(TrainOptions(resume=True, train={"steps": 2}, **common))  # no --family: the run's
