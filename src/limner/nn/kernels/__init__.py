@@ -115,34 +115,39 @@ def _sweep_stale_temps(folder: Path, max_age_s: float = 3600.0) -> None:
 
 def _load() -> ctypes.CDLL | None:
     global _lib, _status, _tried
+    if _tried:  # every group-norm call asks: no lock once the answer is known
+        return _lib
     with _lock:
-        if _tried:
-            return _lib
-        _tried = True
-        if os.environ.get("LIMNER_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
-            _status = "disabled (LIMNER_KERNELS=0)"
-            return None
-        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        if not cc:
-            _status = "no C compiler found (set CC); using the PyTorch ops"
-            log.info("limner kernels: %s", _status)
-            return None
-        try:
-            path = _build(cc)
-            lib = ctypes.CDLL(str(path))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            _status = f"build failed, using the PyTorch ops: {exc}"
-            log.warning("limner kernels: %s", _status)
-            return None
-        i32, f32 = ctypes.c_int, ctypes.c_float
-        lib.limner_gn_forward.restype = i32
-        lib.limner_gn_forward.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _i64, _i64, _i64, _i64, f32, i32,
-                                          _ptr_t, _ptr_t, _ptr_t, _ptr_t, _ptr_t]
-        lib.limner_gn_backward.restype = i32
-        lib.limner_gn_backward.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _ptr_t, _ptr_t, _ptr_t, _ptr_t,
-                                           _i64, _i64, _i64, _i64, i32, _ptr_t, _ptr_t, _ptr_t]
-        _lib, _status = lib, f"compiled ({path})"
-        return lib
+        if not _tried:
+            _lib, _status = _open()
+            _tried = True  # only after _lib is final, for the unlocked check above
+        return _lib
+
+
+def _open() -> tuple[ctypes.CDLL | None, str]:
+    """Build (or find) and load the library: (library or None, status line)."""
+    if os.environ.get("LIMNER_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, "disabled (LIMNER_KERNELS=0)"
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        status = "no C compiler found (set CC); using the PyTorch ops"
+        log.info("limner kernels: %s", status)
+        return None, status
+    try:
+        path = _build(cc)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        status = f"build failed, using the PyTorch ops: {exc}"
+        log.warning("limner kernels: %s", status)
+        return None, status
+    i32, f32 = ctypes.c_int, ctypes.c_float
+    lib.limner_gn_forward.restype = i32
+    lib.limner_gn_forward.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _i64, _i64, _i64, _i64, f32, i32,
+                                      _ptr_t, _ptr_t, _ptr_t, _ptr_t, _ptr_t]
+    lib.limner_gn_backward.restype = i32
+    lib.limner_gn_backward.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _ptr_t, _ptr_t, _ptr_t, _ptr_t,
+                                       _i64, _i64, _i64, _i64, i32, _ptr_t, _ptr_t, _ptr_t]
+    return lib, f"compiled ({path})"
 
 
 def available() -> bool:
