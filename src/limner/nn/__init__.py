@@ -4,6 +4,7 @@ Model files under ``limner.models`` build on these; nothing here knows about a m
 """
 
 from limner.nn.attention import Attention2d, TokenContext, attention, prepare_tokens
+from limner.nn.conv import Conv2d, prepack_available
 from limner.nn.embeddings import FourierFeatures, NoiseEmbedding
 from limner.nn.norms import GroupNorm2d, fused_group_norm_act, group_norm_act, num_groups, prefers_fused
 from limner.nn.resblocks import EmbMode, ResBlock2d
@@ -11,6 +12,7 @@ from limner.nn.sampling import Downsample2d, Upsample2d
 
 __all__ = [
     "Attention2d",
+    "Conv2d",
     "Downsample2d",
     "EmbMode",
     "FourierFeatures",
@@ -24,5 +26,6 @@ __all__ = [
     "group_norm_act",
     "num_groups",
     "prefers_fused",
+    "prepack_available",
     "prepare_tokens",
 ]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from limner.nn.conv import Conv2d
 from limner.nn.norms import GroupNorm2d
 
 __all__ = ["Attention2d", "TokenContext", "attention", "prepare_tokens"]
@@ -94,14 +95,14 @@ class Attention2d(nn.Module):
         self.heads = channels // head_dim
         self.fast = True  # False = F.scaled_dot_product_attention everywhere; runtime only
         self.norm = GroupNorm2d(channels, max_groups, act=False)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+        self.qkv = Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(Conv2d(channels, channels, 1))
         self.cross_dim = cross_dim
         if cross_dim:
             self.cross_norm = GroupNorm2d(channels, max_groups, act=False)
-            self.cross_q = nn.Conv2d(channels, channels, 1)
+            self.cross_q = Conv2d(channels, channels, 1)
             self.cross_kv = nn.Linear(cross_dim, 2 * channels)
-            self.cross_proj = _zero(nn.Conv2d(channels, channels, 1))
+            self.cross_proj = _zero(Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor, context: TokenContext | None = None) -> Tensor:
         """x [B, C, H, W] → [B, C, H, W]; ``context`` is used only when built with cross_dim."""

@@ -23,6 +23,7 @@ from typing import Literal, get_args
 
 from torch import Tensor, nn
 
+from limner.nn.conv import Conv2d
 from limner.nn.norms import GroupNorm2d
 
 __all__ = ["EmbMode", "ResBlock2d"]
@@ -48,13 +49,13 @@ class ResBlock2d(nn.Module):
             raise ValueError(f"emb_mode must be one of {get_args(EmbMode)} or None, got {emb_mode!r}")
         self.emb_mode = emb_mode
         self.norm1 = GroupNorm2d(in_channels, max_groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=emb_mode != "shift")
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, bias=emb_mode != "shift")
         self.norm2 = GroupNorm2d(out_channels, max_groups)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.skip = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     @property
     def emb_width(self) -> int:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from limner.nn.conv import Conv2d, DerivedWeight
+
 __all__ = ["Downsample2d", "Upsample2d"]
 
 # _TRANSPOSED_TAPS[k][t]: weight of 3x3 tap t in tap k of the equivalent 4x4 transposed kernel.
@@ -28,7 +30,7 @@ class Downsample2d(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
@@ -38,18 +40,31 @@ class Upsample2d(nn.Module):
     """Nearest-neighbour x2 then 3x3 convolution: [B, C, H, W] → [B, C, 2H, 2W].
 
     ``fast`` (runtime only, not saved) selects the transposed-convolution form described in the
-    module docstring; False runs the two operations literally.
+    module docstring; False runs the two operations literally. With gradients off, the 4x4
+    kernel is kept until the 3x3 weight changes (a sampler reuses it every step).
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
         self.fast = True
+        self._kernel = DerivedWeight()  # the 4x4 kernel, while conv.weight is unchanged
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.fast:
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return F.conv_transpose2d(x, _transposed_weight(self.conv.weight), self.conv.bias, stride=2, padding=1)
+        return F.conv_transpose2d(x, self._transposed(), self.conv.bias, stride=2, padding=1)
+
+    def train(self, mode: bool = True) -> "Upsample2d":
+        if mode:
+            self._kernel.clear()
+        return super().train(mode)
+
+    def _transposed(self) -> Tensor:
+        w = self.conv.weight
+        if torch.is_grad_enabled() or w.is_inference():
+            return _transposed_weight(w)
+        return self._kernel.get(w, (w.device,), lambda: _transposed_weight(w))
 
 
 def _transposed_weight(weight: Tensor) -> Tensor:

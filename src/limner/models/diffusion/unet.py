@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from limner.conditioning.base import Conditioning
 from limner.nn import (
     Attention2d,
+    Conv2d,
     Downsample2d,
     EmbMode,
     GroupNorm2d,
@@ -210,18 +211,18 @@ class UNet(nn.Module):
         c, emb = config, config.embedding_dim
         self.embed = NoiseEmbedding(c.channels[0], emb)
         self.cond_embed = nn.Linear(c.cond_dim, emb) if c.cond_dim and c.vector_cond else None
-        self.conv_in = nn.Conv2d(c.in_channels, c.channels[0], 3, padding=1)
+        self.conv_in = Conv2d(c.in_channels, c.channels[0], 3, padding=1)
         self.encoder, skip_widths = self._build_encoder()
         self.middle = self._build_middle()
         self.decoder = self._build_decoder(skip_widths)
         self.norm_out = GroupNorm2d(c.channels[0], c.norm_groups)
-        self.conv_out = nn.Conv2d(c.channels[0], c.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(c.channels[0], c.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
         self._shift_widths = [b.emb_width for b in self._res_blocks()]
         self.shift_proj = nn.Linear(emb, sum(self._shift_widths))  # every block's embedding at once
         for module in self.modules():
-            if isinstance(module, (GroupNorm2d, Upsample2d, Attention2d)):
+            if isinstance(module, (Conv2d, GroupNorm2d, Upsample2d, Attention2d)):
                 module.fast = c.fast_ops
 
     # -- construction ------------------------------------------------------------------------
