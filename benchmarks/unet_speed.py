@@ -11,7 +11,9 @@ may be shared. Training: batch 32, MSE against a fixed target, AdamW(lr=1e-4, fu
 limner's trainer uses on the CPU), the same seeded tensors for both models; a step is forward + loss + zero_grad +
 backward + optimizer step. Sampling: batch 16, one network evaluation (NFE) under
 ``torch.inference_mode()``. Warm-up iterations are not timed. bf16 rows wrap the forward pass
-(and loss) in ``torch.autocast("cpu", dtype=torch.bfloat16)`` for both models.
+(and loss) in ``torch.autocast("cpu", dtype=torch.bfloat16)`` for both models. ``--malloc tuned``
+(the default) has every worker, of either model, first apply the glibc settings the ``limner``
+command applies at start-up (``limner.allocator``); ``--malloc default`` leaves glibc as it is.
 
 Usage:
     python benchmarks/unet_speed.py            # full run (a few minutes on 2 cores)
@@ -112,8 +114,13 @@ def _timed(fn: Callable[[], None], warmup: int, iters: int) -> list[float]:
     return times
 
 
-def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, threads: int) -> dict:
+def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, threads: int,
+               malloc: str) -> dict:
     """Build one model, time ``iters`` training steps or network evaluations, report as a dict."""
+    from limner.allocator import allocator_status, tune_allocator
+
+    if malloc == "tuned":
+        tune_allocator()  # before torch allocates anything; the same for both models
     import torch
 
     torch.set_num_threads(threads)
@@ -136,7 +143,7 @@ def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, th
         "batch": BATCH_TRAIN if mode == "train" else BATCH_SAMPLE,
         "first_s": first, "rss_mb": _max_rss_mb(), "rss_before_mb": rss_before,
         "params": sum(p.numel() for p in net.parameters()), "threads": torch.get_num_threads(),
-        "kernels": kernels,
+        "kernels": kernels, "allocator": allocator_status(),
     }
 
 
@@ -188,7 +195,8 @@ def spawn(name: str, precision: str, mode: str, args: argparse.Namespace) -> dic
     if name == "limner-compile":
         warmup = max(warmup, 3)  # recompiles for the second call's grad mode settle by then
     cmd = [sys.executable, __file__, "--worker", name, precision, mode,
-           "--warmup", str(warmup), "--iters", str(iters), "--threads", str(args.threads)]
+           "--warmup", str(warmup), "--iters", str(iters), "--threads", str(args.threads),
+           "--malloc", args.malloc]
     env = {**os.environ, "LIMNER_KERNELS": "0"} if name == "limner-nokernel" else None
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -294,6 +302,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-iters", type=int, default=20)
     p.add_argument("--sample-warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                   help="glibc allocator settings for every worker: 'tuned' = what the limner command "
+                        "applies (limner.allocator), 'default' = glibc's own (default: tuned)")
     p.add_argument("--json", help="also write the raw and summarised results here")
     p.add_argument("--worker", nargs=3, metavar=("MODEL", "PRECISION", "MODE"), help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, help=argparse.SUPPRESS)
@@ -315,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
 
         args.threads = torch.get_num_threads()
     if args.worker:
-        print(json.dumps(run_worker(*args.worker, args.warmup, args.iters, args.threads)))
+        print(json.dumps(run_worker(*args.worker, args.warmup, args.iters, args.threads, args.malloc)))
         return
     import platform
 
@@ -329,9 +340,10 @@ def main(argv: list[str] | None = None) -> None:
     built = sorted({r["kernels"] for r in results if r["model"] == "limner"})
     if built:
         print(f"limner's compiled kernels: {'; '.join(built)}")
+    print(f"allocator (every worker): {'; '.join(sorted({r['allocator'] for r in results}))}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "rows": rows, "raw": results}, f, indent=1)
+            json.dump({"machine": machine, "malloc": args.malloc, "rows": rows, "raw": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What limner runs on: versions, threads, devices, optional extras and compiled kernels.
+"""What limner runs on: versions, threads, devices, optional extras, compiled kernels, allocator.
 
 ``limner env`` prints it, for bug reports and for checking a new install, in the spirit of
 PyTorch's ``torch.utils.collect_env`` and ``diffusers-cli env``. Nothing here downloads,
@@ -35,6 +35,7 @@ def describe() -> dict[str, Any]:
     import torch
 
     from limner import __version__
+    from limner.allocator import allocator_status
     from limner.data.cache import default_cache_dir
     from limner.nn import kernels
 
@@ -56,6 +57,7 @@ def describe() -> dict[str, Any]:
             "torch_cuda": torch.version.cuda,
         },
         "kernels": kernels.status(),
+        "allocator": allocator_status(),
         "extras": {dist: {"version": _version(dist), "enables": use} for dist, use in EXTRAS.items()},
         "dataset_cache": str(default_cache_dir()),
         "executable": sys.executable,

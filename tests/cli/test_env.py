@@ -25,3 +25,8 @@ def test_env_text_names_the_kernel_state(cli, tmp_path, monkeypatch):
     out = cli("env", cache=tmp_path).stdout
     assert f"limner:{' ' * 18}{limner.__version__}" in out
     assert "kernels:" in out and "disabled (LIMNER_KERNELS=0)" in out
+
+
+def test_env_reports_the_allocator_setting(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIMNER_MALLOC", "0")
+    assert json.loads(cli("env", "--json", cache=tmp_path).stdout)["allocator"] == "off (LIMNER_MALLOC=0)"

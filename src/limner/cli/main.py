@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from limner import __version__
+from limner.allocator import tune_allocator
 from limner.errors import LimnerError, UsageError
 from limner.training.signals import TrainingInterrupted
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(rewrite_argv(list(sys.argv[1:] if argv is None else argv)))
+    tune_allocator()
     try:
         return int(args.func(args) or 0)
     except TrainingInterrupted as e:
