@@ -127,6 +127,94 @@ def test_supports_only_what_the_kernel_handles():
     assert not kernels.supports(x.contiguous(memory_format=CL)[:, :, ::2], w, 32)  # strided view
 
 
+BF16_CASES = [  # B, C, H, W, groups, per-sample affine, act
+    (4, 32, 32, 32, 32, True, True),
+    (3, 96, 16, 16, 32, False, True),  # 3 channels per group
+    (2, 128, 4, 4, 32, True, False),
+    (1, 24, 5, 7, 8, False, True),  # odd map
+    (2, 8, 40, 40, 1, True, True),  # one group longer than a summing span
+]
+
+
+def _bf16_reference(x, weight, bias, groups, act):
+    """The exact function of the bfloat16 values, in float64 (what rounding once approximates)."""
+    return group_norm_act(x.double(), weight.double(), bias.double(), groups, act=act, fast=False)
+
+
+@needs_kernel
+@pytest.mark.parametrize("B,C,H,W,groups,per_sample,act", BF16_CASES)
+def test_bf16_inference_kernel_matches_reference(B, C, H, W, groups, per_sample, act):
+    g = torch.Generator().manual_seed(B * C + H)
+    x = (torch.randn(B, C, H, W, generator=g) * 2 + 0.5).bfloat16()
+    shape = (B, C) if per_sample else (C,)
+    weight, bias = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    assert kernels.supports_bf16_inference(x, weight, groups)
+    y = kernels.group_norm_act_forward_bf16(x, weight, bias, groups, 1e-5, act)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous()
+    want = _bf16_reference(x, weight, bias, groups, act)
+    # one rounding to bfloat16 (8 bits of mantissa): within half a unit in the last place,
+    # plus float32 arithmetic before it
+    err = (y.double() - want).abs() / want.abs().clamp_min(1e-2)
+    assert err.max().item() < 2 ** -8 + 1e-5
+    assert torch.equal(y, want.float().bfloat16()) or (y != want.float().bfloat16()).float().mean() < 1e-3
+
+
+@needs_kernel
+def test_bf16_inference_kernel_is_used_under_autocast_without_gradients():
+    torch.manual_seed(0)
+    norm = GroupNorm2d(64)
+    x = torch.randn(2, 64, 8, 8).bfloat16()
+    scale, shift = torch.randn(2, 64), torch.randn(2, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = norm.modulated(x, scale, shift)
+        norm.fast = False
+        reference = norm.modulated(x, scale, shift)
+    assert fast.dtype == reference.dtype == torch.bfloat16
+    assert _rel(fast, reference) < 2 ** -6  # a bfloat16 unit or two: the reference rounds 3 times
+    want = _bf16_reference(x, norm.weight * (1 + scale), norm.bias * (1 + scale) + shift, norm.groups, True)
+    assert (fast.double() - want).abs().max() <= (reference.double() - want).abs().max()
+    x.requires_grad_()  # a gradient is needed: the autograd path, not the forward-only kernel
+    norm.fast = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm.modulated(x, scale, shift)
+    out.float().sum().backward()
+    assert x.grad is not None
+
+
+@needs_kernel
+def test_bf16_inference_kernel_edge_values_and_threads():
+    x = torch.randn(4, 32, 8, 8).bfloat16()
+    x[0, 0, 0, 0] = float("nan")  # poisons group 0 of sample 0 only
+    x[1] += 1000.0  # the mean dwarfs the spread (the bfloat16 step at 1000 is 4)
+    w, b = torch.ones(32), torch.zeros(32)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(kernels.group_norm_act_forward_bf16(x, w, b, 16, 1e-5, False))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(outs[0].nan_to_num(), o.nan_to_num()) for o in outs[1:])
+    assert all(torch.equal(outs[0].isnan(), o.isnan()) for o in outs[1:])
+    y = outs[0]
+    assert y[0, :2].isnan().all() and not y[0, 2:].isnan().any() and not y[1:].isnan().any()
+    want = _bf16_reference(x[1:], w, b, 16, False)
+    assert (y[1:].double() - want).abs().max().item() < 0.02
+
+
+@needs_kernel
+def test_supports_bf16_inference_only_where_the_kernel_applies():
+    x, w = torch.randn(2, 32, 8, 8).bfloat16(), torch.ones(32)
+    assert kernels.supports_bf16_inference(x, w, 32)
+    assert not kernels.supports_bf16_inference(x.contiguous(memory_format=CL), w, 32)
+    assert not kernels.supports_bf16_inference(x.float(), w, 32)
+    assert not kernels.supports_bf16_inference(x.half(), w, 32)
+    assert not kernels.supports_bf16_inference(x, w.bfloat16(), 32)
+    assert not kernels.supports_bf16_inference(x, w, 5)
+    assert not kernels.supports_bf16_inference(x[:, :, ::2], w, 32)
+
+
 def _run_python(code: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 

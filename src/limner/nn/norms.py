@@ -20,7 +20,8 @@ runs made with that block (the norm erases it where a group holds a single chann
 large float32 maps and channels-last low-precision maps on the CPU) and the native kernels
 elsewhere. Float32 channels-last maps on the CPU go to the compiled two-pass kernel of
 :mod:`limner.nn.kernels` when it could be built (about 2x faster than the fused PyTorch steps,
-forward and backward), with the steps above as its fallback. The fused paths are first-order
+forward and backward), with the steps above as its fallback; bfloat16 NCHW maps that need no
+gradient (sampling under bfloat16 autocast) go to its one-pass forward. The fused paths are first-order
 only (no double backward); ``fast=False`` always selects the reference implementation, which
 also serves as the test oracle.
 """
@@ -121,6 +122,14 @@ def _use_kernel(x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None, g
     """Whether the compiled kernel of :mod:`limner.nn.kernels` computes this call."""
     return (shift is None and out_dtype == torch.float32 and bias.shape == weight.shape
             and bias.dtype == torch.float32 and kernels.supports(x, weight, groups))
+
+
+def _use_bf16_inference_kernel(x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None, groups: int,
+                               out_dtype: torch.dtype) -> bool:
+    """Whether the compiled bfloat16 NCHW forward computes this call (no gradient needed)."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
+    return (not needs_grad and shift is None and out_dtype == torch.bfloat16 and bias.shape == weight.shape
+            and kernels.supports_bf16_inference(x, weight, groups))
 
 
 class _GroupNormAct(torch.autograd.Function):
@@ -238,6 +247,8 @@ def group_norm_act(
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
             return _KernelGroupNormAct.apply(x, weight, bias, groups, eps, act)
         return kernels.group_norm_act_forward(x, weight, bias, groups, eps, act)[0]
+    if fast and _use_bf16_inference_kernel(x, weight, bias, shift, groups, out_dtype):
+        return kernels.group_norm_act_forward_bf16(x, weight, bias, groups, eps, act)
     if fast and prefers_fused(x):
         return fused_group_norm_act(x, weight, bias, groups, shift, eps, act)
     h = x if shift is None else x + shift[:, :, None, None].to(x.dtype)

@@ -15,7 +15,9 @@ against the OpenMP runtime PyTorch already loaded, so it follows ``torch.set_num
 Without a compiler, or with ``LIMNER_KERNELS=0``, nothing is compiled and every caller uses the
 pure-PyTorch path, which computes the same function (the tests compare the two).
 
-Only float32, channels-last, CPU tensors are handled (:func:`supports`); callers check first.
+Float32 channels-last CPU tensors are handled forward and backward (:func:`supports`);
+bfloat16 NCHW CPU tensors forward only, for inference (:func:`supports_bf16_inference`).
+Callers check first.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "group_norm_act_backward", "group_norm_act_forward", "status", "supports"]
+__all__ = ["available", "group_norm_act_backward", "group_norm_act_forward", "group_norm_act_forward_bf16", "status",
+           "supports", "supports_bf16_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,9 @@ def _open() -> tuple[ctypes.CDLL | None, str]:
     lib.limner_gn_backward.restype = i32
     lib.limner_gn_backward.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _ptr_t, _ptr_t, _ptr_t, _ptr_t,
                                        _i64, _i64, _i64, _i64, i32, _ptr_t, _ptr_t, _ptr_t]
+    lib.limner_gn_forward_bf16_nchw.restype = None
+    lib.limner_gn_forward_bf16_nchw.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _i64, _i64, _i64, _i64, f32,
+                                                i32, _ptr_t]
     return lib, f"compiled ({path})"
 
 
@@ -170,6 +176,31 @@ def supports(x: Tensor, weight: Tensor, groups: int) -> bool:
     if C % groups or weight.shape not in ((C,), (B, C)) or not x.permute(0, 2, 3, 1).is_contiguous():
         return False
     return available()
+
+
+def supports_bf16_inference(x: Tensor, weight: Tensor, groups: int) -> bool:
+    """Whether :func:`group_norm_act_forward_bf16` handles this call: bfloat16 CPU x [B, C, H, W]
+    contiguous (NCHW), float32 weight [C] or [B, C], C divisible by ``groups``; forward only."""
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.dim() != 4 or weight.dtype != torch.float32:
+        return False
+    B, C = x.shape[:2]
+    if C % groups or weight.shape not in ((C,), (B, C)) or not x.is_contiguous() or x.numel() == 0:
+        return False
+    return available()
+
+
+def group_norm_act_forward_bf16(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
+                                act: bool) -> Tensor:
+    """SiLU(GroupNorm(x)) (or GroupNorm(x)) for bfloat16 NCHW x, computed in float and rounded
+    once; no gradient. Requires :func:`supports_bf16_inference`."""
+    lib = _load()
+    assert lib is not None, "group_norm_act_forward_bf16 called without the compiled kernels"
+    B, C, H, W = x.shape
+    weight, bias = weight.detach().float().contiguous(), bias.detach().float().contiguous()
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    lib.limner_gn_forward_bf16_nchw(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), int(weight.dim() == 2),
+                                    B, H * W, C, groups, eps, int(act), y.data_ptr())
+    return y
 
 
 def group_norm_act_forward(
