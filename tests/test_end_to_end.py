@@ -60,6 +60,25 @@ def test_sigma_max_changes_the_start_and_is_replayed_from_the_record(straight_ru
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(low)))
 
 
+def test_interpolate_takes_sigma_max_like_sample(straight_run, tmp_path):
+    """The frames of a one-seed, one-prompt walk are that seed's sample at the same --sigma-max."""
+    from limner.generation.interpolate import interpolate
+
+    common = ["--steps", "3", "--cfg", "2"]
+    assert main(["sample", str(straight_run), "--prompt", "green heart", "--num", "1", "--seed", "5",
+                 "--sigma-max", "5", *common, "--out", str(tmp_path / "s")]) == 0
+    sampled = np.asarray(Image.open(sorted((tmp_path / "s").glob("*.png"))[0]), dtype=np.int16)
+    frames = interpolate(straight_run, (5, 5), 2, prompts=("green heart", "green heart"), steps=3, cfg=2.0,
+                         sigma_max=5.0)
+    default = interpolate(straight_run, (5, 5), 2, prompts=("green heart", "green heart"), steps=3, cfg=2.0)
+    assert np.abs(np.asarray(frames[0], dtype=np.int16) - sampled).max() <= 1
+    assert not np.array_equal(np.asarray(frames[0]), np.asarray(default[0]))
+    walk = ["interpolate", str(straight_run), "--seeds", "5", "6", "--prompts", "green heart", "red heart", *common]
+    assert main([*walk, "--frames", "2", "--sigma-max", "5", "--out", str(tmp_path / "walk.gif")]) == 0
+    assert main([*walk, "--sigma-max", "0.001", "--out", str(tmp_path / "bad.gif")]) == 2
+    assert not (tmp_path / "bad.gif").exists()
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "0.001"])
 def test_bad_sigma_max_is_a_usage_error(straight_run, tmp_path, capsys, value):
     """Not positive: refused while parsing; below the run's sigma_min (0.002): refused by the run."""

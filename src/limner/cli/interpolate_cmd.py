@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import nonneg_float, nonneg_int, positive_int
+from limner.cli.args import nonneg_float, nonneg_int, positive_float, positive_int
 
 EPILOG = """\
 examples:
@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, help="sampling steps (diffusion)")
     p.add_argument("--cfg", type=nonneg_float, help="guidance scale (diffusion)")
     p.add_argument("--truncation", type=nonneg_float, help="GAN psi / VAE temperature")
+    p.add_argument("--sigma-max", type=positive_float, metavar="SIGMA",
+                   help="noise level the diffusion sampler starts from (default: the run's, 80); about 20 suits 5-step schedules")
     p.add_argument("--step", type=nonneg_int, help="checkpoint step (default: newest valid)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.set_defaults(func=run)
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     frames = interpolate(
         args.run_dir, tuple(args.seeds), args.frames, step=args.step, device=resolve_device(args.device),
         prompts=tuple(args.prompts) if args.prompts else None, labels=labels, sampler=args.sampler,
-        steps=args.steps, cfg=args.cfg, truncation=args.truncation,
+        steps=args.steps, cfg=args.cfg, truncation=args.truncation, sigma_max=args.sigma_max,
     )
     print(write_animation(frames, args.out, fps=args.fps))
     return 0

@@ -46,7 +46,8 @@ def seed_noise(shape: tuple[int, ...], seed: int) -> Tensor:
 def interpolation_requests(
     loaded: LoadedRun, seeds: tuple[int, int], frames: int, *, prompts: tuple[str, str] | None = None,
     labels: tuple[int, int] | None = None, sampler: str | None = None, steps: int | None = None,
-    cfg: float | None = None, truncation: float | None = None, batch_size: int = 16,
+    cfg: float | None = None, truncation: float | None = None, sigma_max: float | None = None,
+    batch_size: int = 16,
 ) -> list[BatchRequest]:
     """Forward batches whose rows walk from (seed A, condition A) to (seed B, condition B)."""
     if frames < 2:
@@ -63,7 +64,7 @@ def interpolation_requests(
         n = len(rows)
         out.append(BatchRequest(
             seeds=[seeds[0]] * n, noise=noise[s : s + n], sampler=sampler, steps=steps, cfg=cfg,
-            truncation=truncation,
+            truncation=truncation, sigma_max=sigma_max,
             prompts=[prompts[0]] * n if prompts else None,
             mix_prompts=[prompts[1]] * n if prompts else None,
             labels=[labels[0]] * n if labels is not None else None,
