@@ -152,6 +152,12 @@ def test_upsample_kernel_is_kept_only_while_the_weight_is_unchanged():
         up.conv.weight.add_(0.5)
         torch.testing.assert_close(up(x), literal(), rtol=1e-5, atol=1e-5)
         assert up._kernel.entry[2] is not kept
+    up._kernel.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = up(x)  # kept from a bf16 call, the kernel is still float32: autocast casts per call
+    assert low.dtype == torch.bfloat16 and up._kernel.entry[2].dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(up(x), literal(), rtol=1e-5, atol=1e-5)
     up.train()
     assert up._kernel.entry is None
 

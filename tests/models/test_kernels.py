@@ -142,15 +142,16 @@ def _bf16_reference(x, weight, bias, groups, act):
 
 
 @needs_kernel
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
 @pytest.mark.parametrize("B,C,H,W,groups,per_sample,act", BF16_CASES)
-def test_bf16_inference_kernel_matches_reference(B, C, H, W, groups, per_sample, act):
+def test_bf16_inference_kernel_matches_reference(B, C, H, W, groups, per_sample, act, layout):
     g = torch.Generator().manual_seed(B * C + H)
-    x = (torch.randn(B, C, H, W, generator=g) * 2 + 0.5).bfloat16()
+    x = (torch.randn(B, C, H, W, generator=g) * 2 + 0.5).bfloat16().contiguous(memory_format=layout)
     shape = (B, C) if per_sample else (C,)
     weight, bias = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     assert kernels.supports_bf16_inference(x, weight, groups)
     y = kernels.group_norm_act_forward_bf16(x, weight, bias, groups, 1e-5, act)
-    assert y.dtype == torch.bfloat16 and y.is_contiguous()
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=layout)
     want = _bf16_reference(x, weight, bias, groups, act)
     # one rounding to bfloat16 (8 bits of mantissa): within half a unit in the last place,
     # plus float32 arithmetic before it
@@ -182,7 +183,8 @@ def test_bf16_inference_kernel_is_used_under_autocast_without_gradients():
 
 
 @needs_kernel
-def test_bf16_inference_kernel_edge_values_and_threads():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_bf16_inference_kernel_edge_values_and_threads(layout):
     x = torch.randn(4, 32, 8, 8).bfloat16()
     x[0, 0, 0, 0] = float("nan")  # poisons group 0 of sample 0 only
     x[1] += 1000.0  # the mean dwarfs the spread (the bfloat16 step at 1000 is 4)
@@ -192,7 +194,7 @@ def test_bf16_inference_kernel_edge_values_and_threads():
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            outs.append(kernels.group_norm_act_forward_bf16(x, w, b, 16, 1e-5, False))
+            outs.append(kernels.group_norm_act_forward_bf16(x.contiguous(memory_format=layout), w, b, 16, 1e-5, False))
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(outs[0].nan_to_num(), o.nan_to_num()) for o in outs[1:])
@@ -207,7 +209,7 @@ def test_bf16_inference_kernel_edge_values_and_threads():
 def test_supports_bf16_inference_only_where_the_kernel_applies():
     x, w = torch.randn(2, 32, 8, 8).bfloat16(), torch.ones(32)
     assert kernels.supports_bf16_inference(x, w, 32)
-    assert not kernels.supports_bf16_inference(x.contiguous(memory_format=CL), w, 32)
+    assert kernels.supports_bf16_inference(x.contiguous(memory_format=CL), w, 32)
     assert not kernels.supports_bf16_inference(x.float(), w, 32)
     assert not kernels.supports_bf16_inference(x.half(), w, 32)
     assert not kernels.supports_bf16_inference(x, w.bfloat16(), 32)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from limner.conditioning.base import Conditioning
 from limner.models.diffusion.unet import UNET_PRESETS, UNet, UNetConfig, unet_config
+from limner.nn import kernels
 from limner.nn import GroupNorm2d, Upsample2d, attention, fused_group_norm_act, group_norm_act
 
 COND = 12  # condition width used by the conditioned configs
@@ -206,6 +207,34 @@ def test_bf16_autocast_forward_and_backward() -> None:
     with torch.no_grad():
         ref = net(x, noise, cond)
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+@pytest.mark.skipif(not kernels.available(), reason=f"compiled kernels unavailable: {kernels.status()}")
+@pytest.mark.parametrize("kind", ["none", "tokens"])
+def test_bf16_inference_runs_channels_last_and_matches_nchw(kind: str, monkeypatch) -> None:
+    """Under bf16 autocast without gradients the network switches to channels-last (compiled
+    norm); training stays NCHW. The outputs agree to bfloat16 precision."""
+    net = _randomize(UNet(_config(kind)))
+    x, noise, cond = _inputs(net.config, size=32, kind=kind)
+    layouts = []
+    conv_in = net.conv_in.forward
+    monkeypatch.setattr(net.conv_in, "forward", lambda h: layouts.append(
+        "cl" if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous() else "nchw")
+        or conv_in(h))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = net(x, noise, cond)
+        net.config.memory_format = "contiguous"
+        nchw = net(x, noise, cond)
+        net.config.memory_format = "auto"
+    with torch.no_grad():
+        reference = net(x, noise, cond)  # float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x, noise, cond)  # gradients on: the training layout
+    assert layouts == ["cl", "nchw", "cl", "nchw"]
+    scale = nchw.float().abs().max()
+    assert (fast.float() - nchw.float()).abs().max() < 0.05 * scale
+    # no less accurate than the NCHW path (which rounds to bfloat16 more often)
+    assert (fast.float() - reference).abs().max() <= 1.5 * (nchw.float() - reference).abs().max() + 1e-3
 
 
 FLAGS = [("contiguous", False), ("channels_last", False), ("contiguous", True), ("channels_last", True),

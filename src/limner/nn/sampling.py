@@ -70,6 +70,9 @@ class Upsample2d(nn.Module):
 def _transposed_weight(weight: Tensor) -> Tensor:
     """conv3x3 weight [O, I, 3, 3] → [I, O, 4, 4] for ``conv_transpose2d(stride=2, padding=1)``."""
     O, I = weight.shape[:2]
-    taps = torch.tensor(_TRANSPOSED_TAPS, dtype=weight.dtype, device=weight.device)  # [k, t]
-    mix = torch.einsum("kt,lu->tukl", taps, taps).reshape(9, 16)  # (t, u) → (k, l)
-    return (weight.reshape(O * I, 9) @ mix).view(O, I, 4, 4).transpose(0, 1)
+    # In the weight's own dtype even under autocast (which would round the tap sums to bfloat16);
+    # the convolution casts the result like any weight.
+    with torch.autocast(weight.device.type, enabled=False):
+        taps = torch.tensor(_TRANSPOSED_TAPS, dtype=weight.dtype, device=weight.device)  # [k, t]
+        mix = torch.einsum("kt,lu->tukl", taps, taps).reshape(9, 16)  # (t, u) → (k, l)
+        return (weight.reshape(O * I, 9) @ mix).view(O, I, 4, 4).transpose(0, 1)

@@ -16,7 +16,8 @@ Without a compiler, or with ``LIMNER_KERNELS=0``, nothing is compiled and every 
 pure-PyTorch path, which computes the same function (the tests compare the two).
 
 Float32 channels-last CPU tensors are handled forward and backward (:func:`supports`);
-bfloat16 NCHW CPU tensors forward only, for inference (:func:`supports_bf16_inference`).
+bfloat16 CPU tensors (NCHW or channels-last) forward only, for inference
+(:func:`supports_bf16_inference`).
 Callers check first.
 """
 
@@ -153,6 +154,8 @@ def _open() -> tuple[ctypes.CDLL | None, str]:
     lib.limner_gn_forward_bf16_nchw.restype = None
     lib.limner_gn_forward_bf16_nchw.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _i64, _i64, _i64, _i64, f32,
                                                 i32, _ptr_t]
+    lib.limner_gn_forward_bf16_cl.restype = i32
+    lib.limner_gn_forward_bf16_cl.argtypes = lib.limner_gn_forward.argtypes
     return lib, f"compiled ({path})"
 
 
@@ -180,26 +183,41 @@ def supports(x: Tensor, weight: Tensor, groups: int) -> bool:
 
 def supports_bf16_inference(x: Tensor, weight: Tensor, groups: int) -> bool:
     """Whether :func:`group_norm_act_forward_bf16` handles this call: bfloat16 CPU x [B, C, H, W]
-    contiguous (NCHW), float32 weight [C] or [B, C], C divisible by ``groups``; forward only."""
+    dense in NCHW or channels-last memory, float32 weight [C] or [B, C], C divisible by
+    ``groups``; forward only."""
     if x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.dim() != 4 or weight.dtype != torch.float32:
         return False
     B, C = x.shape[:2]
-    if C % groups or weight.shape not in ((C,), (B, C)) or not x.is_contiguous() or x.numel() == 0:
+    if C % groups or weight.shape not in ((C,), (B, C)) or x.numel() == 0:
+        return False
+    if not (x.is_contiguous() or x.permute(0, 2, 3, 1).is_contiguous()):
         return False
     return available()
 
 
 def group_norm_act_forward_bf16(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
                                 act: bool) -> Tensor:
-    """SiLU(GroupNorm(x)) (or GroupNorm(x)) for bfloat16 NCHW x, computed in float and rounded
-    once; no gradient. Requires :func:`supports_bf16_inference`."""
+    """SiLU(GroupNorm(x)) (or GroupNorm(x)) for bfloat16 x, computed in float and rounded once,
+    in x's memory format (NCHW: one pass per group; channels-last: the float32 kernel's two
+    passes); no gradient. Requires :func:`supports_bf16_inference`."""
     lib = _load()
     assert lib is not None, "group_norm_act_forward_bf16 called without the compiled kernels"
     B, C, H, W = x.shape
     weight, bias = weight.detach().float().contiguous(), bias.detach().float().contiguous()
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    lib.limner_gn_forward_bf16_nchw(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), int(weight.dim() == 2),
-                                    B, H * W, C, groups, eps, int(act), y.data_ptr())
+    per_sample = int(weight.dim() == 2)
+    if x.is_contiguous():
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        lib.limner_gn_forward_bf16_nchw(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), per_sample,
+                                        B, H * W, C, groups, eps, int(act), y.data_ptr())
+        return y
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    scratch = torch.empty(2 * B * C + 2 * B * groups, dtype=torch.float32)  # a, b, mean, rstd
+    s = scratch.data_ptr()
+    rc = lib.limner_gn_forward_bf16_cl(
+        x.data_ptr(), weight.data_ptr(), bias.data_ptr(), per_sample, B, H * W, C, groups, eps, int(act),
+        y.data_ptr(), s, s + 4 * B * C, s + 8 * B * C, s + 4 * (2 * B * C + B * groups))
+    if rc != 0:
+        raise MemoryError("group_norm_act kernel: out of memory")
     return y
 
 

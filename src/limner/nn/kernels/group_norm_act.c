@@ -51,24 +51,71 @@ static inline float exp_poly(float x) {
 static inline float sigmoid(float z) { return 1.0f / (1.0f + exp_poly(-z)); }
 
 /* Per-channel sums of (x - k) and (x - k)^2 over the rows of one sample, k = the first row:
- * shifting by a sample value keeps float block sums accurate when |mean| >> std. */
-static void channel_sums(const float *x, int64_t rows, int64_t C, double *s1, double *s2, float *f1, float *f2) {
-    for (int64_t c = 0; c < C; c++) s1[c] = s2[c] = 0.0;
-    for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-        int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
-        for (int64_t c = 0; c < C; c++) f1[c] = f2[c] = 0.0f;
-        for (int64_t r = r0; r < r1; r++) {
-            const float *row = x + r * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) {
-                float v = row[c] - x[c];
-                f1[c] += v;
-                f2[c] += v * v;
-            }
+ * shifting by a sample value keeps float block sums accurate when |mean| >> std. LOAD widens
+ * one stored value to float (the identity for float, a shift for bfloat16). */
+#define DEFINE_CHANNEL_SUMS(NAME, T, LOAD)                                                             \
+    static void NAME(const T *x, int64_t rows, int64_t C, double *s1, double *s2, float *f1, float *f2) { \
+        for (int64_t c = 0; c < C; c++) s1[c] = s2[c] = 0.0;                                           \
+        for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {                                             \
+            int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;                                \
+            for (int64_t c = 0; c < C; c++) f1[c] = f2[c] = 0.0f;                                      \
+            for (int64_t r = r0; r < r1; r++) {                                                        \
+                const T *row = x + r * C;                                                              \
+                _Pragma("omp simd") for (int64_t c = 0; c < C; c++) {                                  \
+                    float v = LOAD(row[c]) - LOAD(x[c]);                                               \
+                    f1[c] += v;                                                                        \
+                    f2[c] += v * v;                                                                    \
+                }                                                                                      \
+            }                                                                                          \
+            for (int64_t c = 0; c < C; c++) {                                                          \
+                s1[c] += f1[c];                                                                        \
+                s2[c] += f2[c];                                                                        \
+            }                                                                                          \
+        }                                                                                              \
+    }
+
+static inline float f32_load(float v) { return v; }
+
+static inline float bf16_load(uint16_t v) {
+    uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* float -> bfloat16 bits, round to nearest, ties to even (as PyTorch rounds); NaN stays NaN. */
+static inline uint16_t bf16_round(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+DEFINE_CHANNEL_SUMS(channel_sums, float, f32_load)
+DEFINE_CHANNEL_SUMS(channel_sums_bf16, uint16_t, bf16_load)
+
+/* Group statistics of one sample from its channel sums s = [S1 | S2] around the shift k [C],
+ * and the affine coefficients a, b [C] of that sample; mean, rstd [G]. */
+static void sample_coefficients(const float *k, const double *s, int64_t HW, int64_t C, int64_t G, float eps,
+                                const float *w, const float *bb, float *a, float *b, float *mean, float *rstd) {
+    int64_t n = C / G;
+    for (int64_t g = 0; g < G; g++) {
+        double count = (double)n * (double)HW, m1 = 0.0, ss = 0.0;
+        for (int64_t c = g * n; c < (g + 1) * n; c++) m1 += (double)k[c] * (double)HW + s[c];
+        double mu = m1 / count;
+        for (int64_t c = g * n; c < (g + 1) * n; c++) { /* sum (x - mu)^2, exactly regrouped */
+            double dk = (double)k[c] - mu;
+            ss += s[C + c] + 2.0 * dk * s[c] + (double)HW * dk * dk;
         }
-        for (int64_t c = 0; c < C; c++) {
-            s1[c] += f1[c];
-            s2[c] += f2[c];
+        double var = ss / count;
+        float rs = (float)(1.0 / sqrt((var > 0.0 ? var : 0.0) + (double)eps));
+        mean[g] = (float)mu;
+        rstd[g] = rs;
+        for (int64_t c = g * n; c < (g + 1) * n; c++) {
+            float ac = rs * w[c];
+            a[c] = ac;
+            b[c] = bb[c] - (float)mu * ac;
         }
     }
 }
@@ -80,7 +127,6 @@ static void channel_sums(const float *x, int64_t rows, int64_t C, double *s1, do
 int limner_gn_forward(const float *x, const float *weight, const float *bias, int w_per_sample,
                       int64_t B, int64_t HW, int64_t C, int64_t G, float eps, int act,
                       float *y, float *a, float *b, float *mean, float *rstd) {
-    int64_t n = C / G;
     int failed = 0;
 #pragma omp parallel for schedule(static) reduction(| : failed)
     for (int64_t bi = 0; bi < B; bi++) {
@@ -90,27 +136,9 @@ int limner_gn_forward(const float *x, const float *weight, const float *bias, in
             failed = 1;
         } else {
             channel_sums(x + bi * HW * C, HW, C, s, s + C, f, f + C);
-            const float *w = weight + (w_per_sample ? bi * C : 0);
-            const float *bb = bias + (w_per_sample ? bi * C : 0);
-            const float *k = x + bi * HW * C; /* the shift of channel_sums */
-            for (int64_t g = 0; g < G; g++) {
-                double count = (double)n * (double)HW, m1 = 0.0, ss = 0.0;
-                for (int64_t c = g * n; c < (g + 1) * n; c++) m1 += (double)k[c] * (double)HW + s[c];
-                double mu = m1 / count;
-                for (int64_t c = g * n; c < (g + 1) * n; c++) { /* sum (x - mu)^2, exactly regrouped */
-                    double dk = (double)k[c] - mu;
-                    ss += s[C + c] + 2.0 * dk * s[c] + (double)HW * dk * dk;
-                }
-                double var = ss / count;
-                float rs = (float)(1.0 / sqrt((var > 0.0 ? var : 0.0) + (double)eps));
-                mean[bi * G + g] = (float)mu;
-                rstd[bi * G + g] = rs;
-                for (int64_t c = g * n; c < (g + 1) * n; c++) {
-                    float ac = rs * w[c];
-                    a[bi * C + c] = ac;
-                    b[bi * C + c] = bb[c] - (float)mu * ac;
-                }
-            }
+            int64_t o = w_per_sample ? bi * C : 0;
+            sample_coefficients(x + bi * HW * C, s, HW, C, G, eps, weight + o, bias + o, a + bi * C, b + bi * C,
+                                mean + bi * G, rstd + bi * G);
         }
         free(s);
         free(f);
@@ -238,21 +266,6 @@ int limner_gn_backward(const float *x, const float *gy, const float *weight, int
  * to even, NaN kept), as PyTorch rounds. Tasks never share a sum, so results do not depend on
  * the thread count. */
 
-static inline float bf16_load(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline uint16_t bf16_round(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; /* NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
-
 #define SPAN 1024 /* values summed in float before adding into the double accumulators */
 
 /* x, y [B, C, HW] bfloat16 bits; weight, bias [C] (w_per_sample = 0) or [B, C] float. */
@@ -299,4 +312,54 @@ void limner_gn_forward_bf16_nchw(const uint16_t *x, const float *weight, const f
             }
         }
     }
+}
+
+/* bfloat16 channels-last forward (inference): the float32 forward's two passes with bfloat16
+ * loads and one rounding per output. x, y [B, HW, C] bfloat16 bits; a, b [B, C] and mean, rstd
+ * [B, G] are scratch outputs as in limner_gn_forward. Returns 0, or -1 when out of memory. */
+int limner_gn_forward_bf16_cl(const uint16_t *x, const float *weight, const float *bias, int w_per_sample,
+                              int64_t B, int64_t HW, int64_t C, int64_t G, float eps, int act,
+                              uint16_t *y, float *a, float *b, float *mean, float *rstd) {
+    int failed = 0;
+#pragma omp parallel for schedule(static) reduction(| : failed)
+    for (int64_t bi = 0; bi < B; bi++) {
+        double *s = malloc(sizeof(double) * 2 * C);
+        float *f = malloc(sizeof(float) * 3 * C);
+        if (!s || !f) {
+            failed = 1;
+        } else {
+            const uint16_t *xs = x + bi * HW * C;
+            channel_sums_bf16(xs, HW, C, s, s + C, f, f + C);
+            float *k = f + 2 * C;
+            for (int64_t c = 0; c < C; c++) k[c] = bf16_load(xs[c]);
+            int64_t o = w_per_sample ? bi * C : 0;
+            sample_coefficients(k, s, HW, C, G, eps, weight + o, bias + o, a + bi * C, b + bi * C, mean + bi * G,
+                                rstd + bi * G);
+        }
+        free(s);
+        free(f);
+    }
+    if (failed) return -1;
+    int64_t blocks = (HW + TASK_ROWS - 1) / TASK_ROWS;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < B * blocks; t++) {
+        int64_t bi = t / blocks, r0 = (t % blocks) * TASK_ROWS;
+        int64_t r1 = r0 + TASK_ROWS < HW ? r0 + TASK_ROWS : HW;
+        const float *ab = a + bi * C, *bb = b + bi * C;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint16_t *xr = x + (bi * HW + r) * C;
+            uint16_t *yr = y + (bi * HW + r) * C;
+            if (act) {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    float z = bf16_load(xr[c]) * ab[c] + bb[c];
+                    yr[c] = bf16_round(z * sigmoid(z));
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) yr[c] = bf16_round(bf16_load(xr[c]) * ab[c] + bb[c]);
+            }
+        }
+    }
+    return 0;
 }
