@@ -60,6 +60,25 @@ def test_sigma_max_changes_the_start_and_is_replayed_from_the_record(straight_ru
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(low)))
 
 
+def test_bf16_precision_is_recorded_and_replayed(straight_run, tmp_path):
+    """--precision bf16 samples under bfloat16 autocast: close to float32 but not the same
+    pixels, so the record keeps it (dtype) and --from-image replays it bitwise."""
+    from limner.generation.pngmeta import read_record
+
+    common = ["sample", str(straight_run), "--prompt", "green heart", "--steps", "4", "--num", "2", "--seed", "3"]
+    assert main([*common, "--out", str(tmp_path / "fp32")]) == 0
+    assert main([*common, "--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    full, low = (sorted((tmp_path / d).glob("*.png")) for d in ("fp32", "bf16"))
+    a, b = (np.stack([np.asarray(Image.open(p), dtype=np.int16) for p in files]) for files in (full, low))
+    assert not np.array_equal(a, b) and np.abs(a - b).mean() < 8
+    assert read_record(full[1]).dtype == "float32" and read_record(low[1]).dtype == "bfloat16"
+    assert "Precision: bf16" in Image.open(low[1]).text["parameters"]
+    assert "Precision" not in Image.open(full[1]).text["parameters"]
+    assert main(["sample", "--from-image", str(low[1]), "--out", str(tmp_path / "again")]) == 0
+    again = sorted((tmp_path / "again").glob("*.png"))[0]
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(low[1])))
+
+
 def test_interpolate_takes_sigma_max_like_sample(straight_run, tmp_path):
     """The frames of a one-seed, one-prompt walk are that seed's sample at the same --sigma-max."""
     from limner.generation.interpolate import interpolate

@@ -6,6 +6,7 @@ sampling. Copying a run folder to another machine is enough to use it here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import re
 import secrets
@@ -19,7 +20,7 @@ from PIL import Image
 from limner import __version__
 from limner.errors import CheckpointError, UsageError
 from limner.generation.pngmeta import save_png
-from limner.generation.request import BatchRequest, GenerationRecord, GenerationRequest
+from limner.generation.request import PRECISION_DTYPES, BatchRequest, GenerationRecord, GenerationRequest
 from limner.models.base import ProgressCallback
 from limner.models.registry import family_class
 from limner.training.checkpoint import (
@@ -163,11 +164,31 @@ def generate(
     label = _resolve_label(loaded, request.label)
     out: list[GeneratedImage] = []
     for breq in batch_requests(request, label):
-        result = loaded.family.generate(breq, callback=callback)
+        with precision_context(request.precision, loaded.device):
+            result = loaded.family.generate(breq, callback=callback)
         for i, seed in enumerate(result.seeds):
             record = make_record(loaded, request, breq, seed, i, result.images.shape, label)
             out.append(GeneratedImage(to_pil(result.images[i]), record))
     return out
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` for "bf16", nothing for "fp32" (usage error otherwise,
+    or where the device cannot run bfloat16)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise UsageError(f"--precision: expected fp32 or bf16, got {precision!r}")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError("--precision bf16: this GPU has no bfloat16 support; use fp32")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _precision_of(dtype: str) -> str:
+    for precision, name in PRECISION_DTYPES.items():
+        if name == dtype:
+            return precision
+    raise CheckpointError(f"the record's dtype {dtype!r} is not one limner samples in (float32, bfloat16)")
 
 
 def _resolve_label(loaded: LoadedRun, label: int | str | None) -> int | None:
@@ -202,7 +223,7 @@ def make_record(
         width=int(shape[-1]),
         height=int(shape[-2]),
         device=str(loaded.device),
-        dtype="float32",
+        dtype=PRECISION_DTYPES[request.precision],
         limner_version=__version__,
         torch_version=torch.__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -252,6 +273,7 @@ def regenerate(record: GenerationRecord, *, run: str | None = None, device: str 
         sigma_max=record.sigma_max,
         step=record.step,
         batch_size=len(record.batch_seeds),
+        precision=_precision_of(record.dtype),
     )
     loaded = load_run(request.run, step=record.step, device=device)
     if loaded.model_hash != record.model_hash:

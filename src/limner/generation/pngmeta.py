@@ -32,6 +32,7 @@ def a1111_parameters(record: GenerationRecord) -> str:
         ("Sampler", record.sampler),
         ("CFG scale", record.cfg),
         ("Sigma max", record.sigma_max),
+        ("Precision", "bf16" if record.dtype == "bfloat16" else None),  # fp32 is the default
         ("Seed", record.seed),
         ("Size", f"{record.width}x{record.height}"),
         ("Model hash", record.model_hash),

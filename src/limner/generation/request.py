@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
+
+Precision = Literal["fp32", "bf16"]
+# precision → the record's dtype, and back
+PRECISION_DTYPES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16"}
 
 RECORD_SCHEMA = 1
 
@@ -32,6 +36,9 @@ class GenerationRequest:
             (80 for the EDM schedule). Lower helps very short schedules (about 20 for 5 steps).
         step: checkpoint step to load; None = the newest valid checkpoint.
         batch_size: images per forward batch (part of the record: see ``GenerationRecord``).
+        precision: "fp32", or "bf16" to run the networks under bfloat16 autocast (faster on
+            CPUs with AVX-512 and on recent GPUs; slightly different pixels, recorded as the
+            record's ``dtype``).
     """
 
     run: str
@@ -47,6 +54,7 @@ class GenerationRequest:
     sigma_max: float | None = None
     step: int | str | None = None  # a step, "best", or None = newest
     batch_size: int = 16
+    precision: Precision = "fp32"
 
 
 @dataclass
