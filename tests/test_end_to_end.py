@@ -77,6 +77,11 @@ def test_bf16_precision_is_recorded_and_replayed(straight_run, tmp_path):
     assert main(["sample", "--from-image", str(low[1]), "--out", str(tmp_path / "again")]) == 0
     again = sorted((tmp_path / "again").glob("*.png"))[0]
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(low[1])))
+    from limner.generation.interpolate import interpolate
+
+    frames = interpolate(straight_run, (3, 3), 2, prompts=("green heart", "green heart"), steps=4,
+                         precision="bf16")  # the same bf16 image as a walk's first frame
+    assert np.abs(np.asarray(frames[0], dtype=np.int16) - b[0]).max() <= 2
 
 
 def test_interpolate_takes_sigma_max_like_sample(straight_run, tmp_path):

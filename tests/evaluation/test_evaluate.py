@@ -144,6 +144,20 @@ def test_limner_eval_on_a_run_writes_result_and_report(tiny_run, tiny_data, emoj
     assert "FID" in capsys.readouterr().out
 
 
+def test_bf16_eval_samples_under_autocast_and_says_so(tiny_run, tiny_data):
+    from limner.evaluation.evaluate import EvalOptions, sample_for_eval
+    from limner.generation.pipeline import load_run
+    from limner.data.dataset import load_dataset
+
+    loaded = load_run(tiny_run)
+    dataset = load_dataset(tiny_data, 16)
+    runs = {p: sample_for_eval(loaded.family, dataset, EvalOptions(num=4, steps=2, precision=p), progress=False)
+            for p in ("fp32", "bf16")}
+    assert not torch.equal(runs["fp32"].images, runs["bf16"].images)
+    assert (runs["fp32"].images.float() - runs["bf16"].images.float()).abs().mean() < 8
+    assert EvalOptions(precision="bf16").sampling()["precision"] == "bf16"
+
+
 def test_limner_eval_is_reproducible(tiny_run, tiny_data, emoji_extractor_dir, tmp_path):
     outs = []
     for name in ("a", "b"):

@@ -39,6 +39,7 @@ from limner.evaluation import metrics as M
 from limner.evaluation.features import FeatureExtractor, as_nchw_uint8
 from limner.evaluation.memorization import MemorizationResult, memorization, pixel_vectors
 from limner.evaluation.stats import ReferenceStats, reference_stats
+from limner.generation.precision import precision_context
 from limner.generation.request import BatchRequest
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class EvalOptions:
     cfg: float | None = None
     truncation: float | None = None
     sigma_max: float | None = None
+    precision: str = "fp32"  # or "bf16": sample under bfloat16 autocast
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
@@ -73,7 +75,7 @@ class EvalOptions:
     def sampling(self) -> dict[str, Any]:
         return {"num": self.num, "seed": self.seed, "sampler": self.sampler, "steps": self.steps,
                 "cfg": self.cfg, "truncation": self.truncation, "sigma_max": self.sigma_max,
-                "batch_size": self.batch_size}
+                "precision": self.precision, "batch_size": self.batch_size}
 
 
 @dataclass
@@ -131,7 +133,7 @@ def sample_for_eval(family: Any, dataset: ImageDataset, opts: EvalOptions, *, pr
                                prompts=texts[a:b] if texts else None, labels=labels[a:b] if labels else None,
                                sampler=opts.sampler, steps=opts.steps, cfg=opts.cfg, truncation=opts.truncation,
                                sigma_max=opts.sigma_max)
-        with torch.no_grad():
+        with torch.no_grad(), precision_context(opts.precision, _device_of(family)):
             chunks.append(family.generate(request).images.cpu())
         bar.update(b - a)
     bar.close()
@@ -141,6 +143,13 @@ def sample_for_eval(family: Any, dataset: ImageDataset, opts: EvalOptions, *, pr
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
+
+
+def _device_of(family: Any) -> torch.device:
+    for module in family.modules().values():
+        for p in module.parameters():
+            return p.device
+    return torch.device("cpu")
 
 
 def score_samples(samples: EvalSamples, dataset: ImageDataset, extractor: FeatureExtractor, opts: EvalOptions, *,

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from limner.errors import LimnerError, UsageError
 from limner.generation.pipeline import LoadedRun, load_run, to_pil
+from limner.generation.precision import precision_context
 from limner.generation.request import BatchRequest
 from limner.samplers.base import SAMPLER_SPECS
 
@@ -75,12 +76,14 @@ def interpolation_requests(
 
 
 def interpolate(run: str | Path, seeds: tuple[int, int], frames: int, *, step: int | None = None,
-                device: str = "cpu", **options) -> list[Image.Image]:
-    """The frames of an interpolation (see ``interpolation_requests`` for the options)."""
+                device: str = "cpu", precision: str = "fp32", **options) -> list[Image.Image]:
+    """The frames of an interpolation (see ``interpolation_requests`` for the options);
+    ``precision`` "bf16" samples under bfloat16 autocast."""
     loaded = load_run(run, step=step, device=device)
     images: list[Image.Image] = []
     for req in interpolation_requests(loaded, seeds, frames, **options):
-        result = loaded.family.generate(req)
+        with precision_context(precision, loaded.device):
+            result = loaded.family.generate(req)
         images.extend(to_pil(img) for img in result.images)
     return images
 

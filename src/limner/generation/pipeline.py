@@ -6,7 +6,6 @@ sampling. Copying a run folder to another machine is enough to use it here.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import re
 import secrets
@@ -20,6 +19,7 @@ from PIL import Image
 from limner import __version__
 from limner.errors import CheckpointError, UsageError
 from limner.generation.pngmeta import save_png
+from limner.generation.precision import precision_context
 from limner.generation.request import PRECISION_DTYPES, BatchRequest, GenerationRecord, GenerationRequest
 from limner.models.base import ProgressCallback
 from limner.models.registry import family_class
@@ -170,18 +170,6 @@ def generate(
             record = make_record(loaded, request, breq, seed, i, result.images.shape, label)
             out.append(GeneratedImage(to_pil(result.images[i]), record))
     return out
-
-
-def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on ``device`` for "bf16", nothing for "fp32" (usage error otherwise,
-    or where the device cannot run bfloat16)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision != "bf16":
-        raise UsageError(f"--precision: expected fp32 or bf16, got {precision!r}")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UsageError("--precision bf16: this GPU has no bfloat16 support; use fp32")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _precision_of(dtype: str) -> str:
