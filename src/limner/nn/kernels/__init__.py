@@ -170,29 +170,39 @@ def status() -> str:
     return _status
 
 
+def _fits(x: Tensor, weight: Tensor, groups: int, dtype: torch.dtype) -> bool:
+    """x [B, C, H, W] of ``dtype`` on the CPU, float32 weight [C] or [B, C], groups dividing C."""
+    if x.device.type != "cpu" or x.dtype != dtype or x.dim() != 4 or weight.dtype != torch.float32:
+        return False
+    B, C = x.shape[:2]
+    return C % groups == 0 and weight.shape in ((C,), (B, C))
+
+
+def _channels_last(x: Tensor) -> bool:
+    return x.permute(0, 2, 3, 1).is_contiguous()
+
+
 def supports(x: Tensor, weight: Tensor, groups: int) -> bool:
     """Whether the kernels handle this call: float32 CPU tensors, x [B, C, H, W] channels-last
     in memory, weight [C] or [B, C], C divisible by ``groups``; and the kernels are built."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or weight.dtype != torch.float32:
-        return False
-    B, C = x.shape[:2]
-    if C % groups or weight.shape not in ((C,), (B, C)) or not x.permute(0, 2, 3, 1).is_contiguous():
-        return False
-    return available()
+    return _fits(x, weight, groups, torch.float32) and _channels_last(x) and available()
 
 
 def supports_bf16_inference(x: Tensor, weight: Tensor, groups: int) -> bool:
     """Whether :func:`group_norm_act_forward_bf16` handles this call: bfloat16 CPU x [B, C, H, W]
     dense in NCHW or channels-last memory, float32 weight [C] or [B, C], C divisible by
     ``groups``; forward only."""
-    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.dim() != 4 or weight.dtype != torch.float32:
-        return False
+    return (_fits(x, weight, groups, torch.bfloat16) and x.numel() > 0
+            and (x.is_contiguous() or _channels_last(x)) and available())
+
+
+def _coefficients(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """float32 a, b [B, C] and mean, rstd [B, G] for the forward kernels, in one allocation."""
     B, C = x.shape[:2]
-    if C % groups or weight.shape not in ((C,), (B, C)) or x.numel() == 0:
-        return False
-    if not (x.is_contiguous() or x.permute(0, 2, 3, 1).is_contiguous()):
-        return False
-    return available()
+    coeffs = torch.empty(2 * B * C + 2 * B * groups, dtype=torch.float32, device=x.device)
+    a, b = coeffs[:B * C].view(B, C), coeffs[B * C:2 * B * C].view(B, C)
+    mean, rstd = coeffs[2 * B * C:].view(2, B, groups).unbind(0)
+    return a, b, mean, rstd
 
 
 def group_norm_act_forward_bf16(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
@@ -211,11 +221,10 @@ def group_norm_act_forward_bf16(x: Tensor, weight: Tensor, bias: Tensor, groups:
                                         B, H * W, C, groups, eps, int(act), y.data_ptr())
         return y
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    scratch = torch.empty(2 * B * C + 2 * B * groups, dtype=torch.float32)  # a, b, mean, rstd
-    s = scratch.data_ptr()
+    scratch = _coefficients(x, groups)  # a, b, mean, rstd: not needed without a backward pass
     rc = lib.limner_gn_forward_bf16_cl(
         x.data_ptr(), weight.data_ptr(), bias.data_ptr(), per_sample, B, H * W, C, groups, eps, int(act),
-        y.data_ptr(), s, s + 4 * B * C, s + 8 * B * C, s + 4 * (2 * B * C + B * groups))
+        y.data_ptr(), *(t.data_ptr() for t in scratch))
     if rc != 0:
         raise MemoryError("group_norm_act kernel: out of memory")
     return y
@@ -231,9 +240,7 @@ def group_norm_act_forward(
     B, C, H, W = x.shape
     weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    coeffs = x.new_empty(2 * B * C + 2 * B * groups)  # a, b, mean, rstd in one allocation
-    a, b = coeffs[:B * C].view(B, C), coeffs[B * C:2 * B * C].view(B, C)
-    mean, rstd = coeffs[2 * B * C:].view(2, B, groups).unbind(0)
+    a, b, mean, rstd = _coefficients(x, groups)
     rc = lib.limner_gn_forward(
         x.data_ptr(), weight.data_ptr(), bias.data_ptr(), int(weight.dim() == 2), B, H * W, C, groups,
         eps, int(act), y.data_ptr(), a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())

@@ -122,51 +122,63 @@ static void sample_coefficients(const float *k, const double *s, int64_t HW, int
 
 #define TASK_ROWS 256 /* rows per task of the elementwise passes */
 
-/* Forward. weight, bias: [C] (w_per_sample = 0) or [B, C]. Writes y [B, HW, C], the affine
- * coefficients a, b [B, C] and mean, rstd [B, G]. Returns 0, or -1 when out of memory. */
-int limner_gn_forward(const float *x, const float *weight, const float *bias, int w_per_sample,
-                      int64_t B, int64_t HW, int64_t C, int64_t G, float eps, int act,
-                      float *y, float *a, float *b, float *mean, float *rstd) {
-    int failed = 0;
-#pragma omp parallel for schedule(static) reduction(| : failed)
-    for (int64_t bi = 0; bi < B; bi++) {
-        double *s = malloc(sizeof(double) * 2 * C);
-        float *f = malloc(sizeof(float) * 2 * C);
-        if (!s || !f) {
-            failed = 1;
-        } else {
-            channel_sums(x + bi * HW * C, HW, C, s, s + C, f, f + C);
-            int64_t o = w_per_sample ? bi * C : 0;
-            sample_coefficients(x + bi * HW * C, s, HW, C, G, eps, weight + o, bias + o, a + bi * C, b + bi * C,
-                                mean + bi * G, rstd + bi * G);
-        }
-        free(s);
-        free(f);
+static inline float f32_store(float v) { return v; }
+
+/* Forward over [B, HW, C] maps of T: per sample, the channel sums around its first row and
+ * the coefficients; then the affine map (+ SiLU) over row blocks, computed in float and
+ * stored with STORE. weight, bias: [C] (w_per_sample = 0) or [B, C]. Writes y [B, HW, C], the
+ * affine coefficients a, b [B, C] and mean, rstd [B, G]. Returns 0, or -1 when out of memory. */
+#define DEFINE_GN_FORWARD(NAME, T, LOAD, STORE, SUMS)                                                    \
+    int NAME(const T *x, const float *weight, const float *bias, int w_per_sample, int64_t B, int64_t HW,  \
+             int64_t C, int64_t G, float eps, int act, T *y, float *a, float *b, float *mean, float *rstd) { \
+        int failed = 0;                                                                                    \
+        _Pragma("omp parallel for schedule(static) reduction(| : failed)")                                 \
+        for (int64_t bi = 0; bi < B; bi++) {                                                               \
+            double *s = malloc(sizeof(double) * 2 * C);                                                    \
+            float *f = malloc(sizeof(float) * 3 * C);                                                      \
+            if (!s || !f) {                                                                                \
+                failed = 1;                                                                                \
+            } else {                                                                                       \
+                const T *xs = x + bi * HW * C;                                                             \
+                SUMS(xs, HW, C, s, s + C, f, f + C);                                                       \
+                float *k = f + 2 * C; /* the shift of the sums: the first row, widened */                  \
+                for (int64_t c = 0; c < C; c++) k[c] = LOAD(xs[c]);                                        \
+                int64_t o = w_per_sample ? bi * C : 0;                                                     \
+                sample_coefficients(k, s, HW, C, G, eps, weight + o, bias + o, a + bi * C, b + bi * C,     \
+                                    mean + bi * G, rstd + bi * G);                                         \
+            }                                                                                              \
+            free(s);                                                                                       \
+            free(f);                                                                                       \
+        }                                                                                                  \
+        if (failed) return -1;                                                                             \
+        int64_t blocks = (HW + TASK_ROWS - 1) / TASK_ROWS;                                                 \
+        _Pragma("omp parallel for schedule(static)")                                                       \
+        for (int64_t t = 0; t < B * blocks; t++) {                                                         \
+            int64_t bi = t / blocks, r0 = (t % blocks) * TASK_ROWS;                                        \
+            int64_t r1 = r0 + TASK_ROWS < HW ? r0 + TASK_ROWS : HW;                                        \
+            const float *ab = a + bi * C, *bb = b + bi * C;                                                \
+            for (int64_t r = r0; r < r1; r++) {                                                            \
+                const T *xr = x + (bi * HW + r) * C;                                                       \
+                T *yr = y + (bi * HW + r) * C;                                                             \
+                if (act) {                                                                                 \
+                    _Pragma("omp simd") for (int64_t c = 0; c < C; c++) {                                  \
+                        float z = LOAD(xr[c]) * ab[c] + bb[c];                                             \
+                        yr[c] = STORE(z * sigmoid(z));                                                     \
+                    }                                                                                      \
+                } else {                                                                                   \
+                    _Pragma("omp simd") for (int64_t c = 0; c < C; c++) yr[c] = STORE(LOAD(xr[c]) * ab[c] + bb[c]); \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        return 0;                                                                                          \
     }
-    if (failed) return -1;
-    int64_t blocks = (HW + TASK_ROWS - 1) / TASK_ROWS;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < B * blocks; t++) {
-        int64_t bi = t / blocks, r0 = (t % blocks) * TASK_ROWS;
-        int64_t r1 = r0 + TASK_ROWS < HW ? r0 + TASK_ROWS : HW;
-        const float *ab = a + bi * C, *bb = b + bi * C;
-        for (int64_t r = r0; r < r1; r++) {
-            const float *xr = x + (bi * HW + r) * C;
-            float *yr = y + (bi * HW + r) * C;
-            if (act) {
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) {
-                    float z = xr[c] * ab[c] + bb[c];
-                    yr[c] = z * sigmoid(z);
-                }
-            } else {
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) yr[c] = xr[c] * ab[c] + bb[c];
-            }
-        }
-    }
-    return 0;
-}
+
+/* float32 forward (training and float32 inference). */
+DEFINE_GN_FORWARD(limner_gn_forward, float, f32_load, f32_store, channel_sums)
+
+/* bfloat16 forward (inference): the same two passes with bfloat16 loads and one rounding per
+ * output; a, b, mean, rstd are scratch for the caller. */
+DEFINE_GN_FORWARD(limner_gn_forward_bf16_cl, uint16_t, bf16_load, bf16_round, channel_sums_bf16)
 
 /* Backward. gy: dL/dy [B, HW, C]; a, b, mean, rstd from the forward. Writes gx [B, HW, C] (may
  * not alias x or gy) and the per-sample gradients gw, gb [B, C] of the norm's weight and bias
@@ -312,54 +324,4 @@ void limner_gn_forward_bf16_nchw(const uint16_t *x, const float *weight, const f
             }
         }
     }
-}
-
-/* bfloat16 channels-last forward (inference): the float32 forward's two passes with bfloat16
- * loads and one rounding per output. x, y [B, HW, C] bfloat16 bits; a, b [B, C] and mean, rstd
- * [B, G] are scratch outputs as in limner_gn_forward. Returns 0, or -1 when out of memory. */
-int limner_gn_forward_bf16_cl(const uint16_t *x, const float *weight, const float *bias, int w_per_sample,
-                              int64_t B, int64_t HW, int64_t C, int64_t G, float eps, int act,
-                              uint16_t *y, float *a, float *b, float *mean, float *rstd) {
-    int failed = 0;
-#pragma omp parallel for schedule(static) reduction(| : failed)
-    for (int64_t bi = 0; bi < B; bi++) {
-        double *s = malloc(sizeof(double) * 2 * C);
-        float *f = malloc(sizeof(float) * 3 * C);
-        if (!s || !f) {
-            failed = 1;
-        } else {
-            const uint16_t *xs = x + bi * HW * C;
-            channel_sums_bf16(xs, HW, C, s, s + C, f, f + C);
-            float *k = f + 2 * C;
-            for (int64_t c = 0; c < C; c++) k[c] = bf16_load(xs[c]);
-            int64_t o = w_per_sample ? bi * C : 0;
-            sample_coefficients(k, s, HW, C, G, eps, weight + o, bias + o, a + bi * C, b + bi * C, mean + bi * G,
-                                rstd + bi * G);
-        }
-        free(s);
-        free(f);
-    }
-    if (failed) return -1;
-    int64_t blocks = (HW + TASK_ROWS - 1) / TASK_ROWS;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < B * blocks; t++) {
-        int64_t bi = t / blocks, r0 = (t % blocks) * TASK_ROWS;
-        int64_t r1 = r0 + TASK_ROWS < HW ? r0 + TASK_ROWS : HW;
-        const float *ab = a + bi * C, *bb = b + bi * C;
-        for (int64_t r = r0; r < r1; r++) {
-            const uint16_t *xr = x + (bi * HW + r) * C;
-            uint16_t *yr = y + (bi * HW + r) * C;
-            if (act) {
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) {
-                    float z = bf16_load(xr[c]) * ab[c] + bb[c];
-                    yr[c] = bf16_round(z * sigmoid(z));
-                }
-            } else {
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) yr[c] = bf16_round(bf16_load(xr[c]) * ab[c] + bb[c]);
-            }
-        }
-    }
-    return 0;
 }
