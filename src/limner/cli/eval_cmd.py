@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import checkpoint_step, nonneg_float, positive_float, positive_int, seed_int
+from limner.cli.args import add_precision_argument, checkpoint_step, nonneg_float, positive_float, positive_int, seed_int
 
 DESCRIPTION = """\
 Sample N images from a run (or take a folder of images from anywhere with --images) and score them
@@ -66,8 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=nonneg_float, help="guidance scale (default: the run's)")
     p.add_argument("--truncation", type=nonneg_float, metavar="PSI", help="GAN truncation / VAE temperature")
     p.add_argument("--sigma-max", type=positive_float, metavar="SIGMA", help="noise level the diffusion samplers start from (default: the run's, 80)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 samples under bfloat16 autocast (faster on recent GPUs and AVX-512 CPUs; slightly different pixels) (default: fp32)")
+    add_precision_argument(p)
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the first sample (default: 0)")
     p.add_argument("--step", type=checkpoint_step, metavar="STEP|best",
                    help="checkpoint step, or 'best' (kept by --eval-every) (default: newest valid)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import nonneg_float, nonneg_int, positive_float, positive_int
+from limner.cli.args import add_precision_argument, nonneg_float, nonneg_int, positive_float, positive_int
 
 EPILOG = """\
 examples:
@@ -40,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truncation", type=nonneg_float, help="GAN psi / VAE temperature")
     p.add_argument("--sigma-max", type=positive_float, metavar="SIGMA",
                    help="noise level the diffusion sampler starts from (default: the run's, 80); about 20 suits 5-step schedules")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 samples under bfloat16 autocast (faster on recent GPUs and AVX-512 CPUs; slightly different pixels) (default: fp32)")
+    add_precision_argument(p)
     p.add_argument("--step", type=nonneg_int, help="checkpoint step (default: newest valid)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.set_defaults(func=run)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import checkpoint_step, nonneg_float, nonneg_int, positive_float, positive_int, seed_int
+from limner.cli.args import (
+    add_precision_argument, checkpoint_step, nonneg_float, nonneg_int, positive_float, positive_int, seed_int,
+)
 
 DESCRIPTION = """\
 Generate images from a trained run folder. Every PNG carries its generation record (prompt,
@@ -47,9 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint step, or 'best' (kept by --eval-every) (default: newest valid)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward batch (default: 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 runs the network under bfloat16 autocast: faster on recent GPUs and on CPUs "
-                        "with AVX-512, slightly different pixels, kept in the record (default: fp32)")
+    add_precision_argument(p)
     p.add_argument("--grid", action="store_true", help="also write grid.png with all images")
     p.add_argument("--from-image", type=Path, metavar="FILE.png", help="regenerate the image a limner PNG records")
     p.set_defaults(func=run)

@@ -20,7 +20,9 @@ from limner import __version__
 from limner.errors import CheckpointError, UsageError
 from limner.generation.pngmeta import save_png
 from limner.generation.precision import precision_context
-from limner.generation.request import PRECISION_DTYPES, BatchRequest, GenerationRecord, GenerationRequest
+from limner.generation.request import (
+    PRECISION_DTYPES, BatchRequest, GenerationRecord, GenerationRequest, precision_of,
+)
 from limner.models.base import ProgressCallback
 from limner.models.registry import family_class
 from limner.training.checkpoint import (
@@ -173,10 +175,10 @@ def generate(
 
 
 def _precision_of(dtype: str) -> str:
-    for precision, name in PRECISION_DTYPES.items():
-        if name == dtype:
-            return precision
-    raise CheckpointError(f"the record's dtype {dtype!r} is not one limner samples in (float32, bfloat16)")
+    precision = precision_of(dtype)
+    if precision is None:
+        raise CheckpointError(f"the record's dtype {dtype!r} is not one limner samples in (float32, bfloat16)")
+    return precision
 
 
 def _resolve_label(loaded: LoadedRun, label: int | str | None) -> int | None:

@@ -16,7 +16,7 @@ from PIL import Image, PngImagePlugin
 
 from limner.errors import LimnerError
 from limner.fsutil import atomic_write
-from limner.generation.request import GenerationRecord
+from limner.generation.request import GenerationRecord, precision_of
 
 RECORD_KEY = "limner"
 PARAMETERS_KEY = "parameters"
@@ -25,6 +25,7 @@ PARAMETERS_KEY = "parameters"
 def a1111_parameters(record: GenerationRecord) -> str:
     """The record as A1111-style ``parameters`` text."""
     lines = [record.prompt or ""]
+    precision = precision_of(record.dtype)
     if record.negative:
         lines.append(f"Negative prompt: {record.negative}")
     fields = [
@@ -32,7 +33,7 @@ def a1111_parameters(record: GenerationRecord) -> str:
         ("Sampler", record.sampler),
         ("CFG scale", record.cfg),
         ("Sigma max", record.sigma_max),
-        ("Precision", "bf16" if record.dtype == "bfloat16" else None),  # fp32 is the default
+        ("Precision", precision if precision != "fp32" else None),  # fp32 is the default
         ("Seed", record.seed),
         ("Size", f"{record.width}x{record.height}"),
         ("Model hash", record.model_hash),

@@ -13,8 +13,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Precision = Literal["fp32", "bf16"]
-# precision → the record's dtype, and back
+# precision → the record's dtype, and back (precision_of)
 PRECISION_DTYPES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def precision_of(dtype: str) -> str | None:
+    """The precision ("fp32", "bf16") a record's ``dtype`` was sampled in; None if unknown."""
+    return next((p for p, name in PRECISION_DTYPES.items() if name == dtype), None)
 
 RECORD_SCHEMA = 1
 
