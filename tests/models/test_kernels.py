@@ -256,14 +256,14 @@ def test_kernel_builds_once_into_its_cache_dir(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("True | compiled"), proc.stdout
     built = [p.name for p in tmp_path.iterdir()]
-    assert len(built) == 1 and built[0].startswith("group_norm_act-") and built[0].endswith(".so")
+    assert len(built) == 1 and built[0].startswith("limner_kernels-") and built[0].endswith(".so")
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_a_killed_build_leaves_nothing_that_lasts(tmp_path):
     """Partial outputs of killed builds older than an hour are swept; fresh ones (a build in
     progress in another process) are left alone."""
-    stale, fresh = tmp_path / ".group_norm_act-old.so.tmp", tmp_path / ".group_norm_act-new.so.tmp"
+    stale, fresh = tmp_path / ".limner_kernels-old.so.tmp", tmp_path / ".limner_kernels-new.so.tmp"
     stale.write_bytes(b"partial")
     fresh.write_bytes(b"partial")
     os.utime(stale, (0, 0))

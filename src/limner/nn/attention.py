@@ -8,8 +8,18 @@ start at zero, so a new block is the identity (Dhariwal & Nichol).
 
 Projections of pixels are 1x1 convolutions: on channels-last tensors they are plain matrix
 products run by oneDNN, which on the CPU is faster than ``nn.Linear``, and they need no reshape.
-Attention itself is ``F.scaled_dot_product_attention``, except for bfloat16/float16 on the CPU,
-where its backward pass is ~10x slower than two batched matrix products and a float32 softmax.
+Attention itself, on the CPU:
+
+- float32: limner's compiled kernel (:mod:`limner.nn.kernels`, ``attention.c``) reads q, k and v
+  in place from the channels-last qkv map and writes the output in the layout the output
+  projection reads, forward and backward (FlashAttention's recomputation of the probabilities,
+  Dao et al. 2022, https://arxiv.org/abs/2205.14135, so nothing of size T x T is kept). For the
+  8x8 maps of a small U-Net it is ~2x faster than ``F.scaled_dot_product_attention``, which runs
+  these short sequences far below the CPU's matrix-product speed;
+- bfloat16/float16: two batched matrix products and a float32 softmax, because SDPA's backward
+  pass is ~10x slower there;
+- otherwise (other devices, head widths not a multiple of 16, ``fast=False``, no compiler):
+  ``F.scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -19,7 +29,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
+from limner.nn import kernels
 from limner.nn.conv import Conv2d
 from limner.nn.norms import GroupNorm2d
 
@@ -64,6 +76,64 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, fast:
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(-1, dtype=torch.float32).to(v.dtype) @ v
+
+
+def _rows(x: Tensor) -> Tensor:
+    """[B, C, H, W] → [B, H*W, C] (a view when x is channels-last)."""
+    B, C, H, W = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+
+
+def _unrows(o: Tensor, H: int, W: int) -> Tensor:
+    """[B, H*W, C] → [B, C, H, W] in channels-last memory (a view of contiguous o)."""
+    B, _, C = o.shape
+    return o.view(B, H, W, C).permute(0, 3, 1, 2)
+
+
+def _split(q_src: Tensor, kv_src: Tensor | None, C: int) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v rows: slices of one [B, T, 3C] qkv tensor, or q [B, T, C] and kv [B, Tk, 2C]."""
+    if kv_src is None:
+        return q_src[..., :C], q_src[..., C:2 * C], q_src[..., 2 * C:]
+    return q_src, kv_src[..., :C], kv_src[..., C:]
+
+
+class _KernelAttention(torch.autograd.Function):
+    """Autograd for the compiled attention kernel over rows (:func:`_split`); saves its inputs,
+    the output and the per-row log-sum-exp, and writes the gradients of q, k and v into one
+    buffer per input (so the qkv projection gets its gradient without a concatenation)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, q_src: Tensor, kv_src: Tensor | None, heads: int,
+                mask: Tensor | None) -> Tensor:
+        C = q_src.shape[2] // (3 if kv_src is None else 1)
+        o, lse = kernels.attention_forward(*_split(q_src, kv_src, C), heads, mask)
+        ctx.save_for_backward(q_src, kv_src, o, lse, mask)
+        ctx.heads, ctx.C = heads, C
+        return o
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        q_src, kv_src, o, lse, mask = ctx.saved_tensors
+        dq_src = torch.empty_like(q_src, memory_format=torch.contiguous_format)
+        dkv_src = None if kv_src is None else torch.empty_like(kv_src, memory_format=torch.contiguous_format)
+        kernels.attention_backward(*_split(q_src, kv_src, ctx.C), o, lse, grad,
+                                   *_split(dq_src, dkv_src, ctx.C), ctx.heads, mask)
+        return dq_src, dkv_src, None, None
+
+
+def _kernel_attention(q_src: Tensor, kv_src: Tensor | None, heads: int, mask: Tensor | None = None) -> Tensor | None:
+    """Attention over rows by the compiled kernel, or None when it does not apply (the caller
+    then uses :func:`attention`)."""
+    C = q_src.shape[2] // (3 if kv_src is None else 1)
+    if mask is not None and (mask.dim() != 4 or mask.shape[1:3] != (1, 1)):
+        return None  # the kernel takes a per-key mask only
+    if not kernels.supports_attention(*_split(q_src, kv_src, C), heads):
+        return None
+    needs_grad = torch.is_grad_enabled() and (q_src.requires_grad or (kv_src is not None and kv_src.requires_grad))
+    if needs_grad:
+        return _KernelAttention.apply(q_src, kv_src, heads, mask)
+    return kernels.attention_forward(*_split(q_src, kv_src, C), heads, mask, need_lse=False)[0]
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
@@ -114,14 +184,20 @@ class Attention2d(nn.Module):
 
     def _self_attention(self, h: Tensor) -> Tensor:
         B, C, H, W = h.shape
-        qkv = self.qkv(h).permute(0, 2, 3, 1).reshape(B, H * W, 3, self.heads, C // self.heads)  # B T 3 h d
+        qkv = _rows(self.qkv(h))  # [B, T, 3C]
+        if self.fast and (o := _kernel_attention(qkv, None, self.heads)) is not None:
+            return _unrows(o, H, W)
+        qkv = qkv.view(B, H * W, 3, self.heads, C // self.heads)  # B T 3 h d
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, d]
         return _merge_heads(attention(q, k, v, fast=self.fast), H, W)
 
     def _cross_attention(self, h: Tensor, context: TokenContext) -> Tensor:
         B, C, H, W = h.shape
-        q = _heads(self.cross_q(h), self.heads)  # [B, heads, H*W, d]
+        q = self.cross_q(h)
         kv = self.cross_kv(context.tokens)  # [B, T, 2C]
+        if self.fast and (o := _kernel_attention(_rows(q), kv.to(q.dtype), self.heads, context.attn_mask)) is not None:
+            return _unrows(o, H, W)
+        q = _heads(q, self.heads)  # [B, heads, H*W, d]
         T = kv.shape[1]
         k, v = kv.view(B, T, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         o = attention(q, k.to(q.dtype), v.to(q.dtype), context.attn_mask, self.fast)

@@ -5,19 +5,23 @@ pure-PyTorch fused version in :mod:`limner.nn.norms`) costs several passes over 
 dozen small operators per call, which adds up to a large share of a small U-Net's step.
 ``group_norm_act.c`` does the forward in two passes (statistics, then the affine map and SiLU)
 and the backward in two (the gradient through SiLU with its channel sums, then dL/dx).
+``attention.c`` is multi-head attention over float32 rows read in place from a channels-last map
+(or the qkv projection's output), forward and backward, for the short sequences of a U-Net's
+low-resolution levels, where ``F.scaled_dot_product_attention`` on the CPU runs far below the
+machine's matrix-product speed (see :mod:`limner.nn.attention`).
 
-The source ships with the package. The first call compiles it (``cc -O3 -march=native
--fopenmp``, about a second) into ``$LIMNER_KERNEL_DIR``, else
+The sources ship with the package. The first call compiles them (``cc -O3 -march=native
+-fopenmp``, a few seconds) into one library in ``$LIMNER_KERNEL_DIR``, else
 ``$XDG_CACHE_HOME/limner/kernels``, else ``~/.cache/limner/kernels``, under a name that hashes
-the source, the compiler and this CPU's instruction-set flags; the write is atomic, so
+the sources, the compiler and this CPU's instruction-set flags; the write is atomic, so
 concurrent processes (DDP ranks, test workers) are safe. It is loaded with ctypes and linked
 against the OpenMP runtime PyTorch already loaded, so it follows ``torch.set_num_threads``.
 Without a compiler, or with ``LIMNER_KERNELS=0``, nothing is compiled and every caller uses the
-pure-PyTorch path, which computes the same function (the tests compare the two).
+PyTorch path, which computes the same function (the tests compare the two).
 
-Float32 channels-last CPU tensors are handled forward and backward (:func:`supports`);
+Group norm: float32 channels-last CPU tensors forward and backward (:func:`supports`);
 bfloat16 CPU tensors (NCHW or channels-last) forward only, for inference
-(:func:`supports_bf16_inference`).
+(:func:`supports_bf16_inference`). Attention: float32 CPU rows (:func:`supports_attention`).
 Callers check first.
 """
 
@@ -37,12 +41,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "group_norm_act_backward", "group_norm_act_forward", "group_norm_act_forward_bf16", "status",
-           "supports", "supports_bf16_inference"]
+__all__ = ["attention_backward", "attention_forward", "available", "group_norm_act_backward", "group_norm_act_forward",
+           "group_norm_act_forward_bf16", "status", "supports", "supports_attention", "supports_bf16_inference"]
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("group_norm_act.c")
+_HERE = Path(__file__).parent
+_SOURCES = (_HERE / "group_norm_act.c", _HERE / "attention.c")
+_HEADERS = (_HERE / "kernel_math.h",)
+_NAME = "limner_kernels"
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -81,21 +88,21 @@ def _compiler_id(cc: str) -> str:
 
 
 def _build(cc: str) -> Path:
-    """Compile the source into the kernel cache (once per source, compiler and CPU)."""
-    source = _SOURCE.read_bytes()
+    """Compile the sources into the kernel cache (once per source, compiler and CPU)."""
+    sources = [path.read_bytes() for path in (*_SOURCES, *_HEADERS)]
     key = hashlib.sha256(b"\0".join([
-        source, _compiler_id(cc).encode(), " ".join(_FLAGS).encode(), _cpu_flags().encode(),
+        *sources, _compiler_id(cc).encode(), " ".join(_FLAGS).encode(), _cpu_flags().encode(),
         torch.__version__.encode(),
     ])).hexdigest()[:16]
-    target = _kernel_dir() / f"group_norm_act-{key}.so"
+    target = _kernel_dir() / f"{_NAME}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_temps(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=".group_norm_act-", suffix=".so.tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_NAME}-", suffix=".so.tmp", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"],
+        proc = subprocess.run([cc, *_FLAGS, *map(str, _SOURCES), "-o", tmp, "-lm"],
                               capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed ({proc.returncode}): {proc.stderr.strip()[:2000]}")
@@ -109,7 +116,7 @@ def _build(cc: str) -> Path:
 def _sweep_stale_temps(folder: Path, max_age_s: float = 3600.0) -> None:
     """Remove partial outputs of builds killed more than an hour ago (a live build takes ~1 s)."""
     now = time.time()
-    for path in folder.glob(".group_norm_act-*.so.tmp"):
+    for path in folder.glob(f".{_NAME}-*.so.tmp"):
         try:
             if now - path.stat().st_mtime > max_age_s:
                 path.unlink()
@@ -156,6 +163,10 @@ def _open() -> tuple[ctypes.CDLL | None, str]:
                                                 i32, _ptr_t]
     lib.limner_gn_forward_bf16_cl.restype = i32
     lib.limner_gn_forward_bf16_cl.argtypes = lib.limner_gn_forward.argtypes
+    lib.limner_attention_forward.restype = i32
+    lib.limner_attention_forward.argtypes = [_ptr_t] * 5 + [_i64] * 13 + [_ptr_t, f32]
+    lib.limner_attention_backward.restype = i32
+    lib.limner_attention_backward.argtypes = [_ptr_t] * 9 + [_i64] * 21 + [_ptr_t, f32]
     return lib, f"compiled ({path})"
 
 
@@ -270,3 +281,70 @@ def group_norm_act_backward(
     if rc != 0:
         raise MemoryError("group_norm_act kernel: out of memory")
     return gx, gw, gb
+
+
+def _rows(t: Tensor) -> bool:
+    """A float32 CPU [B, T, C] tensor whose last dimension is dense (any batch/token strides)."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 3 and t.stride(2) == 1
+
+
+def supports_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> bool:
+    """Whether :func:`attention_forward` handles q [B, Tq, C], k, v [B, Tk, C] (float32 CPU,
+    last dimension dense, e.g. slices of a channels-last qkv map) with ``heads`` heads whose
+    width is a multiple of 16; and the kernels are built."""
+    if not (_rows(q) and _rows(k) and _rows(v)):
+        return False
+    B, Tq, C = q.shape
+    return (k.shape == v.shape and k.shape[0] == B and k.shape[2] == C and C % heads == 0
+            and (C // heads) % 16 == 0 and Tq > 0 and k.shape[1] > 0 and available())
+
+
+def _key_mask(mask: Tensor | None, B: int, Tk: int) -> Tensor | None:
+    """A bool key mask broadcastable to [B, 1, 1, Tk] (True = attend) as dense uint8 [B, Tk]."""
+    if mask is None:
+        return None
+    return mask.reshape(mask.shape[0], mask.shape[-1]).expand(B, Tk).to(torch.uint8).contiguous()
+
+
+def attention_forward(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor | None = None,
+                      need_lse: bool = True) -> tuple[Tensor, Tensor | None]:
+    """(o [B, Tq, C] contiguous, lse [B, heads, Tq] or None): softmax(q k^T / sqrt(d) + mask) v per
+    head, d = C / heads; ``mask`` is bool, broadcastable to [B, 1, 1, Tk] (True = attend; every
+    row needs one). Requires :func:`supports_attention`."""
+    lib = _load()
+    assert lib is not None, "attention_forward called without the compiled kernels"
+    B, Tq, C = q.shape
+    Tk, D = k.shape[1], C // heads
+    o = q.new_empty(B, Tq, C)
+    lse = q.new_empty(B, heads, Tq) if need_lse else None
+    key_mask = _key_mask(mask, B, Tk)
+    rc = lib.limner_attention_forward(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), None if lse is None else lse.data_ptr(),
+        B, heads, Tq, Tk, D, *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *o.stride()[:2],
+        None if key_mask is None else key_mask.data_ptr(), D ** -0.5)
+    if rc != 0:
+        raise MemoryError("attention kernel: out of memory")
+    return o, lse
+
+
+def attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, grad: Tensor, dq: Tensor,
+                       dk: Tensor, dv: Tensor, heads: int, mask: Tensor | None = None) -> None:
+    """Write dL/dq, dL/dk, dL/dv into ``dq``, ``dk``, ``dv`` (rows like q, k, v; may be slices of one
+    buffer) given ``grad`` = dL/do and the forward's o and lse."""
+    lib = _load()
+    assert lib is not None, "attention_backward called without the compiled kernels"
+    B, Tq, C = q.shape
+    Tk, D = k.shape[1], C // heads
+    grad = grad.to(torch.float32)
+    if grad.stride(2) != 1:
+        grad = grad.contiguous()
+    for t in (dq, dk, dv):
+        assert _rows(t), "gradient buffers must be float32 rows with a dense last dimension"
+    key_mask = _key_mask(mask, B, Tk)
+    rc = lib.limner_attention_backward(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), grad.data_ptr(), lse.data_ptr(),
+        dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), B, heads, Tq, Tk, D, *q.stride()[:2], *k.stride()[:2],
+        *v.stride()[:2], *o.stride()[:2], *grad.stride()[:2], *dq.stride()[:2], *dk.stride()[:2],
+        *dv.stride()[:2], None if key_mask is None else key_mask.data_ptr(), D ** -0.5)
+    if rc != 0:
+        raise MemoryError("attention kernel: out of memory")
