@@ -8,7 +8,10 @@ and the backward in two (the gradient through SiLU with its channel sums, then d
 ``attention.c`` is multi-head attention over float32 rows read in place from a channels-last map
 (or the qkv projection's output), forward and backward, for the short sequences of a U-Net's
 low-resolution levels, where ``F.scaled_dot_product_attention`` on the CPU runs far below the
-machine's matrix-product speed (see :mod:`limner.nn.attention`).
+machine's matrix-product speed (see :mod:`limner.nn.attention`). ``winograd.c`` computes 3x3
+convolutions over channels-last float32 maps with Winograd's F(2x2, 3x3) (16 instead of 36
+multiplies per 2x2 output tile and channel pair), forward and input gradient (see
+:mod:`limner.nn.conv`).
 
 The sources ship with the package. The first call compiles them (``cc -O3 -march=native
 -fopenmp``, a few seconds) into one library in ``$LIMNER_KERNEL_DIR``, else
@@ -22,7 +25,8 @@ PyTorch path, which computes the same function (the tests compare the two).
 Group norm: float32 channels-last CPU tensors forward and backward (:func:`supports`);
 bfloat16 CPU tensors (NCHW or channels-last) forward only, for inference
 (:func:`supports_bf16_inference`). Attention: float32 CPU rows (:func:`supports_attention`).
-Callers check first.
+3x3 convolutions: float32 channels-last CPU maps (:func:`supports_winograd`). Callers check
+first.
 """
 
 from __future__ import annotations
@@ -42,15 +46,16 @@ import torch
 from torch import Tensor
 
 __all__ = ["attention_backward", "attention_forward", "available", "group_norm_act_backward", "group_norm_act_forward",
-           "group_norm_act_forward_bf16", "status", "supports", "supports_attention", "supports_bf16_inference"]
+           "group_norm_act_forward_bf16", "status", "supports", "supports_attention", "supports_bf16_inference",
+           "supports_winograd", "winograd_conv3x3", "winograd_filter"]
 
 log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-_SOURCES = (_HERE / "group_norm_act.c", _HERE / "attention.c")
+_SOURCES = (_HERE / "group_norm_act.c", _HERE / "attention.c", _HERE / "winograd.c")
 _HEADERS = (_HERE / "kernel_math.h",)
 _NAME = "limner_kernels"
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _status = "not loaded yet"
@@ -167,6 +172,10 @@ def _open() -> tuple[ctypes.CDLL | None, str]:
     lib.limner_attention_forward.argtypes = [_ptr_t] * 5 + [_i64] * 13 + [_ptr_t, f32]
     lib.limner_attention_backward.restype = i32
     lib.limner_attention_backward.argtypes = [_ptr_t] * 9 + [_i64] * 21 + [_ptr_t, f32]
+    lib.limner_wino_forward.restype = i32
+    lib.limner_wino_forward.argtypes = [_ptr_t] * 4 + [_i64] * 5
+    lib.limner_wino_filter.restype = None
+    lib.limner_wino_filter.argtypes = [_ptr_t, _ptr_t, _i64, _i64, i32]
     return lib, f"compiled ({path})"
 
 
@@ -348,3 +357,47 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, 
         *dv.stride()[:2], None if key_mask is None else key_mask.data_ptr(), D ** -0.5)
     if rc != 0:
         raise MemoryError("attention kernel: out of memory")
+
+
+def supports_winograd(x: Tensor, weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...] | str,
+                      dilation: tuple[int, ...], groups: int) -> bool:
+    """Whether :func:`winograd_conv3x3` computes ``F.conv2d(x, weight, ...)`` with these
+    arguments: float32 CPU, x [N, C, H, W] channels-last with H and W even, weight [Cout, C, 3, 3],
+    stride 1, padding 1, no dilation or groups, C and Cout multiples of 16; kernels built."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 4
+            or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or tuple(stride) != (1, 1)
+            or isinstance(padding, str) or tuple(padding) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1):
+        return False
+    N, C, H, W = x.shape
+    return (weight.shape[1] == C and C % 16 == 0 and weight.shape[0] % 16 == 0 and N > 0 and H % 2 == 0
+            and W % 2 == 0 and H > 0 and W > 0 and x.is_contiguous(memory_format=torch.channels_last)
+            and available())
+
+
+def winograd_filter(weight: Tensor, rotate: bool = False) -> Tensor:
+    """U [16, Cin, Cout] = G w G^T for every filter of weight [Cout, Cin, 3, 3]; with ``rotate``,
+    U [16, Cout, Cin] of the input gradient's filters (each turned by 180 degrees)."""
+    lib = _load()
+    assert lib is not None, "winograd_filter called without the compiled kernels"
+    Cout, Cin = weight.shape[:2]
+    weight = weight.detach().float().contiguous()
+    U = weight.new_empty(16, Cout, Cin) if rotate else weight.new_empty(16, Cin, Cout)
+    lib.limner_wino_filter(weight.data_ptr(), U.data_ptr(), Cout, Cin, int(rotate))
+    return U
+
+
+def winograd_conv3x3(x: Tensor, U: Tensor, bias: Tensor | None = None) -> Tensor:
+    """conv2d(x, w, bias, padding=1) for U = :func:`winograd_filter` (w), in channels-last
+    memory. Requires :func:`supports_winograd`."""
+    lib = _load()
+    assert lib is not None, "winograd_conv3x3 called without the compiled kernels"
+    N, C, H, W = x.shape
+    Cout = U.shape[2]
+    if bias is not None:
+        bias = bias.detach().float().contiguous()
+    y = torch.empty((N, Cout, H, W), dtype=x.dtype, memory_format=torch.channels_last)
+    rc = lib.limner_wino_forward(x.data_ptr(), U.contiguous().data_ptr(),
+                                 None if bias is None else bias.data_ptr(), y.data_ptr(), N, H, W, C, Cout)
+    if rc != 0:
+        raise MemoryError("winograd kernel: out of memory")
+    return y

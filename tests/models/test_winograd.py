@@ -1,0 +1,149 @@
+"""The compiled Winograd F(2x2, 3x3) convolution against float64 convolutions, and its use in
+:class:`limner.nn.Conv2d`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from limner.nn import Conv2d, kernels
+
+needs_kernel = pytest.mark.skipif(
+    not kernels.available(), reason=f"compiled kernels unavailable: {kernels.status()}")
+
+CL = torch.channels_last
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+CASES = [  # N, Cin, Cout, H, W, bias
+    (2, 32, 32, 16, 16, True),
+    (3, 16, 48, 6, 10, False),  # non-square, a 16-wide output column tile
+    (1, 64, 16, 2, 2, True),  # one tile: every input of it is padding but the centre
+    (5, 48, 32, 8, 4, True),  # tiles per block not a multiple of the map's tiles
+    (2, 96, 128, 12, 12, False),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("N,Cin,Cout,H,W,bias", CASES)
+def test_winograd_matches_float64_convolution(N, Cin, Cout, H, W, bias):
+    g = torch.Generator().manual_seed(N * Cin + H * W)
+    x = (torch.randn(N, Cin, H, W, generator=g) * 3 + 1).contiguous(memory_format=CL)
+    w = torch.randn(Cout, Cin, 3, 3, generator=g) * 0.2
+    b = torch.randn(Cout, generator=g) if bias else None
+    assert kernels.supports_winograd(x, w, (1, 1), (1, 1), (1, 1), 1)
+    y = kernels.winograd_conv3x3(x, kernels.winograd_filter(w), b)
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    onednn = F.conv2d(x, w, b, padding=1)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=CL)
+    assert _rel(y, ref) < max(2 * _rel(onednn, ref), 2e-6)  # rounds no worse than oneDNN's direct method
+    # the input gradient: the same kernel with the filters rotated and the channels swapped
+    xr = x.double().requires_grad_()
+    gy = torch.randn(N, Cout, H, W, generator=g).contiguous(memory_format=CL)
+    F.conv2d(xr, w.double(), padding=1).backward(gy.double())
+    gx = kernels.winograd_conv3x3(gy, kernels.winograd_filter(w, rotate=True))
+    assert gx.shape == x.shape and _rel(gx, xr.grad) < 2e-6
+
+
+@needs_kernel
+def test_winograd_results_do_not_depend_on_the_thread_count():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 32, 16, 16, generator=g).contiguous(memory_format=CL)
+    U = kernels.winograd_filter(torch.randn(64, 32, 3, 3, generator=g))
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(kernels.winograd_conv3x3(x, U))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+def test_supports_winograd_only_where_the_kernel_applies():
+    x = torch.randn(2, 32, 16, 16).contiguous(memory_format=CL)
+    w = torch.randn(32, 32, 3, 3)
+    ok = ((1, 1), (1, 1), (1, 1), 1)
+    assert kernels.supports_winograd(x, w, *ok) == kernels.available()
+    assert not kernels.supports_winograd(x.contiguous(), w, *ok)  # NCHW
+    assert not kernels.supports_winograd(x.double(), w.double(), *ok)
+    assert not kernels.supports_winograd(x, w, (2, 2), (1, 1), (1, 1), 1)  # strided
+    assert not kernels.supports_winograd(x, w, (1, 1), (0, 0), (1, 1), 1)  # no padding
+    assert not kernels.supports_winograd(x, w, (1, 1), "same", (1, 1), 1)
+    assert not kernels.supports_winograd(x, w, (1, 1), (1, 1), (2, 2), 1)  # dilated
+    assert not kernels.supports_winograd(x, torch.randn(32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 2)  # groups
+    assert not kernels.supports_winograd(x, torch.randn(32, 32, 1, 1), *ok)  # 1x1
+    assert not kernels.supports_winograd(x[..., :15], w, *ok)  # odd width
+    assert not kernels.supports_winograd(torch.randn(2, 24, 16, 16).contiguous(memory_format=CL),
+                                         torch.randn(32, 24, 3, 3), *ok)  # 24 input channels
+
+
+def _conv_pair(cin=32, cout=64, bias=True):
+    torch.manual_seed(0)
+    fast = Conv2d(cin, cout, 3, padding=1, bias=bias)
+    plain = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+    plain.load_state_dict(fast.state_dict())
+    return fast, plain
+
+
+@needs_kernel
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_trains_through_winograd_like_nn_conv2d(bias):
+    fast, plain = _conv_pair(bias=bias)
+    x = torch.randn(4, 32, 16, 16).contiguous(memory_format=CL)
+    go = torch.randn(4, 64, 16, 16)
+    outs = []
+    for module in (fast, plain):
+        xi = x.clone().requires_grad_()
+        y = module(xi)
+        y.backward(go)
+        outs.append((y.detach(), xi.grad, module.weight.grad, module.bias.grad if bias else None))
+        if module is fast:
+            assert type(y.grad_fn).__name__ == "_WinogradConv3x3Backward"
+    (y1, gx1, gw1, gb1), (y2, gx2, gw2, gb2) = outs
+    assert _rel(y1, y2) < 5e-6 and _rel(gx1, gx2) < 5e-6
+    assert torch.equal(gw1, gw2)  # the filter and bias gradients are oneDNN's, as nn.Conv2d's
+    if bias:
+        assert torch.equal(gb1, gb2)
+
+
+@needs_kernel
+def test_conv2d_keeps_the_transformed_filter_for_inference_until_the_weight_changes():
+    fast, _ = _conv_pair()
+    x = torch.randn(2, 32, 16, 16).contiguous(memory_format=CL)
+    with torch.no_grad():
+        first = fast(x)
+        kept = fast._packed.entry[2]
+        assert torch.equal(fast(x), first) and fast._packed.entry[2] is kept  # reused
+        fast.weight.mul_(-1)  # an optimizer step or EMA swap
+        after = fast(x)
+    assert fast._packed.entry[2] is not kept
+    assert _rel(after, F.conv2d(x, fast.weight, fast.bias, padding=1)) < 5e-6
+    with torch.inference_mode():
+        assert _rel(fast(x), after) < 1e-7
+
+
+@needs_kernel
+def test_conv2d_leaves_other_convolutions_to_onednn(monkeypatch):
+    calls = []
+    real = kernels.winograd_conv3x3
+    monkeypatch.setattr(kernels, "winograd_conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast, plain = _conv_pair()
+    small = torch.randn(2, 32, 8, 8).contiguous(memory_format=CL)  # below the size where it pays
+    with torch.no_grad():
+        assert torch.equal(fast(small), plain(small))
+        fast(small.contiguous())  # NCHW
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast(torch.randn(2, 32, 16, 16).contiguous(memory_format=CL))
+        fast.fast = False
+        fast(torch.randn(2, 32, 16, 16).contiguous(memory_format=CL))
+    assert calls == []
+    fast.fast = True
+    with torch.no_grad():
+        fast(torch.randn(2, 32, 16, 16).contiguous(memory_format=CL))
+    assert calls == [1]
