@@ -2,7 +2,7 @@
 layout kept across inference calls.
 
 **Winograd.** A 3x3 convolution with stride 1 and padding 1 over a float32 channels-last map of
-16x16 or more, with channel counts that are multiples of 16, runs on limner's compiled kernel
+8x8 or more, with channel counts that are multiples of 16, runs on limner's compiled kernel
 (``kernels/winograd.c``): Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016,
 https://arxiv.org/abs/1509.09308) does 16 multiplies per 2x2 output tile and channel pair
 instead of 36, for the output and for the input gradient (the same kernel with the filters
@@ -130,9 +130,10 @@ class DerivedWeight:
         self.entry = None
 
 
-# Winograd only pays from 16x16 maps up here (measured on a 2-core AVX-512 CPU, batch 32: at 8x8
-# with 128 channels it is ~8% faster, at 4x4 slower, and the filter transform grows with C^2).
-_WINOGRAD_MIN_PIXELS = 256
+# Winograd pays from 8x8 maps up (2-core AVX-512 CPU, batch 32: 1.4-1.6x at 32-64 channels and
+# 16x16-32x32, ~1.1x at 128 channels and 8x8); at 4x4 most of each tile's inputs are padding and
+# it is ~1.4x slower than oneDNN.
+_WINOGRAD_MIN_PIXELS = 64
 
 
 class _WinogradConv3x3(torch.autograd.Function):

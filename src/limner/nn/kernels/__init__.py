@@ -379,10 +379,11 @@ def winograd_filter(weight: Tensor, rotate: bool = False) -> Tensor:
     U [16, Cout, Cin] of the input gradient's filters (each turned by 180 degrees)."""
     lib = _load()
     assert lib is not None, "winograd_filter called without the compiled kernels"
-    Cout, Cin = weight.shape[:2]
-    weight = weight.detach().float().contiguous()
-    U = weight.new_empty(16, Cout, Cin) if rotate else weight.new_empty(16, Cin, Cout)
-    lib.limner_wino_filter(weight.data_ptr(), U.data_ptr(), Cout, Cin, int(rotate))
+    # [A, 3, 3, B] with the vectorised channel last: [Cin, 3, 3, Cout], or [Cout, 3, 3, Cin]
+    wt = weight.detach().float().permute(0, 2, 3, 1) if rotate else weight.detach().float().permute(1, 2, 3, 0)
+    wt = wt.contiguous()
+    U = wt.new_empty(16, wt.shape[0], wt.shape[3])
+    lib.limner_wino_filter(wt.data_ptr(), U.data_ptr(), wt.shape[0], wt.shape[3], int(rotate))
     return U
 
 

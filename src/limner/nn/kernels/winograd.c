@@ -200,31 +200,34 @@ int limner_wino_forward(const float *x, const float *U, const float *bias, float
     return failed ? -1 : 0;
 }
 
-static const float G[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, 1.0f}};
-
-/* U = G w G^T for every filter of w [Cout][Cin][3][3], as U [16][Cin][Cout]; with rotate, the
- * filters of the input gradient instead: each filter turned by 180 degrees, as U [16][Cout][Cin]
- * (so limner_wino_forward maps Cout channels to Cin). */
-static void filter_transform(const float *f, int rotate, float *U, int64_t at, int64_t plane) {
-    float k[3][3], t[4][3];
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3; j++) k[i][j] = rotate ? f[(2 - i) * 3 + 2 - j] : f[i * 3 + j];
-    for (int a = 0; a < 4; a++)
-        for (int j = 0; j < 3; j++) t[a][j] = G[a][0] * k[0][j] + G[a][1] * k[1][j] + G[a][2] * k[2][j];
-    for (int a = 0; a < 4; a++)
-        for (int b = 0; b < 4; b++)
-            U[(4 * a + b) * plane + at] = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
-}
-
-void limner_wino_filter(const float *w, float *U, int64_t Cout, int64_t Cin, int rotate) {
-    const int64_t plane = Cin * Cout;
-    if (rotate) { /* U [16][Cout][Cin]: rows of Cin, in the order of w */
+/* U [16][A][B] = G k G^T for the filters k of wt [A][3][3][B] (B a multiple of 16), each turned
+ * by 180 degrees first with rotate. The caller lays out wt: w [Cout][Cin][3][3] permuted to
+ * [Cin][3][3][Cout] gives the forward's U [16][Cin][Cout]; permuted to [Cout][3][3][Cin] with
+ * rotate, the input gradient's U [16][Cout][Cin] (limner_wino_forward then maps Cout channels to
+ * Cin). Vectorised over B. */
+void limner_wino_filter(const float *wt, float *U, int64_t A, int64_t B, int rotate) {
+    const int64_t plane = A * B;
 #pragma omp parallel for schedule(static)
-        for (int64_t co = 0; co < Cout; co++)
-            for (int64_t ci = 0; ci < Cin; ci++) filter_transform(w + (co * Cin + ci) * 9, 1, U, co * Cin + ci, plane);
-    } else { /* U [16][Cin][Cout]: write along Cout */
-#pragma omp parallel for schedule(static)
-        for (int64_t ci = 0; ci < Cin; ci++)
-            for (int64_t co = 0; co < Cout; co++) filter_transform(w + (co * Cin + ci) * 9, 0, U, ci * Cout + co, plane);
-    }
+    for (int64_t a = 0; a < A; a++)
+        for (int64_t b = 0; b < B; b += 16) {
+            v16 k[3][3], t[4][3];
+            for (int i = 0; i < 3; i++)
+                for (int j = 0; j < 3; j++) {
+                    const int ii = rotate ? 2 - i : i, jj = rotate ? 2 - j : j;
+                    k[i][j] = vload(wt + ((a * 3 + ii) * 3 + jj) * B + b);
+                }
+            for (int j = 0; j < 3; j++) { /* G k: rows k0, (k0+k1+k2)/2, (k0-k1+k2)/2, k2 */
+                t[0][j] = k[0][j];
+                t[1][j] = 0.5f * (k[0][j] + k[1][j] + k[2][j]);
+                t[2][j] = 0.5f * (k[0][j] - k[1][j] + k[2][j]);
+                t[3][j] = k[2][j];
+            }
+            for (int r = 0; r < 4; r++) { /* (G k) G^T, the same combination over columns */
+                float *out = U + (4 * r) * plane + a * B + b;
+                vstore(out, t[r][0]);
+                vstore(out + plane, 0.5f * (t[r][0] + t[r][1] + t[r][2]));
+                vstore(out + 2 * plane, 0.5f * (t[r][0] - t[r][1] + t[r][2]));
+                vstore(out + 3 * plane, t[r][2]);
+            }
+        }
 }
