@@ -32,6 +32,7 @@ static inline v16 vload(const float *p) {
 
 static inline void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 
+#define PAD 16 /* floats between the 16 planes of a block, so they are not 4 KiB apart (~10%) */
 #define ROWS 8 /* register tile: ROWS tiles x 32 output channels */
 
 /* Tiles per block, so that a block's transformed input and output (16 x tiles x channels
@@ -72,7 +73,7 @@ static inline void transform_patch(v16 d[4][4], float *out, int64_t plane) {
 /* V[p][i][c] for tiles t0 .. t0+nt of x (zero rows for i >= nt, up to nt_pad). */
 static void input_transform(const float *x, int64_t H, int64_t W, int64_t C, int64_t TH, int64_t TW, int64_t t0,
                             int64_t nt, int64_t nt_pad, float *V) {
-    const int64_t plane = nt_pad * C;
+    const int64_t plane = nt_pad * C + PAD;
     int64_t n, oy, ox;
     tile_origin(t0, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
@@ -149,7 +150,7 @@ static void gemm_rows(const float *a, int64_t rows, int64_t K, const float *b, i
 /* y tiles t0 .. t0+nt from M[p][i][co] (+ bias). */
 static void output_transform(const float *M, int64_t nt_pad, int64_t Cout, const float *bias, int64_t H, int64_t W,
                              int64_t TH, int64_t TW, int64_t t0, int64_t nt, float *y) {
-    const int64_t plane = nt_pad * Cout;
+    const int64_t plane = nt_pad * Cout + PAD;
     for (int64_t i = 0; i < nt; i++) {
         int64_t n, oy, ox;
         tile_origin(t0 + i, TH, TW, &n, &oy, &ox);
@@ -182,17 +183,17 @@ int limner_wino_forward(const float *x, const float *U, const float *bias, float
     int failed = 0;
 #pragma omp parallel reduction(| : failed)
     {
-        float *V = malloc(sizeof(float) * (size_t)(16 * NT * (Cin + Cout)));
+        float *V = malloc(sizeof(float) * (size_t)(16 * (NT * (Cin + Cout) + 2 * PAD)));
         if (!V) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t blk = 0; blk < blocks; blk++) {
             if (!V) continue;
-            float *M = V + 16 * NT * Cin;
+            float *M = V + 16 * (NT * Cin + PAD);
             const int64_t t0 = blk * NT, nt = t0 + NT <= T ? NT : T - t0;
             const int64_t nt_pad = (nt + ROWS - 1) / ROWS * ROWS;
             input_transform(x, H, W, Cin, TH, TW, t0, nt, nt_pad, V);
             for (int p = 0; p < 16; p++)
-                gemm_rows(V + p * nt_pad * Cin, nt_pad, Cin, U + p * Cin * Cout, Cout, M + p * nt_pad * Cout);
+                gemm_rows(V + p * (nt_pad * Cin + PAD), nt_pad, Cin, U + p * Cin * Cout, Cout, M + p * (nt_pad * Cout + PAD));
             output_transform(M, nt_pad, Cout, bias, H, W, TH, TW, t0, nt, y);
         }
         free(V);
