@@ -3,13 +3,16 @@ layout kept across inference calls.
 
 **Winograd.** A 3x3 convolution with stride 1 and padding 1 over a float32 channels-last map of
 8x8 or more, with channel counts that are multiples of 16, runs on limner's compiled kernel
-(``kernels/winograd.c``): Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016,
-https://arxiv.org/abs/1509.09308) does 16 multiplies per 2x2 output tile and channel pair
-instead of 36, for the output and for the input gradient (the same kernel with the filters
-rotated); the filter gradient stays with oneDNN. On a 2-core AVX-512 CPU it is 1.4-1.6x faster
-than oneDNN for the small U-Net's 32- and 64-channel levels, and rounds no worse (the tests
-compare both against float64). The transformed filters are kept across inference calls like
-the reordered weight below.
+(``kernels/winograd.c``), Winograd's minimal filtering (Lavin & Gray 2016,
+https://arxiv.org/abs/1509.09308), for the output and for the input gradient (the same kernel
+with the filters rotated); the filter gradient stays with oneDNN. F(4x4, 3x3) (the default where
+H and W are multiples of 4) does 36 multiplies per 4x4 output tile and channel pair where the
+direct method does 144: on a 2-core AVX-512 CPU it is 2.3-3.0x faster than oneDNN on the small
+U-Net's shapes, with a relative error of ~1e-5 against float64 (oneDNN's: ~1e-6; TF32, PyTorch's
+default for convolutions on NVIDIA GPUs, ~1e-3). F(2x2, 3x3) (16 per 2x2 tile, 1.6-1.9x) rounds
+no worse than oneDNN. ``LIMNER_WINOGRAD=2`` keeps to F(2x2, 3x3), ``LIMNER_WINOGRAD=0`` turns
+the path off (read at import). The transformed filters are kept across inference calls like the
+reordered weight below.
 
 **Reordered weights.**
 On the CPU, PyTorch runs float32 convolutions through oneDNN, which computes in a blocked weight
@@ -38,6 +41,7 @@ Winograd path is skipped.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from typing import Any, Callable
@@ -136,6 +140,19 @@ class DerivedWeight:
 _WINOGRAD_MIN_PIXELS = 64
 
 
+def _winograd_setting() -> int:
+    """Output tile of the Winograd path from ``LIMNER_WINOGRAD``: 4 (default), 2, or 0 (off)."""
+    value = os.environ.get("LIMNER_WINOGRAD", "4").strip().lower()
+    tiles = {"4": 4, "2": 2, "0": 0, "off": 0, "false": 0, "no": 0}
+    if value not in tiles:
+        log.warning("LIMNER_WINOGRAD=%r is not one of 4, 2, 0: using 4", value)
+        return 4
+    return tiles[value]
+
+
+WINOGRAD_TILE = _winograd_setting()
+
+
 class _WinogradConv3x3(torch.autograd.Function):
     """3x3 convolution (stride 1, padding 1) whose output and input gradient come from the
     compiled Winograd kernels (the input gradient is the same kernel with every filter rotated
@@ -143,10 +160,10 @@ class _WinogradConv3x3(torch.autograd.Function):
     convolution backward, which is faster for them here. Saves x and the weight."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, tile: int) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return kernels.winograd_conv3x3(x, kernels.winograd_filter(weight), bias)
+        ctx.has_bias, ctx.tile = bias is not None, tile
+        return kernels.winograd_conv3x3(x, kernels.winograd_filter(weight, tile=tile), bias)
 
     @staticmethod
     @once_differentiable
@@ -155,13 +172,13 @@ class _WinogradConv3x3(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = kernels.winograd_conv3x3(grad, kernels.winograd_filter(weight, rotate=True))
+            gx = kernels.winograd_conv3x3(grad, kernels.winograd_filter(weight, rotate=True, tile=ctx.tile))
         want_w, want_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
         if want_w or want_b:
             _, gw, gb = torch.ops.aten.convolution_backward(
                 grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False,
                 [0, 0], 1, [False, want_w, want_b])
-        return gx, gw, gb
+        return gx, gw, gb, None
 
 
 class Conv2d(nn.Conv2d):
@@ -177,10 +194,10 @@ class Conv2d(nn.Conv2d):
         self._packed = DerivedWeight()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fast and self._winograd(x):
+        if self.fast and (tile := self._winograd_tile(x)):
             if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-                return _WinogradConv3x3.apply(x, self.weight, self.bias)
-            return kernels.winograd_conv3x3(x, self._winograd_filter(), self.bias)
+                return _WinogradConv3x3.apply(x, self.weight, self.bias, tile)
+            return kernels.winograd_conv3x3(x, self._winograd_filter(tile), self.bias)
         if self.fast and self._prepackable(x):
             ops = _get_ops()
             if ops is not None:
@@ -196,18 +213,21 @@ class Conv2d(nn.Conv2d):
             self._packed.clear()
         return super().train(mode)
 
-    def _winograd(self, x: Tensor) -> bool:
-        return (self.padding_mode == "zeros" and x.dim() == 4 and x.shape[-2] * x.shape[-1] >= _WINOGRAD_MIN_PIXELS
-                and not torch.is_autocast_enabled("cpu")
+    def _winograd_tile(self, x: Tensor) -> int:
+        """The Winograd output tile for this call (4 where H and W allow, else 2), or 0."""
+        if not (WINOGRAD_TILE and self.padding_mode == "zeros" and x.dim() == 4
+                and x.shape[-2] * x.shape[-1] >= _WINOGRAD_MIN_PIXELS and not torch.is_autocast_enabled("cpu")
                 and kernels.supports_winograd(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
-                and not torch.compiler.is_compiling())
+                and not torch.compiler.is_compiling()):
+            return 0
+        return 4 if WINOGRAD_TILE == 4 and x.shape[-2] % 4 == 0 and x.shape[-1] % 4 == 0 else 2
 
-    def _winograd_filter(self) -> Tensor:
+    def _winograd_filter(self, tile: int) -> Tensor:
         """The transformed filters, kept while the weight is unchanged (as the reordered weight)."""
         w = self.weight
         if w.is_inference():  # no version counter to tell a change
-            return kernels.winograd_filter(w)
-        return self._packed.get(w, ("winograd",), lambda: kernels.winograd_filter(w))
+            return kernels.winograd_filter(w, tile=tile)
+        return self._packed.get(w, ("winograd", tile), lambda: kernels.winograd_filter(w, tile=tile))
 
     def _prepackable(self, x: Tensor) -> bool:
         w = self.weight

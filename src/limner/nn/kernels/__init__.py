@@ -176,6 +176,10 @@ def _open() -> tuple[ctypes.CDLL | None, str]:
     lib.limner_wino_forward.argtypes = [_ptr_t] * 4 + [_i64] * 5
     lib.limner_wino_filter.restype = None
     lib.limner_wino_filter.argtypes = [_ptr_t, _ptr_t, _i64, _i64, i32]
+    lib.limner_wino4_forward.restype = i32
+    lib.limner_wino4_forward.argtypes = lib.limner_wino_forward.argtypes
+    lib.limner_wino4_filter.restype = None
+    lib.limner_wino4_filter.argtypes = lib.limner_wino_filter.argtypes
     return lib, f"compiled ({path})"
 
 
@@ -374,22 +378,27 @@ def supports_winograd(x: Tensor, weight: Tensor, stride: tuple[int, ...], paddin
             and available())
 
 
-def winograd_filter(weight: Tensor, rotate: bool = False) -> Tensor:
-    """U [16, Cin, Cout] = G w G^T for every filter of weight [Cout, Cin, 3, 3]; with ``rotate``,
-    U [16, Cout, Cin] of the input gradient's filters (each turned by 180 degrees)."""
+def winograd_filter(weight: Tensor, rotate: bool = False, tile: int = 2) -> Tensor:
+    """U [P, Cin, Cout] = G w G^T for every filter of weight [Cout, Cin, 3, 3], for output tiles of
+    ``tile`` x ``tile`` (2: F(2x2, 3x3), P = 16; 4: F(4x4, 3x3), P = 36); with ``rotate``,
+    U [P, Cout, Cin] of the input gradient's filters (each turned by 180 degrees)."""
     lib = _load()
     assert lib is not None, "winograd_filter called without the compiled kernels"
+    if tile not in (2, 4):
+        raise ValueError(f"tile must be 2 or 4, got {tile}")
     # [A, 3, 3, B] with the vectorised channel last: [Cin, 3, 3, Cout], or [Cout, 3, 3, Cin]
     wt = weight.detach().float().permute(0, 2, 3, 1) if rotate else weight.detach().float().permute(1, 2, 3, 0)
     wt = wt.contiguous()
-    U = wt.new_empty(16, wt.shape[0], wt.shape[3])
-    lib.limner_wino_filter(wt.data_ptr(), U.data_ptr(), wt.shape[0], wt.shape[3], int(rotate))
+    U = wt.new_empty((tile + 2) ** 2, wt.shape[0], wt.shape[3])
+    make = lib.limner_wino_filter if tile == 2 else lib.limner_wino4_filter
+    make(wt.data_ptr(), U.data_ptr(), wt.shape[0], wt.shape[3], int(rotate))
     return U
 
 
 def winograd_conv3x3(x: Tensor, U: Tensor, bias: Tensor | None = None) -> Tensor:
-    """conv2d(x, w, bias, padding=1) for U = :func:`winograd_filter` (w), in channels-last
-    memory. Requires :func:`supports_winograd`."""
+    """conv2d(x, w, bias, padding=1) for U = :func:`winograd_filter` (w, tile=2 or 4), in
+    channels-last memory. Requires :func:`supports_winograd`, and H and W multiples of 4 for
+    tiles of 4."""
     lib = _load()
     assert lib is not None, "winograd_conv3x3 called without the compiled kernels"
     N, C, H, W = x.shape
@@ -397,7 +406,10 @@ def winograd_conv3x3(x: Tensor, U: Tensor, bias: Tensor | None = None) -> Tensor
     if bias is not None:
         bias = bias.detach().float().contiguous()
     y = torch.empty((N, Cout, H, W), dtype=x.dtype, memory_format=torch.channels_last)
-    rc = lib.limner_wino_forward(x.data_ptr(), U.contiguous().data_ptr(),
+    if U.shape[0] == 36 and (H % 4 or W % 4):
+        raise ValueError(f"F(4x4, 3x3) needs H and W divisible by 4, got {H}x{W}")
+    forward = lib.limner_wino_forward if U.shape[0] == 16 else lib.limner_wino4_forward
+    rc = forward(x.data_ptr(), U.contiguous().data_ptr(),
                                  None if bias is None else bias.data_ptr(), y.data_ptr(), N, H, W, C, Cout)
     if rc != 0:
         raise MemoryError("winograd kernel: out of memory")
