@@ -3,21 +3,22 @@
  * https://arxiv.org/abs/1509.09308): each m x m output tile is A^T [U . V] A, with V = B^T d B the
  * transformed (m+2) x (m+2) input patch and U = G g G^T the transformed 3x3 filter, so a tile costs
  * (m+2)^2 multiply-adds per channel pair instead of 9 m^2 (16 instead of 36, 36 instead of 144).
- * The 16 products U_p . V_p over channels are matrix products, done for blocks of tiles that
- * stay in the L2 cache: transform a block's input, multiply, transform back (the same tiling as
- * the fused CPU scheme of Jia et al. 2018, https://arxiv.org/abs/1803.10986).
+ * The products U_p . V_p over channels are matrix products, done for blocks of tiles that stay in
+ * the L1 cache: transform a block's input, multiply, transform back (the fused CPU scheme of Jia
+ * et al. 2018, https://arxiv.org/abs/1803.10986).
  *
  *   forward          y = conv(x, w) + bias: limner_wino_forward with U from w (limner_wino_filter).
  *   gradient of x    dx = conv(dy, w rotated by 180 degrees, in/out channels swapped): the same
  *                    kernel with U from that filter (limner_wino_filter with rotate).
  * The filter gradient is left to oneDNN: a transformed-domain version (dU_p = sum over tiles of
- * V_p^T (A dy A^T)_p, dw = G^T dU G) was 1.3-2.5x slower than oneDNN's on the U-Net's shapes.
+ * V_p^T (A dy A^T)_p, dw = G^T dU G) was at best ~10% faster than oneDNN's (32 channels) and up
+ * to 2.5x slower (128), its transforms costing more than its products.
  *
  * x is [N, H, W, C] (a channels-last [N, C, H, W] tensor) with H and W multiples of m; C and the
  * output channel count are multiples of 16; U is [(m+2)^2][Cin][Cout] with p = (m+2) * row +
  * column of the transform. The F(2x2, 3x3) code comes first, then F(4x4, 3x3)'s transforms, which
- * share its matrix products. Work is split over blocks of tiles, each done by one thread with no sum across
- * threads, so no result depends on the thread count.
+ * share its matrix products. Work is split over blocks of tiles, each done by one thread with no
+ * sum across threads, so no result depends on the thread count.
  */
 
 #include <stdint.h>
