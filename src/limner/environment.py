@@ -38,6 +38,7 @@ def describe() -> dict[str, Any]:
     from limner.allocator import allocator_status
     from limner.data.cache import default_cache_dir
     from limner.nn import kernels
+    from limner.nn.conv import winograd_status
 
     cuda = torch.cuda.is_available()
     return {
@@ -57,6 +58,7 @@ def describe() -> dict[str, Any]:
             "torch_cuda": torch.version.cuda,
         },
         "kernels": kernels.status(),
+        "winograd": winograd_status(),
         "allocator": allocator_status(),
         "extras": {dist: {"version": _version(dist), "enables": use} for dist, use in EXTRAS.items()},
         "dataset_cache": str(default_cache_dir()),

@@ -30,3 +30,11 @@ def test_env_text_names_the_kernel_state(cli, tmp_path, monkeypatch):
 def test_env_reports_the_allocator_setting(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("LIMNER_MALLOC", "0")
     assert json.loads(cli("env", "--json", cache=tmp_path).stdout)["allocator"] == "off (LIMNER_MALLOC=0)"
+
+
+def test_env_reports_the_winograd_setting(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIMNER_WINOGRAD", "0")
+    assert json.loads(cli("env", "--json", cache=tmp_path).stdout)["winograd"] == "off (LIMNER_WINOGRAD=0)"
+    monkeypatch.setenv("LIMNER_WINOGRAD", "2")
+    monkeypatch.setenv("LIMNER_KERNELS", "0")
+    assert json.loads(cli("env", "--json", cache=tmp_path).stdout)["winograd"] == "off (no compiled kernels)"

@@ -52,7 +52,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from limner.nn import kernels
 
-__all__ = ["Conv2d", "DerivedWeight", "prepack_available"]
+__all__ = ["WINOGRAD_TILE", "Conv2d", "DerivedWeight", "prepack_available", "winograd_status"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,17 @@ def _winograd_setting() -> int:
 
 
 WINOGRAD_TILE = _winograd_setting()
+
+
+def winograd_status() -> str:
+    """One line for ``limner env``: which Winograd convolution float32 CPU training and sampling
+    use, or why none."""
+    if not WINOGRAD_TILE:
+        return "off (LIMNER_WINOGRAD=0)"
+    if not kernels.available():
+        return "off (no compiled kernels)"
+    tile = f"F({WINOGRAD_TILE}x{WINOGRAD_TILE}, 3x3)"
+    return tile + (" where H and W are multiples of 4, else F(2x2, 3x3)" if WINOGRAD_TILE == 4 else "")
 
 
 class _WinogradConv3x3(torch.autograd.Function):
