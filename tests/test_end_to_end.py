@@ -84,6 +84,31 @@ def test_bf16_precision_is_recorded_and_replayed(straight_run, tmp_path):
     assert np.abs(np.asarray(frames[0], dtype=np.int16) - b[0]).max() <= 2
 
 
+def test_the_record_names_the_cpu_kernels_and_a_replay_with_others_warns(straight_run, tmp_path, monkeypatch, caplog):
+    """Compiled kernels and the Winograd tile round differently, so the record keeps which ran;
+    replaying under another setting still works but says the pixels may differ."""
+    from limner.generation import pipeline
+    from limner.generation.pngmeta import read_record
+    from limner.nn import conv, kernels
+
+    if not kernels.available():
+        pytest.skip(f"needs the compiled CPU kernels ({kernels.status()})")
+    common = ["sample", str(straight_run), "--prompt", "green heart", "--steps", "3", "--num", "1", "--seed", "2"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    png = sorted((tmp_path / "a").glob("*.png"))[0]
+    record = read_record(png)
+    assert record.cpu_kernels == conv.cpu_kernel_setting() == f"compiled+winograd{conv.WINOGRAD_TILE}"
+    with caplog.at_level("WARNING", logger="limner.generation.pipeline"):
+        same = pipeline.regenerate(record)
+    assert not caplog.records
+    assert np.array_equal(np.asarray(same.image), np.asarray(Image.open(png)))
+    monkeypatch.setattr(conv, "WINOGRAD_TILE", 0)
+    with caplog.at_level("WARNING", logger="limner.generation.pipeline"):
+        other = pipeline.regenerate(record)
+    assert "pixels may differ slightly" in caplog.text and "'compiled'" in caplog.text
+    assert np.abs(np.asarray(other.image, dtype=np.int16) - np.asarray(Image.open(png), dtype=np.int16)).max() <= 2
+
+
 def test_interpolate_takes_sigma_max_like_sample(straight_run, tmp_path):
     """The frames of a one-seed, one-prompt walk are that seed's sample at the same --sigma-max."""
     from limner.generation.interpolate import interpolate

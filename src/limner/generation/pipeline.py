@@ -7,6 +7,7 @@ sampling. Copying a run folder to another machine is enough to use it here.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import re
 import secrets
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ from limner.generation.request import (
 )
 from limner.models.base import ProgressCallback
 from limner.models.registry import family_class
+from limner.nn.conv import cpu_kernel_setting
 from limner.training.checkpoint import (
     checkpoint_dirs,
     find_latest_valid,
@@ -34,6 +36,8 @@ from limner.training.checkpoint import (
 )
 
 MAX_SEED = 2**63 - 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -217,6 +221,7 @@ def make_record(
         limner_version=__version__,
         torch_version=torch.__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        cpu_kernels=cpu_kernel_setting() if torch.device(loaded.device).type == "cpu" else None,
     )
 
 
@@ -271,5 +276,12 @@ def regenerate(record: GenerationRecord, *, run: str | None = None, device: str 
             f"run {request.run} step {record.step} has model hash {loaded.model_hash}, "
             f"the record says {record.model_hash}: the weights changed"
         )
+    if record.cpu_kernels is not None and torch.device(loaded.device).type == "cpu":
+        now = cpu_kernel_setting()
+        if now != record.cpu_kernels:
+            log.warning(
+                "the image was made with CPU kernels %r, this process uses %r: pixels may differ slightly "
+                "(LIMNER_KERNELS and LIMNER_WINOGRAD select them; see `limner env`)", record.cpu_kernels, now,
+            )
     images = generate(request, loaded=loaded)
     return replace(images[record.index], record=replace(images[record.index].record, created=record.created))

@@ -114,6 +114,7 @@ class GenerationRecord:
     python_version: str = field(default_factory=platform.python_version)
     created: str = ""
     sigma_max: float | None = None  # as requested (None = the run's); absent from older records
+    cpu_kernels: str | None = None  # limner.nn.conv.cpu_kernel_setting() on CPU; None elsewhere and in older records
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = RECORD_SCHEMA
 

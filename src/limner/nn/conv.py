@@ -52,7 +52,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from limner.nn import kernels
 
-__all__ = ["WINOGRAD_TILE", "Conv2d", "DerivedWeight", "prepack_available", "winograd_status"]
+__all__ = ["WINOGRAD_TILE", "Conv2d", "DerivedWeight", "cpu_kernel_setting", "prepack_available", "winograd_status"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,16 @@ def winograd_status() -> str:
         return "off (no compiled kernels)"
     tile = f"F({WINOGRAD_TILE}x{WINOGRAD_TILE}, 3x3)"
     return tile + (" where H and W are multiples of 4, else F(2x2, 3x3)" if WINOGRAD_TILE == 4 else "")
+
+
+def cpu_kernel_setting() -> str:
+    """What float32 CPU results depend on beyond the weights and inputs, for generation records:
+    ``"pytorch"`` (no compiled kernels), ``"compiled"`` (group norm and attention kernels, no
+    Winograd) or ``"compiled+winograd4"`` / ``"compiled+winograd2"``. Each rounds differently, so
+    a bitwise replay needs the same one."""
+    if not kernels.available():
+        return "pytorch"
+    return f"compiled+winograd{WINOGRAD_TILE}" if WINOGRAD_TILE else "compiled"
 
 
 class _WinogradConv3x3(torch.autograd.Function):
