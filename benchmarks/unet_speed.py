@@ -127,11 +127,13 @@ def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, th
     torch.manual_seed(0)
     net, forward, prep = build_model(name)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-    kernels = "-"
+    kernels = winograd = "-"
     if name.startswith("limner"):
         from limner.nn import kernels as limner_kernels
+        from limner.nn.conv import winograd_status
 
         kernels = limner_kernels.status()  # builds them now, outside the timed region
+        winograd = winograd_status()
     rss_before = _max_rss_mb()
     step = _train_step(net, forward, prep, autocast) if mode == "train" else _sample_nfe(net, forward, prep, autocast)
     t0 = time.perf_counter()
@@ -143,7 +145,7 @@ def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, th
         "batch": BATCH_TRAIN if mode == "train" else BATCH_SAMPLE,
         "first_s": first, "rss_mb": _max_rss_mb(), "rss_before_mb": rss_before,
         "params": sum(p.numel() for p in net.parameters()), "threads": torch.get_num_threads(),
-        "kernels": kernels, "allocator": allocator_status(),
+        "kernels": kernels, "winograd": winograd, "allocator": allocator_status(),
     }
 
 
@@ -340,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     built = sorted({r["kernels"] for r in results if r["model"] == "limner"})
     if built:
         print(f"limner's compiled kernels: {'; '.join(built)}")
+        print(f"limner's Winograd convolutions: {'; '.join(sorted({r.get('winograd', '-') for r in results if r['model'] == 'limner'}))}")
     print(f"allocator (every worker): {'; '.join(sorted({r['allocator'] for r in results}))}")
     if args.json:
         with open(args.json, "w") as f:
