@@ -49,7 +49,7 @@ def _noisy(images: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
 def _blurred(images: np.ndarray, radius: int) -> np.ndarray:
     if radius == 0:
         return images
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float()
     k = 2 * radius + 1
     x = F.avg_pool2d(F.pad(x, (radius,) * 4, mode="replicate"), k, stride=1)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
