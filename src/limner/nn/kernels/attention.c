@@ -1,6 +1,6 @@
 /* Multi-head scaled dot-product attention over float32 rows, forward and backward.
  *
- * Compiled with group_norm_act.c into one library (see limner/nn/kernels/__init__.py) and called
+ * Compiled with the other kernels into one library (see limner/nn/kernels/__init__.py) and called
  * through ctypes with raw pointers; Python checks every shape, dtype and stride first.
  *
  *   forward   S = scale * Q K^T (+ key mask), P = softmax_rows(S), O = P V, and per query row
@@ -17,8 +17,8 @@
  *
  * Work is split over (sample, head) pairs with a static schedule; every sum is taken inside one
  * pair in a fixed order, so results do not depend on the thread count. The inner loops run over
- * Tk (after packing K^T and V^T per pair) or over D, which the compiler vectorises; D = 32 and
- * D = 64 get their own specialised copies. The exponential is exp_poly (kernel_math.h).
+ * Tk (after packing K^T and V^T per pair) or over D, in registers of 16 floats; the matrix
+ * products are gemm_rows8 and the exponential exp_poly (kernel_math.h).
  */
 
 #include <math.h>
@@ -28,17 +28,7 @@
 
 #include "kernel_math.h"
 
-#define QB 8 /* query rows per block: the register tiles below are QB rows high */
-
-typedef float v16 __attribute__((vector_size(64)));
-
-static inline v16 vload(const float *p) {
-    v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+#define QB GEMM_ROWS /* query rows per block: the height of gemm_rows8's register tile */
 
 static inline int64_t round16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
@@ -58,59 +48,15 @@ static void pack_rows(const float *x, int64_t ts, int64_t nr, int64_t D, float s
         for (int64_t j = 0; j < D; j++) dst[i * D + j] = i < nr ? x[i * ts + j] * scale : 0.0f;
 }
 
-/* c [QB][Tkp] = a [QB][D] . bt [D][Tkp], in register tiles of QB rows x 32 columns. */
-static void rows_times_transposed(const float *a, const float *bt, int64_t D, int64_t Tkp, float *c) {
-    int64_t t0 = 0;
-    for (; t0 + 32 <= Tkp; t0 += 32) {
-        v16 acc[QB][2] = {{{0}}};
-        for (int64_t j = 0; j < D; j++) {
-            const v16 b0 = vload(bt + j * Tkp + t0), b1 = vload(bt + j * Tkp + t0 + 16);
-#pragma GCC unroll 8
-            for (int i = 0; i < QB; i++) {
-                const float ai = a[i * D + j];
-                acc[i][0] += ai * b0;
-                acc[i][1] += ai * b1;
-            }
-        }
-#pragma GCC unroll 8
-        for (int i = 0; i < QB; i++) {
-            vstore(c + i * Tkp + t0, acc[i][0]);
-            vstore(c + i * Tkp + t0 + 16, acc[i][1]);
-        }
-    }
-    for (; t0 < Tkp; t0 += 16) {
-        v16 acc[QB] = {{0}};
-        for (int64_t j = 0; j < D; j++) {
-            const v16 b0 = vload(bt + j * Tkp + t0);
-#pragma GCC unroll 8
-            for (int i = 0; i < QB; i++) acc[i] += a[i * D + j] * b0;
-        }
-#pragma GCC unroll 8
-        for (int i = 0; i < QB; i++) vstore(c + i * Tkp + t0, acc[i]);
-    }
+/* c [QB][Tkp] = a [QB][D] . bt [D][Tkp]. */
+static inline void rows_times_transposed(const float *a, const float *bt, int64_t D, int64_t Tkp, float *c) {
+    gemm_rows8(a, D, D, bt, Tkp, Tkp, c, Tkp);
 }
 
-/* out [QB][D] = p [QB][Tkp] . X [Tk][D] (head rows of stride ts), in tiles of QB rows x 32. */
-static void rows_times_rows(const float *p, int64_t Tkp, const float *x, int64_t ts, int64_t Tk, int64_t D,
-                            float *out) {
-    for (int64_t j0 = 0; j0 < D; j0 += 32) {
-        const int wide = j0 + 32 <= D;
-        v16 acc[QB][2] = {{{0}}};
-        for (int64_t t = 0; t < Tk; t++) {
-            const v16 x0 = vload(x + t * ts + j0), x1 = wide ? vload(x + t * ts + j0 + 16) : x0;
-#pragma GCC unroll 8
-            for (int i = 0; i < QB; i++) {
-                const float pi = p[i * Tkp + t];
-                acc[i][0] += pi * x0;
-                acc[i][1] += pi * x1;
-            }
-        }
-#pragma GCC unroll 8
-        for (int i = 0; i < QB; i++) {
-            vstore(out + i * D + j0, acc[i][0]);
-            if (wide) vstore(out + i * D + j0 + 16, acc[i][1]);
-        }
-    }
+/* out [QB][D] = p [QB][Tkp] . X [Tk][D] (head rows of stride ts). */
+static inline void rows_times_rows(const float *p, int64_t Tkp, const float *x, int64_t ts, int64_t Tk, int64_t D,
+                                   float *out) {
+    gemm_rows8(p, Tkp, Tk, x, ts, D, out, D);
 }
 
 /* acc [Tk][D] += p^T . g for p [QB][Tkp] and g [QB][D], in tiles of 8 keys x 32. */

@@ -30,4 +30,53 @@ static inline float exp_poly(float x) {
     return p * scale;
 }
 
+/* 16 floats: one AVX-512 register, or two or four narrower ones (GCC vector extension). */
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 vload(const float *p) {
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+#define GEMM_ROWS 8 /* rows of gemm_rows8's register tile */
+
+/* c [8][n] = a [8][K] . b [K][n], n a multiple of 16, with row strides lda, ldb and ldc: register
+ * tiles of 8 rows x 32 columns (then 8 x 16 for a last 16 columns), each output summed over k in
+ * order, so the result does not depend on how callers split their work. The matrix products of
+ * attention.c and winograd.c. */
+static inline void gemm_rows8(const float *a, int64_t lda, int64_t K, const float *b, int64_t ldb, int64_t n,
+                              float *c, int64_t ldc) {
+    int64_t j0 = 0;
+    for (; j0 + 32 <= n; j0 += 32) {
+        v16 acc[GEMM_ROWS][2] = {{{0}}};
+        for (int64_t k = 0; k < K; k++) {
+            const v16 b0 = vload(b + k * ldb + j0), b1 = vload(b + k * ldb + j0 + 16);
+#pragma GCC unroll 8
+            for (int i = 0; i < GEMM_ROWS; i++) {
+                const float s = a[i * lda + k];
+                acc[i][0] += s * b0;
+                acc[i][1] += s * b1;
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < GEMM_ROWS; i++) {
+            vstore(c + i * ldc + j0, acc[i][0]);
+            vstore(c + i * ldc + j0 + 16, acc[i][1]);
+        }
+    }
+    if (j0 < n) {
+        v16 acc[GEMM_ROWS] = {{0}};
+        for (int64_t k = 0; k < K; k++) {
+            const v16 b0 = vload(b + k * ldb + j0);
+#pragma GCC unroll 8
+            for (int i = 0; i < GEMM_ROWS; i++) acc[i] += a[i * lda + k] * b0;
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < GEMM_ROWS; i++) vstore(c + i * ldc + j0, acc[i]);
+    }
+}
+
 #endif

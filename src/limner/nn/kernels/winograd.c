@@ -16,43 +16,49 @@
  *
  * x is [N, H, W, C] (a channels-last [N, C, H, W] tensor) with H and W multiples of m; C and the
  * output channel count are multiples of 16; U is [(m+2)^2][Cin][Cout] with p = (m+2) * row +
- * column of the transform. The F(2x2, 3x3) code comes first, then F(4x4, 3x3)'s transforms, which
- * share its matrix products. Work is split over blocks of tiles, each done by one thread with no
- * sum across threads, so no result depends on the thread count.
+ * column of the transform. Both tile sizes share one driver (winograd_forward: blocks of tiles,
+ * transform in, P matrix products by gemm_rows8, transform out) and differ in their transforms:
+ * F(2x2, 3x3)'s first, then F(4x4, 3x3)'s. Work is split over blocks of tiles, each done by one
+ * thread with no sum across threads, so no result depends on the thread count.
  */
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef float v16 __attribute__((vector_size(64)));
+#include "kernel_math.h"
 
-static inline v16 vload(const float *p) {
-    v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+#define PAD 16 /* floats between the planes of a block, so they are not 4 KiB apart (~10%) */
+#define ROWS GEMM_ROWS /* tiles per row block of the matrix products (gemm_rows8) */
+#define BLOCK_BYTES 49152
 
-static inline void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
-
-#define PAD 16 /* floats between the 16 planes of a block, so they are not 4 KiB apart (~10%) */
-#define ROWS 8 /* register tile: ROWS tiles x 32 output channels */
-
-/* Tiles per block, so that a block's transformed input and output (16 x tiles x channels
- * floats each) take about 48 KiB and stay in L1 (the filter panels are read from L2): larger
- * blocks were up to 1.5x slower for 32 channels. */
-static int64_t block_tiles(int64_t Cin, int64_t Cout) {
-    int64_t nt = 49152 / (64 * (Cin + Cout));
+/* Tiles per block for P = (m+2)^2 transform points, so that a block's transformed input and
+ * output (P x tiles x channels floats each) take about 48 KiB and stay in L1 (the filter panels
+ * are read from L2): larger blocks were up to 1.5x slower for 32 channels. */
+static int64_t block_tiles(int P, int64_t Cin, int64_t Cout) {
+    int64_t nt = BLOCK_BYTES / (4 * P * (Cin + Cout));
     nt = nt < ROWS ? ROWS : (nt > 64 ? 64 : nt);
     return nt - nt % ROWS;
 }
 
-/* Where tile t of the map lies: sample n, top-left output pixel (oy, ox). */
-static inline void tile_origin(int64_t t, int64_t TH, int64_t TW, int64_t *n, int64_t *oy, int64_t *ox) {
+/* Where tile t of an m x m tiling (TH x TW tiles per sample) lies: sample n, top-left output
+ * pixel (oy, ox). */
+static inline void tile_origin(int64_t t, int m, int64_t TH, int64_t TW, int64_t *n, int64_t *oy, int64_t *ox) {
     *n = t / (TH * TW);
     const int64_t r = t % (TH * TW);
-    *oy = 2 * (r / TW);
-    *ox = 2 * (r % TW);
+    *oy = m * (r / TW);
+    *ox = m * (r % TW);
+}
+
+/* Step (n, oy, ox) to the next m x m tile of H x W maps, row by row. */
+static inline void next_tile(int m, int64_t H, int64_t W, int64_t *n, int64_t *oy, int64_t *ox) {
+    if ((*ox += m) == W) {
+        *ox = 0;
+        if ((*oy += m) == H) {
+            *oy = 0;
+            (*n)++;
+        }
+    }
 }
 
 /* B^T d B of a 4x4 patch of 16-channel vectors, stored to V + p * plane (p = 4 * row + col). */
@@ -73,12 +79,11 @@ static inline void transform_patch(v16 d[4][4], float *out, int64_t plane) {
     }
 }
 
-/* V[p][i][c] for tiles t0 .. t0+nt of x (zero rows for i >= nt, up to nt_pad). */
+/* V[p][i][c] (planes `plane` floats apart) for tiles t0 .. t0+nt of x. */
 static void input_transform(const float *x, int64_t H, int64_t W, int64_t C, int64_t TH, int64_t TW, int64_t t0,
-                            int64_t nt, int64_t nt_pad, float *V) {
-    const int64_t plane = nt_pad * C + PAD;
+                            int64_t nt, int64_t plane, float *V) {
     int64_t n, oy, ox;
-    tile_origin(t0, TH, TW, &n, &oy, &ox);
+    tile_origin(t0, 2, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
         const float *xn = x + n * H * W * C;
         if (oy >= 1 && oy + 2 < H && ox >= 1 && ox + 2 < W) { /* interior: no padding */
@@ -103,60 +108,21 @@ static void input_transform(const float *x, int64_t H, int64_t W, int64_t C, int
                 transform_patch(d, V + i * C + c, plane);
             }
         }
-        if ((ox += 2) == W) { /* next tile */
-            ox = 0;
-            if ((oy += 2) == H) {
-                oy = 0;
-                n++;
-            }
-        }
+        next_tile(2, H, W, &n, &oy, &ox);
     }
-    for (int64_t i = nt; i < nt_pad; i++)
-        for (int p = 0; p < 16; p++) memset(V + p * plane + i * C, 0, sizeof(float) * C);
 }
 
 /* c [rows][Cout] = a [rows][K] . b [K][Cout] for rows a multiple of ROWS, Cout of 16. */
 static void gemm_rows(const float *a, int64_t rows, int64_t K, const float *b, int64_t Cout, float *c) {
-    for (int64_t i0 = 0; i0 < rows; i0 += ROWS) {
-        const float *ai = a + i0 * K;
-        int64_t j0 = 0;
-        for (; j0 + 32 <= Cout; j0 += 32) {
-            v16 acc[ROWS][2] = {{{0}}};
-            for (int64_t k = 0; k < K; k++) {
-                const v16 b0 = vload(b + k * Cout + j0), b1 = vload(b + k * Cout + j0 + 16);
-#pragma GCC unroll 8
-                for (int i = 0; i < ROWS; i++) {
-                    const float s = ai[i * K + k];
-                    acc[i][0] += s * b0;
-                    acc[i][1] += s * b1;
-                }
-            }
-#pragma GCC unroll 8
-            for (int i = 0; i < ROWS; i++) {
-                vstore(c + (i0 + i) * Cout + j0, acc[i][0]);
-                vstore(c + (i0 + i) * Cout + j0 + 16, acc[i][1]);
-            }
-        }
-        if (j0 < Cout) { /* a last 16 columns */
-            v16 acc[ROWS] = {{0}};
-            for (int64_t k = 0; k < K; k++) {
-                const v16 b0 = vload(b + k * Cout + j0);
-#pragma GCC unroll 8
-                for (int i = 0; i < ROWS; i++) acc[i] += ai[i * K + k] * b0;
-            }
-#pragma GCC unroll 8
-            for (int i = 0; i < ROWS; i++) vstore(c + (i0 + i) * Cout + j0, acc[i]);
-        }
-    }
+    for (int64_t i0 = 0; i0 < rows; i0 += ROWS) gemm_rows8(a + i0 * K, K, K, b, Cout, Cout, c + i0 * Cout, Cout);
 }
 
-/* y tiles t0 .. t0+nt from M[p][i][co] (+ bias). */
-static void output_transform(const float *M, int64_t nt_pad, int64_t Cout, const float *bias, int64_t H, int64_t W,
+/* y tiles t0 .. t0+nt from M[p][i][co] (planes `plane` floats apart) (+ bias). */
+static void output_transform(const float *M, int64_t plane, int64_t Cout, const float *bias, int64_t H, int64_t W,
                              int64_t TH, int64_t TW, int64_t t0, int64_t nt, float *y) {
-    const int64_t plane = nt_pad * Cout + PAD;
+    int64_t n, oy, ox;
+    tile_origin(t0, 2, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
-        int64_t n, oy, ox;
-        tile_origin(t0 + i, TH, TW, &n, &oy, &ox);
         float *yn = y + n * H * W * Cout;
         for (int64_t c = 0; c < Cout; c += 16) {
             v16 s[2][4]; /* A^T m */
@@ -174,34 +140,61 @@ static void output_transform(const float *M, int64_t nt_pad, int64_t Cout, const
                 vstore(out + Cout, s[a][1] - s[a][2] - s[a][3] + bv);
             }
         }
+        next_tile(2, H, W, &n, &oy, &ox);
     }
+}
+
+typedef void (*input_fn)(const float *x, int64_t H, int64_t W, int64_t C, int64_t TH, int64_t TW, int64_t t0,
+                         int64_t nt, int64_t plane, float *V);
+typedef void (*output_fn)(const float *M, int64_t plane, int64_t Cout, const float *bias, int64_t H, int64_t W,
+                          int64_t TH, int64_t TW, int64_t t0, int64_t nt, float *y);
+
+/* y = conv3x3(x, w) + bias by F(m x m, 3x3) with P = (m+2)^2 transform points, the transforms
+ * given: per block of tiles, the input transform, P matrix products with U [P][Cin][Cout], the
+ * output transform. Returns 0, or -1 when scratch memory cannot be allocated. */
+static int winograd_forward(int m, input_fn input, output_fn output, const float *x, const float *U,
+                            const float *bias, float *y, int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t Cout) {
+    const int P = (m + 2) * (m + 2);
+    const int64_t TH = H / m, TW = W / m, T = N * TH * TW, NT = block_tiles(P, Cin, Cout);
+    const int64_t blocks = (T + NT - 1) / NT;
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        float *V = malloc(sizeof(float) * (size_t)(P * (NT * (Cin + Cout) + 2 * PAD)));
+        if (!V) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < blocks; blk++) {
+            if (!V) continue;
+            const int64_t t0 = blk * NT, nt = t0 + NT <= T ? NT : T - t0;
+            const int64_t nt_pad = (nt + ROWS - 1) / ROWS * ROWS;
+            const int64_t vplane = nt_pad * Cin + PAD, mplane = nt_pad * Cout + PAD;
+            float *M = V + P * vplane;
+            input(x, H, W, Cin, TH, TW, t0, nt, vplane, V);
+            for (int64_t i = nt; i < nt_pad; i++) /* zero rows up to the register tile's height */
+                for (int p = 0; p < P; p++) memset(V + p * vplane + i * Cin, 0, sizeof(float) * Cin);
+            for (int p = 0; p < P; p++)
+                gemm_rows(V + p * vplane, nt_pad, Cin, U + p * Cin * Cout, Cout, M + p * mplane);
+            output(M, mplane, Cout, bias, H, W, TH, TW, t0, nt, y);
+        }
+        free(V);
+    }
+    return failed ? -1 : 0;
 }
 
 /* y = conv3x3(x, w) + bias with U = G w G^T [16][Cin][Cout]; bias may be NULL.
  * Returns 0, or -1 when scratch memory cannot be allocated. */
 int limner_wino_forward(const float *x, const float *U, const float *bias, float *y, int64_t N, int64_t H,
                         int64_t W, int64_t Cin, int64_t Cout) {
-    const int64_t TH = H / 2, TW = W / 2, T = N * TH * TW, NT = block_tiles(Cin, Cout);
-    const int64_t blocks = (T + NT - 1) / NT;
-    int failed = 0;
-#pragma omp parallel reduction(| : failed)
-    {
-        float *V = malloc(sizeof(float) * (size_t)(16 * (NT * (Cin + Cout) + 2 * PAD)));
-        if (!V) failed = 1;
-#pragma omp for schedule(static)
-        for (int64_t blk = 0; blk < blocks; blk++) {
-            if (!V) continue;
-            float *M = V + 16 * (NT * Cin + PAD);
-            const int64_t t0 = blk * NT, nt = t0 + NT <= T ? NT : T - t0;
-            const int64_t nt_pad = (nt + ROWS - 1) / ROWS * ROWS;
-            input_transform(x, H, W, Cin, TH, TW, t0, nt, nt_pad, V);
-            for (int p = 0; p < 16; p++)
-                gemm_rows(V + p * (nt_pad * Cin + PAD), nt_pad, Cin, U + p * Cin * Cout, Cout, M + p * (nt_pad * Cout + PAD));
-            output_transform(M, nt_pad, Cout, bias, H, W, TH, TW, t0, nt, y);
+    return winograd_forward(2, input_transform, output_transform, x, U, bias, y, N, H, W, Cin, Cout);
+}
+
+/* k [3][3] = filter (a, b .. b+15) of wt [A][3][3][B], turned by 180 degrees with rotate. */
+static inline void load_filter(const float *wt, int64_t a, int64_t b, int64_t B, int rotate, v16 k[3][3]) {
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            const int ii = rotate ? 2 - i : i, jj = rotate ? 2 - j : j;
+            k[i][j] = vload(wt + ((a * 3 + ii) * 3 + jj) * B + b);
         }
-        free(V);
-    }
-    return failed ? -1 : 0;
 }
 
 /* U [16][A][B] = G k G^T for the filters k of wt [A][3][3][B] (B a multiple of 16), each turned
@@ -215,11 +208,7 @@ void limner_wino_filter(const float *wt, float *U, int64_t A, int64_t B, int rot
     for (int64_t a = 0; a < A; a++)
         for (int64_t b = 0; b < B; b += 16) {
             v16 k[3][3], t[4][3];
-            for (int i = 0; i < 3; i++)
-                for (int j = 0; j < 3; j++) {
-                    const int ii = rotate ? 2 - i : i, jj = rotate ? 2 - j : j;
-                    k[i][j] = vload(wt + ((a * 3 + ii) * 3 + jj) * B + b);
-                }
+            load_filter(wt, a, b, B, rotate, k);
             for (int j = 0; j < 3; j++) { /* G k: rows k0, (k0+k1+k2)/2, (k0-k1+k2)/2, k2 */
                 t[0][j] = k[0][j];
                 t[1][j] = 0.5f * (k[0][j] + k[1][j] + k[2][j]);
@@ -259,9 +248,11 @@ static inline void at6(const v16 m[6], v16 o[4]) {
     o[3] = d12 + 8.0f * d34 + m[5];
 }
 
-static void input_transform4(const float *x, int64_t H, int64_t W, int64_t C, int64_t TW, int64_t TH, int64_t t0,
-                             int64_t nt, int64_t nt_pad, int64_t plane, float *V) {
-    int64_t n = t0 / (TH * TW), r = t0 % (TH * TW), oy = 4 * (r / TW), ox = 4 * (r % TW);
+/* V[p][i][c] (planes `plane` floats apart, p = 6 * row + column) for tiles t0 .. t0+nt of x. */
+static void input_transform4(const float *x, int64_t H, int64_t W, int64_t C, int64_t TH, int64_t TW, int64_t t0,
+                             int64_t nt, int64_t plane, float *V) {
+    int64_t n, oy, ox;
+    tile_origin(t0, 4, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
         const float *xn = x + n * H * W * C;
         const int interior = oy >= 1 && oy + 4 < H && ox >= 1 && ox + 4 < W;
@@ -287,21 +278,15 @@ static void input_transform4(const float *x, int64_t H, int64_t W, int64_t C, in
                 for (int b = 0; b < 6; b++) vstore(o + b * plane, out[b]);
             }
         }
-        if ((ox += 4) == W) {
-            ox = 0;
-            if ((oy += 4) == H) {
-                oy = 0;
-                n++;
-            }
-        }
+        next_tile(4, H, W, &n, &oy, &ox);
     }
-    for (int64_t i = nt; i < nt_pad; i++)
-        for (int p = 0; p < 36; p++) memset(V + p * plane + i * C, 0, sizeof(float) * C);
 }
 
+/* y tiles t0 .. t0+nt from M[p][i][co] (planes `plane` floats apart) (+ bias). */
 static void output_transform4(const float *M, int64_t plane, int64_t Cout, const float *bias, int64_t H, int64_t W,
-                              int64_t TW, int64_t TH, int64_t t0, int64_t nt, float *y) {
-    int64_t n = t0 / (TH * TW), r = t0 % (TH * TW), oy = 4 * (r / TW), ox = 4 * (r % TW);
+                              int64_t TH, int64_t TW, int64_t t0, int64_t nt, float *y) {
+    int64_t n, oy, ox;
+    tile_origin(t0, 4, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
         float *yn = y + n * H * W * Cout;
         for (int64_t c = 0; c < Cout; c += 16) {
@@ -318,49 +303,15 @@ static void output_transform4(const float *M, int64_t plane, int64_t Cout, const
                 for (int b = 0; b < 4; b++) vstore(o + b * Cout, out[b] + bv);
             }
         }
-        if ((ox += 4) == W) {
-            ox = 0;
-            if ((oy += 4) == H) {
-                oy = 0;
-                n++;
-            }
-        }
+        next_tile(4, H, W, &n, &oy, &ox);
     }
 }
-
-#ifndef BLOCK4_BYTES
-#define BLOCK4_BYTES 49152
-#endif
 
 /* y = conv3x3(x, w) + bias by F(4x4, 3x3), H and W multiples of 4, U [36][Cin][Cout]
  * (limner_wino4_filter). Returns 0, or -1 when scratch memory cannot be allocated. */
 int limner_wino4_forward(const float *x, const float *U, const float *bias, float *y, int64_t N, int64_t H,
                          int64_t W, int64_t Cin, int64_t Cout) {
-    const int64_t TH = H / 4, TW = W / 4, T = N * TH * TW;
-    int64_t NT = BLOCK4_BYTES / (144 * (Cin + Cout));
-    NT = NT < ROWS ? ROWS : (NT > 64 ? 64 : NT);
-    NT -= NT % ROWS;
-    const int64_t blocks = (T + NT - 1) / NT;
-    int failed = 0;
-#pragma omp parallel reduction(| : failed)
-    {
-        float *V = malloc(sizeof(float) * (size_t)(36 * (NT * (Cin + Cout) + 2 * PAD)));
-        if (!V) failed = 1;
-#pragma omp for schedule(static)
-        for (int64_t blk = 0; blk < blocks; blk++) {
-            if (!V) continue;
-            const int64_t t0 = blk * NT, nt = t0 + NT <= T ? NT : T - t0;
-            const int64_t nt_pad = (nt + ROWS - 1) / ROWS * ROWS;
-            const int64_t vplane = nt_pad * Cin + PAD, mplane = nt_pad * Cout + PAD;
-            float *M = V + 36 * vplane;
-            input_transform4(x, H, W, Cin, TW, TH, t0, nt, nt_pad, vplane, V);
-            for (int p = 0; p < 36; p++)
-                gemm_rows(V + p * vplane, nt_pad, Cin, U + p * Cin * Cout, Cout, M + p * mplane);
-            output_transform4(M, mplane, Cout, bias, H, W, TW, TH, t0, nt, y);
-        }
-        free(V);
-    }
-    return failed ? -1 : 0;
+    return winograd_forward(4, input_transform4, output_transform4, x, U, bias, y, N, H, W, Cin, Cout);
 }
 
 /* U [36][A][B] = G k G^T (G the 6x3 filter transform) for the filters of wt [A][3][3][B], laid
@@ -371,11 +322,7 @@ void limner_wino4_filter(const float *wt, float *U, int64_t A, int64_t B, int ro
     for (int64_t a = 0; a < A; a++)
         for (int64_t b = 0; b < B; b += 16) {
             v16 k[3][3], t[6][3];
-            for (int i = 0; i < 3; i++)
-                for (int j = 0; j < 3; j++) {
-                    const int ii = rotate ? 2 - i : i, jj = rotate ? 2 - j : j;
-                    k[i][j] = vload(wt + ((a * 3 + ii) * 3 + jj) * B + b);
-                }
+            load_filter(wt, a, b, B, rotate, k);
             for (int j = 0; j < 3; j++) { /* G k */
                 t[0][j] = k[0][j] / 4.0f;
                 t[1][j] = -(k[0][j] + k[1][j] + k[2][j]) / 6.0f;
