@@ -53,7 +53,7 @@ CASES = [  # B, Tq, Tk, C, heads, self-attention, masked
 def test_kernel_matches_float64_attention(B, Tq, Tk, C, heads, self_attention, masked):
     g = torch.Generator().manual_seed(B * Tq + Tk + C)
     q_src, kv_src = _operands(B, Tq, Tk, C, self_attention, g, scale=2.0)
-    q, k, v = _split(q_src, kv_src, C)
+    q, k, v = _split(q_src, kv_src)
     mask = None
     if masked:
         mask = torch.rand(B, 1, 1, Tk, generator=g) > 0.3
@@ -66,11 +66,11 @@ def test_kernel_matches_float64_attention(B, Tq, Tk, C, heads, self_attention, m
     ref.backward(go.double())
     dq_src = torch.full_like(q_src, float("nan"))  # every element must be written
     dkv_src = None if kv_src is None else torch.full_like(kv_src, float("nan"))
-    kernels.attention_backward(q, k, v, o, lse, go, *_split(dq_src, dkv_src, C), heads, mask)
-    for got, leaf in zip(_split(dq_src, dkv_src, C), leaves):
+    kernels.attention_backward(q, k, v, o, lse, go, *_split(dq_src, dkv_src), heads, mask)
+    for got, leaf in zip(_split(dq_src, dkv_src), leaves):
         assert _rel(got, leaf.grad) < 1e-5
     if masked:  # masked keys get exactly zero gradient
-        dk, dv = _split(dq_src, dkv_src, C)[1:]
+        dk, dv = _split(dq_src, dkv_src)[1:]
         dropped = ~mask[:, 0, 0, :]
         assert dk[dropped].abs().max() == 0 and dv[dropped].abs().max() == 0
 
@@ -81,7 +81,7 @@ def test_kernel_is_stable_for_large_scores():
     float32 scores: no worse than float32 SDPA's."""
     g = torch.Generator().manual_seed(3)
     qkv = torch.randn(2, 40, 3 * 64, generator=g) * 12
-    q, k, v = _split(qkv, None, 64)
+    q, k, v = _split(qkv, None)
     o, lse = kernels.attention_forward(q, k, v, 2)
     ref, _ = _reference(q, k, v, 2)
     heads32 = [t.reshape(2, 40, 2, 32).transpose(1, 2) for t in (q, k, v)]
@@ -100,10 +100,10 @@ def test_kernel_results_do_not_depend_on_the_thread_count():
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            q, k, v = _split(qkv, None, 64)
+            q, k, v = _split(qkv, None)
             o, lse = kernels.attention_forward(q, k, v, 2)
             d = torch.empty_like(qkv)
-            kernels.attention_backward(q, k, v, o, lse, go, *_split(d, None, 64), 2)
+            kernels.attention_backward(q, k, v, o, lse, go, *_split(d, None), 2)
             results.append((o, d))
     finally:
         torch.set_num_threads(before)
@@ -113,7 +113,7 @@ def test_kernel_results_do_not_depend_on_the_thread_count():
 
 def test_supports_attention_only_where_the_kernel_applies():
     qkv = torch.randn(2, 16, 3 * 64)
-    q, k, v = _split(qkv, None, 64)
+    q, k, v = _split(qkv, None)
     assert kernels.supports_attention(q, k, v, 2) == kernels.available()
     assert not kernels.supports_attention(q, k, v, 8)  # heads of 8: not a multiple of 16
     assert not kernels.supports_attention(*(t.double() for t in (q, k, v)), 2)

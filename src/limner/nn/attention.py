@@ -90,10 +90,12 @@ def _unrows(o: Tensor, H: int, W: int) -> Tensor:
     return o.view(B, H, W, C).permute(0, 3, 1, 2)
 
 
-def _split(q_src: Tensor, kv_src: Tensor | None, C: int) -> tuple[Tensor, Tensor, Tensor]:
+def _split(q_src: Tensor, kv_src: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """q, k, v rows: slices of one [B, T, 3C] qkv tensor, or q [B, T, C] and kv [B, Tk, 2C]."""
     if kv_src is None:
+        C = q_src.shape[2] // 3
         return q_src[..., :C], q_src[..., C:2 * C], q_src[..., 2 * C:]
+    C = q_src.shape[2]
     return q_src, kv_src[..., :C], kv_src[..., C:]
 
 
@@ -105,10 +107,9 @@ class _KernelAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, q_src: Tensor, kv_src: Tensor | None, heads: int,
                 mask: Tensor | None) -> Tensor:
-        C = q_src.shape[2] // (3 if kv_src is None else 1)
-        o, lse = kernels.attention_forward(*_split(q_src, kv_src, C), heads, mask)
+        o, lse = kernels.attention_forward(*_split(q_src, kv_src), heads, mask)
         ctx.save_for_backward(q_src, kv_src, o, lse, mask)
-        ctx.heads, ctx.C = heads, C
+        ctx.heads = heads
         return o
 
     @staticmethod
@@ -117,23 +118,22 @@ class _KernelAttention(torch.autograd.Function):
         q_src, kv_src, o, lse, mask = ctx.saved_tensors
         dq_src = torch.empty_like(q_src, memory_format=torch.contiguous_format)
         dkv_src = None if kv_src is None else torch.empty_like(kv_src, memory_format=torch.contiguous_format)
-        kernels.attention_backward(*_split(q_src, kv_src, ctx.C), o, lse, grad,
-                                   *_split(dq_src, dkv_src, ctx.C), ctx.heads, mask)
+        kernels.attention_backward(*_split(q_src, kv_src), o, lse, grad, *_split(dq_src, dkv_src), ctx.heads, mask)
         return dq_src, dkv_src, None, None
 
 
 def _kernel_attention(q_src: Tensor, kv_src: Tensor | None, heads: int, mask: Tensor | None = None) -> Tensor | None:
     """Attention over rows by the compiled kernel, or None when it does not apply (the caller
     then uses :func:`attention`)."""
-    C = q_src.shape[2] // (3 if kv_src is None else 1)
     if mask is not None and (mask.dim() != 4 or mask.shape[1:3] != (1, 1)):
         return None  # the kernel takes a per-key mask only
-    if not kernels.supports_attention(*_split(q_src, kv_src, C), heads):
+    q, k, v = _split(q_src, kv_src)
+    if not kernels.supports_attention(q, k, v, heads):
         return None
     needs_grad = torch.is_grad_enabled() and (q_src.requires_grad or (kv_src is not None and kv_src.requires_grad))
     if needs_grad:
         return _KernelAttention.apply(q_src, kv_src, heads, mask)
-    return kernels.attention_forward(*_split(q_src, kv_src, C), heads, mask, need_lse=False)[0]
+    return kernels.attention_forward(q, k, v, heads, mask, need_lse=False)[0]
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:

@@ -9,9 +9,9 @@ and the backward in two (the gradient through SiLU with its channel sums, then d
 (or the qkv projection's output), forward and backward, for the short sequences of a U-Net's
 low-resolution levels, where ``F.scaled_dot_product_attention`` on the CPU runs far below the
 machine's matrix-product speed (see :mod:`limner.nn.attention`). ``winograd.c`` computes 3x3
-convolutions over channels-last float32 maps with Winograd's F(2x2, 3x3) (16 instead of 36
-multiplies per 2x2 output tile and channel pair), forward and input gradient (see
-:mod:`limner.nn.conv`).
+convolutions over channels-last float32 maps with Winograd's F(2x2, 3x3) or F(4x4, 3x3) (16
+instead of 36, or 36 instead of 144, multiplies per output tile and channel pair), forward and
+input gradient (see :mod:`limner.nn.conv`). ``kernel_math.h`` holds what they share.
 
 The sources ship with the package. The first call compiles them (``cc -O3 -march=native
 -fopenmp``, a few seconds) into one library in ``$LIMNER_KERNEL_DIR``, else
@@ -409,8 +409,8 @@ def winograd_conv3x3(x: Tensor, U: Tensor, bias: Tensor | None = None) -> Tensor
     if U.shape[0] == 36 and (H % 4 or W % 4):
         raise ValueError(f"F(4x4, 3x3) needs H and W divisible by 4, got {H}x{W}")
     forward = lib.limner_wino_forward if U.shape[0] == 16 else lib.limner_wino4_forward
-    rc = forward(x.data_ptr(), U.contiguous().data_ptr(),
-                                 None if bias is None else bias.data_ptr(), y.data_ptr(), N, H, W, C, Cout)
+    rc = forward(x.data_ptr(), U.contiguous().data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+                 N, H, W, C, Cout)
     if rc != 0:
         raise MemoryError("winograd kernel: out of memory")
     return y
