@@ -72,6 +72,11 @@ def test_resume_in_a_new_process_equals_continuing(straight, tiny_data, cli, tmp
     run = tmp_path / "run"
     cli(*train_args(family, tiny_data, run, STOP), *extra, cache=tmp_path / "cache")
     cli(*train_args(family, tiny_data, run, STEPS), "--resume", cache=tmp_path / "cache")
+    # each process also logs its last step: a resume that restarted at step 0 with the same
+    # seed would reach the same weights, but drop the STOP line and log the straight run's steps
+    logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    straight_logged = [json.loads(x)["step"] for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert logged == sorted({*straight_logged, STOP}), f"{family}: resumed run logged steps {logged}"
     a, b = checkpoint_tensors(reference), checkpoint_tensors(run)
     assert a.keys() == b.keys()
     for key in a:
