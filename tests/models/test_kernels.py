@@ -161,15 +161,25 @@ def test_bf16_inference_kernel_matches_reference(B, C, H, W, groups, per_sample,
 
 
 @needs_kernel
-def test_bf16_inference_kernel_is_used_under_autocast_without_gradients():
+def test_bf16_inference_kernel_is_used_under_autocast_without_gradients(monkeypatch):
+    calls = []
+    kernel = kernels.group_norm_act_forward_bf16
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "group_norm_act_forward_bf16", counting)
     torch.manual_seed(0)
     norm = GroupNorm2d(64)
     x = torch.randn(2, 64, 8, 8).bfloat16()
     scale, shift = torch.randn(2, 64), torch.randn(2, 64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         fast = norm.modulated(x, scale, shift)
+        assert calls == [x.shape]  # the kernel computed it, not a fallback
         norm.fast = False
         reference = norm.modulated(x, scale, shift)
+    assert len(calls) == 1
     assert fast.dtype == reference.dtype == torch.bfloat16
     assert _rel(fast, reference) < 2 ** -6  # a bfloat16 unit or two: the reference rounds 3 times
     want = _bf16_reference(x, norm.weight * (1 + scale), norm.bias * (1 + scale) + shift, norm.groups, True)
@@ -179,7 +189,7 @@ def test_bf16_inference_kernel_is_used_under_autocast_without_gradients():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = norm.modulated(x, scale, shift)
     out.float().sum().backward()
-    assert x.grad is not None
+    assert x.grad is not None and len(calls) == 1  # no forward-only kernel where a gradient is needed
 
 
 @needs_kernel
