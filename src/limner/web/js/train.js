@@ -1,0 +1,330 @@
+// Train: a dataset (folder path or zip upload, with the server's report of skipped files), a
+// family and a preset; start, stop and resume; the live loss curve; the fixed-seed sample
+// timeline with a scrubber; two checkpoints side by side; evaluation metrics.
+import { get, post, query, events, idempotencyKey } from "./api.js";
+import { h, replace, field, setOptions, Status, safeSrc, when } from "./dom.js";
+import { lineChart } from "./chart.js";
+
+let S = null;
+let subscribed = false;
+
+export function mount(section, ctx) {
+  S = { ctx, run: null, jobs: new Map(), loss: [], frames: [] };
+  S.status = new Status();
+  S.data = field("Dataset folder", "text", { name: "data", list: "dataset-list", autocomplete: "off", required: true,
+    placeholder: "/path/to/images" }, "A folder on the studio's machine, or upload a zip below.");
+  S.datalist = h("datalist", { id: "dataset-list" });
+  S.zip = field("Upload a zip of images", "file", { accept: ".zip,application/zip", name: "zip" });
+  S.zip.input.addEventListener("change", uploadZip);
+  S.zipReport = h("div", { class: "zip-report", "aria-live": "polite" });
+  S.family = field("Family", "select", { name: "family" });
+  S.preset = field("Preset", "select", { name: "preset" });
+  S.family.input.addEventListener("change", () => fillPresets());
+  S.steps = field("Steps", "number", { name: "steps", min: 1, step: 1, value: 2000, inputmode: "numeric" });
+  S.name = field("Run name", "text", { name: "name", autocomplete: "off", pattern: "[A-Za-z0-9][A-Za-z0-9._-]*", required: true,
+    placeholder: "my-run" }, "Letters, digits, dot, dash and underscore.");
+  S.start = h("button", { type: "submit", text: "Start training" });
+  const form = h("form", { class: "card", onsubmit: startTraining },
+    h("h2", { id: "train-title", text: "Train" }), S.data.wrap, S.datalist, S.zip.wrap, S.zipReport,
+    h("div", { class: "grid2" }, S.family.wrap, S.preset.wrap, S.steps.wrap, S.name.wrap), S.status.el, S.start);
+
+  S.runsStatus = new Status();
+  S.runs = h("ul", { class: "runs", "aria-label": "Runs" });
+  S.detail = h("div", { class: "run-detail" });
+  replace(section, h("div", { class: "split" },
+    h("div", {}, form, h("div", { class: "card" }, h("div", { class: "row between" }, h("h2", { text: "Runs" }),
+      h("button", { type: "button", class: "secondary small", text: "Refresh", onclick: loadRuns })), S.runsStatus.el, S.runs)),
+    S.detail));
+  if (!subscribed) {
+    subscribed = true;
+    events.on("progress", onProgress);
+    events.on("checkpoint", onCheckpoint);
+    events.on("job", (m) => onJob(m.job));
+  }
+}
+
+export async function show(params) {
+  await Promise.all([loadChoices(), loadRuns()]);
+  if (params.run) selectRun(params.run);
+}
+
+async function loadChoices() {
+  try {
+    let families;
+    try {
+      families = await get("/api/families");
+    } catch (err) {
+      if (err.status !== 404) throw err;
+      // An older server: the families of the models it lists, each with its default preset.
+      const models = await S.ctx.models();
+      families = [...new Set(models.map((m) => m.family).filter(Boolean))].map((name) => ({ name, presets: [] }));
+    }
+    S.families = families;
+    setOptions(S.family.input, families.map((f) => ({ value: f.name, label: f.description ? `${f.name}: ${f.description}` : f.name })));
+    fillPresets();
+  } catch (err) {
+    S.status.error(err);
+  }
+  try {
+    const sets = await get("/api/datasets");
+    replace(S.datalist, sets.map((d) => h("option", { value: d.path, label: `${d.name} (${d.images} images)` })));
+  } catch { /* the list is a convenience; typing a path still works */ }
+}
+
+function fillPresets() {
+  const family = (S.families || []).find((f) => f.name === S.family.input.value);
+  const presets = (family && family.presets) || [];
+  setOptions(S.preset.input, presets.length ? presets.map((p) => (typeof p === "object" ? { value: p.name, label: p.name } : p))
+    : [{ value: "", label: "the family's default" }]);
+  if (family && family.default_preset) S.preset.input.value = family.default_preset;
+}
+
+async function uploadZip() {
+  const file = S.zip.input.files[0];
+  if (!file) return;
+  const status = new Status();
+  replace(S.zipReport, status.el);
+  status.loading(`Uploading ${file.name} and checking every image…`);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  try {
+    const ds = await post("/api/datasets", form);
+    S.data.input.value = ds.path;
+    const skipped = ds.skipped || [];
+    replace(S.zipReport, h("p", { class: "status ok", text: `${ds.images} usable image${ds.images === 1 ? "" : "s"} in “${ds.name}”; ${skipped.length} skipped.` }),
+      skipped.length ? h("details", { open: skipped.length <= 5 }, h("summary", { text: "Skipped files" }),
+        h("ul", { class: "skipped" }, skipped.map((s) => h("li", {}, h("code", { text: s.path }), ": ", s.reason)))) : null);
+  } catch (err) { status.error(err); }
+}
+
+async function startTraining(e) {
+  e.preventDefault();
+  const body = { data: S.data.input.value, family: S.family.input.value, preset: S.preset.input.value,
+    steps: parseInt(S.steps.input.value, 10), name: S.name.input.value };
+  S.start.disabled = true;
+  S.status.loading("Starting…");
+  try {
+    const res = await post("/api/train", body, { headers: { "Idempotency-Key": idempotencyKey() } });
+    const job = res.job || res;
+    S.jobs.set(job.id, body.name);
+    S.status.ok(`Training job ${job.id} ${job.state || "queued"}: run “${body.name}”.`);
+    await loadRuns();
+    selectRun(body.name, job);
+  } catch (err) {
+    S.status.error(err);
+    const input = err.field && S.start.form.querySelector(`[name="${CSS.escape(err.field)}"]`);
+    if (input) input.focus();
+  } finally { S.start.disabled = false; }
+}
+
+async function loadRuns() {
+  S.runsStatus.loading("Loading runs…");
+  try {
+    const runs = await get("/api/runs");
+    S.runList = runs;
+    S.runsStatus.clear();
+    replace(S.runs, runs.length ? runs.map((r) => h("li", { dataset: { run: r.name } },
+      h("button", { type: "button", class: "link", "aria-current": S.run === r.name ? "true" : null, onclick: () => selectRun(r.name) },
+        r.name),
+      h("span", { class: "muted", text: ` ${r.family || ""} · step ${r.step ?? 0}${r.state ? ` · ${r.state}` : ""}` })))
+      : h("li", { class: "muted", text: "No runs yet." }));
+  } catch (err) { S.runsStatus.error(err); }
+}
+
+/** The active training job of a run, if any (from this page's submits or the jobs list). */
+async function activeJob(name) {
+  const jobs = await get(`/api/jobs${query({ kind: "train" })}`);
+  return jobs.find((j) => ["queued", "running"].includes(j.state) && jobRun(j) === name) || null;
+}
+
+function jobRun(job) {
+  return S.jobs.get(job.id) || (job.result && job.result.run) || job.run || (job.params && job.params.name) || null;
+}
+
+async function selectRun(name, job = null) {
+  S.run = name;
+  S.loss = [];
+  for (const li of S.runs.querySelectorAll("button")) li.setAttribute("aria-current", String(li.textContent === name));
+  const status = new Status();
+  S.chart = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  S.chart.setAttribute("class", "chart");
+  S.jobLine = h("p", { class: "muted", role: "status", "aria-live": "polite" });
+  S.timeline = h("div", { class: "timeline" });
+  S.compare = h("div", { class: "compare" });
+  S.metrics = h("div", { class: "metrics" });
+  S.resumeSteps = field("More steps", "number", { min: 1, step: 1, value: 1000, inputmode: "numeric" });
+  S.stop = h("button", { type: "button", class: "danger", text: "Stop (saves first)", hidden: true, onclick: stopRun });
+  S.resume = h("button", { type: "button", class: "secondary", text: "Resume", onclick: resumeRun });
+  S.runStatus = status;
+  replace(S.detail,
+    h("div", { class: "card", "aria-labelledby": "run-title" },
+      h("h2", { id: "run-title", text: `Run “${name}”` }), S.jobLine,
+      h("div", { class: "row wrap" }, S.stop, S.resumeSteps.wrap, S.resume,
+        h("button", { type: "button", class: "secondary", text: "Learn view", onclick: () => S.ctx.go("learn", { run: name }) })),
+      status.el),
+    h("div", { class: "card" }, h("h3", { text: "Loss" }), S.chart),
+    h("div", { class: "card" }, h("h3", { text: "Fixed-seed samples over training" }), S.timeline),
+    h("div", { class: "card" }, h("h3", { text: "Compare two checkpoints" }), S.compare),
+    h("div", { class: "card" }, h("h3", { text: "Evaluation" }), S.metrics));
+  lineChart(S.chart, [], { title: "Training loss" });
+  status.loading("Loading the run…");
+  try {
+    const [info, metrics, frames] = await Promise.all([
+      get(`/api/runs/${encodeURIComponent(name)}`), get(`/api/runs/${encodeURIComponent(name)}/metrics`).catch(() => []),
+      get(`/api/runs/${encodeURIComponent(name)}/samples`).catch(() => [])]);
+    if (S.run !== name) return;
+    status.clear();
+    S.info = info;
+    S.loss = lossPoints(metrics);
+    lineChart(S.chart, S.loss, { title: "Training loss" });
+    renderFrames(frames);
+    renderMetrics(info, metrics);
+  } catch (err) { status.error(err); }
+  try {
+    S.job = job || await activeJob(name);
+    showJob(S.job);
+  } catch (err) { status.error(err); }
+  clearInterval(S.poll);
+  S.poll = setInterval(() => refreshLive(name), 2500);
+}
+
+function lossPoints(rows) {
+  return (rows || []).filter((r) => typeof r.loss === "number" && typeof r.step === "number").map((r) => ({ x: r.step, y: r.loss }));
+}
+
+function showJob(job) {
+  const live = job && ["queued", "running"].includes(job.state);
+  S.stop.hidden = !live;
+  S.resume.disabled = Boolean(live);
+  if (!job) { S.jobLine.textContent = "Not training."; return; }
+  const p = job.progress && job.progress.total ? ` step ${job.progress.step} of ${job.progress.total}` : "";
+  S.jobLine.textContent = `Job ${job.id}: ${job.state}${p}${job.error ? `: ${job.error}` : ""}`;
+}
+
+/** While a run trains: the loss curve and timeline follow the metrics file and samples list. */
+async function refreshLive(name) {
+  if (S.run !== name || document.getElementById("page-train").hidden) return;
+  const live = S.job && ["queued", "running"].includes(S.job.state);
+  if (!live) return;
+  try {
+    S.job = await get(`/api/jobs/${S.job.id}`);
+    showJob(S.job);
+    const metrics = await get(`/api/runs/${encodeURIComponent(name)}/metrics`);
+    const points = lossPoints(metrics);
+    if (points.length >= S.loss.length) { S.loss = points; lineChart(S.chart, S.loss, { title: "Training loss" }); }
+    const frames = await get(`/api/runs/${encodeURIComponent(name)}/samples`);
+    if (frames.length !== S.frames.length) renderFrames(frames);
+    if (!["queued", "running"].includes(S.job.state)) { loadRuns(); renderMetrics(await get(`/api/runs/${encodeURIComponent(name)}`), metrics); }
+  } catch (err) { S.runStatus.error(err); }
+}
+
+function onProgress(m) {
+  if (!S || !S.job || m.job_id !== S.job.id) return;
+  S.job.state = "running";
+  S.job.progress = { step: m.step, total: m.total };
+  showJob(S.job);
+  if (typeof m.loss === "number" && (!S.loss.length || m.step > S.loss[S.loss.length - 1].x)) {
+    S.loss.push({ x: m.step, y: m.loss });
+    lineChart(S.chart, S.loss, { title: "Training loss" });
+  }
+}
+
+async function onCheckpoint(m) {
+  if (!S || m.run !== S.run) return;
+  try { renderFrames(await get(`/api/runs/${encodeURIComponent(m.run)}/samples`)); } catch { /* next poll retries */ }
+}
+
+function onJob(job) {
+  if (!S || !job || !S.job || job.id !== S.job.id) return;
+  S.job = job;
+  showJob(job);
+  if (!["queued", "running"].includes(job.state)) loadRuns();
+}
+
+function frameImg(frame, label) {
+  return h("img", { src: safeSrc(frame.url), alt: label, class: "frame", width: 256, height: 256 });
+}
+
+function renderFrames(frames) {
+  S.frames = frames || [];
+  if (!S.frames.length) {
+    replace(S.timeline, h("p", { class: "muted", text: "No sample frames yet (they appear at each sample interval)." }));
+    replace(S.compare, h("p", { class: "muted", text: "Needs two saved sample frames." }));
+    return;
+  }
+  const n = S.frames.length;
+  const label = h("output", { class: "step-label" });
+  const holder = h("div", { class: "frame-holder" });
+  const scrub = field("Step", "range", { min: 0, max: n - 1, step: 1, value: n - 1, class: "scrubber" });
+  const paint = () => {
+    const f = S.frames[Number(scrub.input.value)];
+    label.textContent = `step ${f.step} (${Number(scrub.input.value) + 1} of ${n})`;
+    scrub.input.setAttribute("aria-valuetext", `step ${f.step}`);
+    replace(holder, frameImg(f, `Samples at step ${f.step}`));
+  };
+  scrub.input.addEventListener("input", paint);
+  replace(S.timeline, holder, scrub.wrap, label);
+  paint();
+  renderCompare();
+}
+
+function renderCompare() {
+  const choices = S.frames.map((f, i) => ({ value: i, label: `step ${f.step}` }));
+  const a = field("Left", "select", {}), b = field("Right", "select", {});
+  setOptions(a.input, choices, false);
+  setOptions(b.input, choices, false);
+  a.input.value = "0";
+  b.input.value = String(S.frames.length - 1);
+  const left = h("figure", {}), right = h("figure", {});
+  const paint = () => {
+    for (const [sel, fig] of [[a.input, left], [b.input, right]]) {
+      const f = S.frames[Number(sel.value)];
+      replace(fig, frameImg(f, `Samples at step ${f.step}`), h("figcaption", { text: `step ${f.step}` }));
+    }
+  };
+  a.input.addEventListener("change", paint);
+  b.input.addEventListener("change", paint);
+  replace(S.compare, h("div", { class: "grid2" }, a.wrap, b.wrap), h("div", { class: "side-by-side" }, left, right));
+  paint();
+}
+
+function renderMetrics(info, rows) {
+  const evals = (rows || []).filter((r) => Object.keys(r).some((k) => /fid|kid|precision|recall|psnr|clip|score/i.test(k)));
+  const latest = (info && (info.metrics || info.latest_metrics)) || evals[evals.length - 1] || null;
+  const evalStatus = new Status();
+  const num = field("Images", "number", { min: 1, step: 1, value: 200, inputmode: "numeric" });
+  const button = h("button", { type: "button", class: "secondary", text: "Evaluate", onclick: async () => {
+    evalStatus.loading("Queuing evaluation…");
+    try {
+      const res = await post("/api/eval", { run: S.run, num: parseInt(num.input.value, 10) }, { headers: { "Idempotency-Key": idempotencyKey() } });
+      evalStatus.ok(`Evaluation job ${(res.job || res).id} queued; results show here when done.`);
+    } catch (err) { evalStatus.error(err); }
+  } });
+  const table = latest && Object.keys(latest).length ? h("dl", { class: "record" },
+    Object.entries(latest).filter(([, v]) => typeof v !== "object").map(([k, v]) => [h("dt", { text: k }),
+      h("dd", { text: typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v) })]))
+    : h("p", { class: "muted", text: "No evaluation metrics yet." });
+  const checkpoints = (info && info.checkpoints) || [];
+  replace(S.metrics, table,
+    checkpoints.length ? h("p", { class: "muted", text: `Checkpoints: ${checkpoints.map((c) => (typeof c === "object" ? c.step : c)).join(", ")}` }) : null,
+    info && info.created ? h("p", { class: "muted", text: `Created ${when(info.created)}` }) : null,
+    h("div", { class: "row" }, num.wrap, button), evalStatus.el);
+}
+
+async function stopRun() {
+  if (!S.job) return;
+  S.runStatus.loading("Stopping (the run saves a checkpoint first)…");
+  try { await post(`/api/jobs/${S.job.id}/cancel`); S.runStatus.ok("Stop requested."); } catch (err) { S.runStatus.error(err); }
+}
+
+async function resumeRun() {
+  S.runStatus.loading("Resuming…");
+  try {
+    const res = await post(`/api/runs/${encodeURIComponent(S.run)}/resume`, { steps: parseInt(S.resumeSteps.input.value, 10) },
+      { headers: { "Idempotency-Key": idempotencyKey() } });
+    S.job = res.job || res;
+    S.jobs.set(S.job.id, S.run);
+    showJob(S.job);
+    S.runStatus.ok(`Resumed: job ${S.job.id}.`);
+  } catch (err) { S.runStatus.error(err); }
+}
