@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,minilm,video,studio
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+[[ -x /usr/bin/chromium ]] || echo "note: no /usr/bin/chromium: the studio page's browser tests (tests/web) skip (apt-get install chromium)"
 # Build the compiled CPU kernels once before the workers start, and say whether they are used.
 .venv/bin/python -c "from limner.nn import kernels; print('limner kernels:', kernels.status())"
 exec .venv/bin/python -m pytest -n 2 --durations=15 "$@"
