@@ -1,0 +1,152 @@
+"""What the views need to know about a model family: a small protocol with generic defaults.
+
+The views never test a family's name. They ask :func:`hooks_for` for the family's
+:class:`FamilyHooks`, which says
+
+- ``step_panels``: how to read the network calls recorded during one real training step
+  (input, the noise or mask added, the prediction, the per-pixel loss);
+- ``feature_probe``: which network to open up for the feature hierarchy, its levels, and how to
+  run it on images;
+- ``film_frames``: which pictures a sampler callback carries at each step (x_t and the predicted
+  clean image for diffusion; a token family adds its mask);
+- ``dynamics``: the family's own training dynamics (GAN: D's view of real and fake; VAE: the
+  latent space), or None.
+
+A family supplies its hooks either by a method ``explain_hooks()`` returning a ``FamilyHooks``,
+or by ``register_hooks(name, hooks)`` (this module does so for the built-in families). A family
+with neither gets the defaults, which work from what every family has: ``generate`` with a
+per-step callback, ``modules()``, and the calls its ``train_step`` makes through ``ctx.net``.
+
+Token models (MaskGIT / autoregressive) plug in the same way: ``step_panels`` returns a "mask"
+panel ([B, 1, H, W], 1 = masked) and their sampler callback passes ``info["mask"]`` ([B, h, w]
+bool, True = still masked), from which the filmstrip draws the order tokens were unmasked in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from limner.data.batch import Batch
+
+PanelKind = Literal["image", "heat", "signed", "raw"]
+
+
+@dataclass
+class NetCall:
+    """One forward call a family step made through ``ctx.net(name)``."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Any
+
+
+@dataclass
+class Panel:
+    """One row of the opened-up training step.
+
+    Attributes:
+        name: short title ("input", "noise added", ...).
+        kind: "image" (values in [-1, 1]), "heat" (non-negative map), "signed" (diverging) or
+            "raw" (stretched to its own range: noise, latents).
+        values: [B, C, H, W] (C = 1 or 3; maps are C = 1).
+        notes: one short string per image (e.g. its sigma), or None.
+        what: one sentence on what the row shows.
+    """
+
+    name: str
+    kind: PanelKind
+    values: Tensor
+    notes: list[str] | None = None
+    what: str = ""
+
+
+@dataclass
+class FeatureProbe:
+    """A network opened up for the feature hierarchy.
+
+    Attributes:
+        levels: (name, module) in forward order; each module's output is one level's maps.
+        run: runs the network on images [B, C, H, W] in [-1, 1] (the hooks capture the levels).
+        what: one sentence on what network this is and how it is fed.
+    """
+
+    levels: list[tuple[str, nn.Module]]
+    run: Callable[[Tensor], Any]
+    what: str = ""
+
+
+class FamilyHooks:
+    """Generic behaviour; a family overrides what it knows better (see the module docstring)."""
+
+    def step_panels(self, family: Any, batch: Batch, calls: list[NetCall]) -> list[Panel]:
+        """Panels of one training step: by default the input and every image-shaped output."""
+        panels = [Panel("input", "image", batch.images.detach(), what="the training batch")]
+        for call in calls:
+            out = call.output
+            if isinstance(out, Tensor) and out.dim() == 4 and out.shape[0] == len(batch):
+                panels.append(Panel(f"{call.name} output", "raw", out.detach()))
+        return panels
+
+    def feature_probe(self, family: Any) -> FeatureProbe | None:
+        """No probe by default (the feature view then says which families have one)."""
+        return None
+
+    def film_frames(self, family: Any, info: dict[str, Any]) -> dict[str, Tensor]:
+        """Pictures of one sampler step: ``x`` (x_t) and ``denoised`` (predicted clean image)."""
+        out = {}
+        if isinstance(info.get("x"), Tensor) and info["x"].dim() == 4:
+            out["x_t"] = info["x"]
+        if isinstance(info.get("denoised"), Tensor) and info["denoised"].dim() == 4:
+            out["predicted x0"] = info["denoised"]
+        return out
+
+    def dynamics(self, run: Any, **params: Any) -> Any:
+        """The family's own dynamics view (an ``ExplainResult``), or None."""
+        return None
+
+
+HOOKS: dict[str, FamilyHooks] = {}
+
+
+def register_hooks(family_name: str, hooks: FamilyHooks) -> None:
+    """Use ``hooks`` for the family registered as ``family_name``."""
+    HOOKS[family_name] = hooks
+
+
+def hooks_for(family: Any) -> FamilyHooks:
+    """The family's own ``explain_hooks()``, else the registered hooks, else the defaults."""
+    own = getattr(family, "explain_hooks", None)
+    if callable(own):
+        return own()
+    _load_builtin()
+    return HOOKS.get(getattr(family, "name", ""), FamilyHooks())
+
+
+def _load_builtin() -> None:
+    from limner.explain import families  # noqa: F401  (registers the built-in families' hooks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers the family hooks share
+# ---------------------------------------------------------------------------------------------
+
+
+def channel_mean(x: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, 1, H, W]."""
+    return x.float().mean(dim=1, keepdim=True)
+
+
+def upsample_to(x: Tensor, size: int) -> Tensor:
+    """Nearest-neighbour resize of maps [B, C, h, w] to ``size`` x ``size``."""
+    return x if x.shape[-1] == size else F.interpolate(x.float(), size=(size, size), mode="nearest")
+
+
+def as_float_image(images: Tensor) -> Tensor:
+    """uint8 [B, C, H, W] -> float in [-1, 1]; float input is returned unchanged."""
+    return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images

@@ -1,0 +1,3 @@
+"""Imports every view module so that each registers itself in ``limner.explain.VIEWS``."""
+
+from limner.explain import timeline  # noqa: F401
