@@ -61,7 +61,7 @@ class DiffusionHooks(FamilyHooks):
         sd = family.diffusion.config.sigma_data if hasattr(family, "diffusion") else family.config.sigma_data
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
         loss_map = weight.view(-1, 1, 1, 1) * channel_mean((pred - y) ** 2)  # [B, 1, h, w]
-        notes = [f"σ={s:.2g}" for s in sigma.tolist()]
+        notes = [f"sigma {s:.2g}" for s in sigma.tolist()]
         size = batch.images.shape[-1]
         per_image = [f"{v:.3g}" for v in loss_map.flatten(1).mean(1).tolist()]
         return [

@@ -1,3 +1,4 @@
 """Imports every view module so that each registers itself in ``limner.explain.VIEWS``."""
 
 from limner.explain import timeline  # noqa: F401
+from limner.explain import step  # noqa: F401
