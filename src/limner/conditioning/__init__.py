@@ -8,6 +8,9 @@ Typical use::
     cond = encoder(encoder.prepare(captions=batch.captions), drop=drop_mask)
 """
 
+from limner.torchcheck import require_torch
+
+require_torch()  # before any torch-using module below
 from limner.conditioning.base import CondInputs, CondKind, Conditioning
 from limner.conditioning.config import EncoderConfig, TextEncoderKind, resolve_encoder_config
 from limner.conditioning.encoder_base import CondEncoder, TextCondEncoder

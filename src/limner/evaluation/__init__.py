@@ -12,3 +12,6 @@ Modules:
 - ``stats``: reference statistics cached per (dataset, extractor, resolution).
 - ``evaluate`` / ``report``: ``limner eval`` and the in-training evaluation.
 """
+from limner.torchcheck import require_torch
+
+require_torch()  # before any torch-using module below

@@ -3,6 +3,9 @@
 Model files under ``limner.models`` build on these; nothing here knows about a model family.
 """
 
+from limner.torchcheck import require_torch
+
+require_torch()  # before any torch-using module below
 from limner.nn.attention import Attention2d, TokenContext, attention, prepare_tokens
 from limner.nn.conv import Conv2d, prepack_available
 from limner.nn.embeddings import FourierFeatures, NoiseEmbedding

@@ -15,6 +15,9 @@ Example::
                sampler="dpmpp_2m", steps=10, sigma_min=0.002, sigma_max=80.0)
 """
 
+from limner.torchcheck import require_torch
+
+require_torch()  # before any torch-using module below
 from limner.samplers.base import (
     SAMPLER_SPECS,
     SAMPLERS,

@@ -7,6 +7,9 @@ LR warm-up), ``ema``, ``checkpoint`` (atomic run-folder checkpoints and loaders)
 ``distributed`` (torchrun/DDP) and ``callbacks`` (logging, progress, saving, sample grids).
 """
 
+from limner.torchcheck import require_torch
+
+require_torch()  # before any torch-using module below
 from limner.training.callbacks import (
     Callback,
     CheckpointSaver,

