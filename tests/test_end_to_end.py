@@ -5,6 +5,7 @@ The checks every family shares live in test_family_contract.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,13 @@ def train_args(data: Path, out: Path, steps: int) -> list[str]:
     ]
 
 
+def checkpoint_tensors(run: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    return {f"{f.stem}.{k}": v for f in sorted(ckpt.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
 @pytest.fixture(scope="module")
 def straight_run(tiny_data, cli, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("straight")
@@ -31,8 +39,18 @@ def straight_run(tiny_data, cli, tmp_path_factory) -> Path:
     return run
 
 
+def _library_images(run: Path, **request) -> list[np.ndarray]:
+    from limner.generation.pipeline import generate
+    from limner.generation.request import GenerationRequest
+
+    base = dict(run=str(run), prompt="green heart", negative="grinning face", steps=3, num=2, seed=0, cfg=2.5)
+    return [np.asarray(r.image) for r in generate(GenerationRequest(**{**base, **request}))]
+
+
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "ddim", "euler_ancestral"])
 def test_every_sampler_from_a_run(straight_run, tmp_path, sampler, capsys):
+    """The CLI's pixels are the library's for the same sampler, CFG and negative prompt (a CLI
+    that dropped one of them would give the pixels of the default instead)."""
     out = tmp_path / sampler
     code = main(["sample", str(straight_run), "--prompt", "green heart", "--negative", "grinning face",
                  "--sampler", sampler, "--steps", "3", "--num", "2", "--seed", "0", "--cfg", "2.5",
@@ -41,6 +59,16 @@ def test_every_sampler_from_a_run(straight_run, tmp_path, sampler, capsys):
     images = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
     assert len(images) == 2 and images[0].shape == (16, 16, 3)
     assert not np.array_equal(images[0], images[1])  # different seeds, different images
+    expected = _library_images(straight_run, sampler=sampler)
+    assert all(np.array_equal(a, b) for a, b in zip(images, expected))
+
+
+def test_sampler_cfg_and_negative_each_change_the_pixels(straight_run):
+    """What makes test_every_sampler_from_a_run able to fail: on this run each of the three
+    options, left at its default, gives other pixels."""
+    chosen = _library_images(straight_run, sampler="euler")
+    for default in (dict(sampler=None), dict(sampler="euler", cfg=None), dict(sampler="euler", negative=None)):
+        assert not np.array_equal(np.stack(chosen), np.stack(_library_images(straight_run, **default))), default
 
 
 def test_sigma_max_changes_the_start_and_is_replayed_from_the_record(straight_run, tmp_path, capsys):
@@ -142,7 +170,7 @@ def test_bad_sigma_max_is_a_usage_error(straight_run, tmp_path, capsys, value):
 
 def test_unknown_label_on_text_run_is_a_clear_error(straight_run, tmp_path, capsys):
     code = main(["sample", str(straight_run), "--label", "cat", "--out", str(tmp_path / "o")])
-    assert code in (1, 2)
+    assert code == 2  # README: bad arguments exit with code 2
     assert "label" in capsys.readouterr().err.lower()
 
 
@@ -150,10 +178,12 @@ def test_ctrl_c_saves_and_resume_continues(tiny_data, cli, tmp_path):
     import signal
     import time
 
+    def args(out: Path, steps: int) -> list[str]:  # no periodic saves: a checkpoint is Ctrl-C's
+        return [*train_args(tiny_data, out, steps), "--save-every", "100000"]
+
     run = tmp_path / "run"
     env = {**os.environ, "LIMNER_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    args = train_args(tiny_data, run, 100000)
-    proc = subprocess.Popen([sys.executable, "-m", "limner", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "limner", *args(run, 100000)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     metrics = run / "metrics.jsonl"
@@ -164,8 +194,14 @@ def test_ctrl_c_saves_and_resume_continues(tiny_data, cli, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "--resume" in err
-    latest = (run / "checkpoints" / "latest").read_text().strip()
-    stopped_at = int(latest.split("_")[-1])
-    assert stopped_at >= 2
-    cli(*train_args(tiny_data, run, stopped_at + 2), "--resume", cache=tmp_path / "cache")
+    stopped_at = int(re.search(r"SIGINT at step (\d+)", err).group(1))
+    assert stopped_at >= 10  # two metrics lines (every 5 steps) were written before the signal
+    saved = [int(p.name.split("_")[-1]) for p in (run / "checkpoints").glob("step_*")]
+    assert saved == [stopped_at]
+    assert int((run / "checkpoints" / "latest").read_text().strip().split("_")[-1]) == stopped_at
+    cli(*args(run, stopped_at + 2), "--resume", cache=tmp_path / "cache")
     assert (run / "checkpoints" / "latest").read_text().strip().endswith(str(stopped_at + 2))
+    straight = tmp_path / "straight"
+    cli(*args(straight, stopped_at + 2), cache=tmp_path / "cache")
+    a, b = checkpoint_tensors(straight), checkpoint_tensors(run)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
