@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from limner.models.registry import FAMILIES, family_class
+from limner.models.registry import FAMILIES, declaration
 
 STEPS, STOP = 20, 13  # 12 images / batch 4 = 3 steps an epoch: 13 is mid-epoch
 
@@ -27,6 +27,16 @@ def train_args(family: str, data: Path, out: Path, steps: int) -> list[str]:
         "--resolution", "16", "--steps", str(steps), "--batch-size", "4", "--save-every", "5",
         "--sample-every", "10", "--seed", "3", "--no-progress",
     ]
+
+
+def few_steps(family: str, steps: int) -> dict[str, int]:
+    """``{"steps": steps}`` where the family declares a steps option (sampling steps, unmasking
+    steps), else nothing: the declaration, not the family's name, decides."""
+    return {"steps": steps} if declaration(family).option("steps") else {}
+
+
+def flags(options: dict[str, int]) -> list[str]:
+    return [a for name, value in options.items() for a in ("--" + name.replace("_", "-"), str(value))]
 
 
 def checkpoint_tensors(run: Path) -> dict[str, np.ndarray]:
@@ -42,15 +52,15 @@ def checkpoint_tensors(run: Path) -> dict[str, np.ndarray]:
 def straight(request, tiny_data, cli, tmp_path_factory) -> tuple[str, Path, list[str]]:
     """A run of each family trained STEPS straight, plus the extra train arguments it needs.
 
-    A family that builds on another's run declares it (``required_runs``: option -> family);
-    that run is trained first, unconditioned, and passed as ``--option RUN``."""
+    A family that builds on another's run declares it (``declaration.needs``, with the train
+    arguments that make a suitable run); that run is trained first and passed as ``--option RUN``."""
     family = request.param
     tmp = tmp_path_factory.mktemp(f"straight-{family}")
     extra: list[str] = []
-    for option, base_family in getattr(family_class(family), "required_runs", {}).items():
-        base = tmp / f"base-{option}"
-        cli(*train_args(base_family, tiny_data, base, 4), "--cond", "none", cache=tmp / "cache")
-        extra += [f"--{option}", str(base)]
+    for need in declaration(family).needs:
+        base = tmp / f"base-{need.option}"
+        cli(*train_args(need.family, tiny_data, base, 4), *need.suggested_args("tiny"), cache=tmp / "cache")
+        extra += [f"--{need.option}", str(base)]
     cli(*train_args(family, tiny_data, tmp / "run", STEPS), *extra, cache=tmp / "cache")
     return family, tmp / "run", extra
 
@@ -85,7 +95,8 @@ def test_resume_in_a_new_process_equals_continuing(straight, tiny_data, cli, tmp
 
 def test_sampling_is_deterministic_recorded_and_replayable(straight, cli, tmp_path):
     family, run, _ = straight
-    args = ["sample", str(run), "--prompt", "large red circle", "--num", "3", "--seed", "11", "--steps", "4"]
+    args = ["sample", str(run), "--prompt", "large red circle", "--num", "3", "--seed", "11",
+            *flags(few_steps(family, 4))]
     cli(*args, "--out", str(tmp_path / "a"), cache=tmp_path / "cache")
     cli(*args, "--out", str(tmp_path / "b"), cache=tmp_path / "cache")
     files_a, files_b = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
@@ -112,9 +123,9 @@ def test_interpolation_ends_at_its_two_endpoints(straight, tmp_path, cli):
     from limner.generation.request import GenerationRequest
 
     family, run, _ = straight
-    frames = interpolate(run, (1, 2), 5, prompts=("large red circle", "green heart"), steps=4)
+    frames = interpolate(run, (1, 2), 5, prompts=("large red circle", "green heart"), **few_steps(family, 4))
     assert len(frames) == 5
-    ends = [generate(GenerationRequest(run=str(run), prompt=p, seed=s, num=1, steps=4))[0].image
+    ends = [generate(GenerationRequest(run=str(run), prompt=p, seed=s, num=1, **few_steps(family, 4)))[0].image
             for s, p in ((1, "large red circle"), (2, "green heart"))]
     as_int = lambda im: np.asarray(im, dtype=np.int16)  # noqa: E731
     assert np.abs(as_int(frames[0]) - as_int(ends[0])).max() <= 1
@@ -122,6 +133,6 @@ def test_interpolation_ends_at_its_two_endpoints(straight, tmp_path, cli):
     assert not np.array_equal(as_int(frames[2]), as_int(frames[0]))
     out = tmp_path / "walk.gif"
     cli("interpolate", str(run), "--seeds", "1", "2", "--prompts", "green heart", "green heart",
-        "--frames", "3", "--steps", "2", "--out", str(out), cache=tmp_path / "cache")
+        "--frames", "3", *flags(few_steps(family, 2)), "--out", str(out), cache=tmp_path / "cache")
     with Image.open(out) as im:
         assert im.n_frames == 3

@@ -20,7 +20,7 @@ from limner import __version__
 from limner.conditioning import CondKind
 from limner.errors import DataError, UsageError
 from limner.models.base import DataInfo
-from limner.models.registry import family_class
+from limner.models.registry import DEFAULT_FAMILY, declaration, family_class
 
 GRID_SIZE = 8
 
@@ -161,7 +161,7 @@ def train(opts: TrainOptions):
         cond = family.cond_kind
         run_config = {**run_config, "train": train_cfg.to_dict()}
     else:
-        fam_cls = family_class(opts.family or "diffusion")
+        fam_cls = family_class(opts.family or DEFAULT_FAMILY)
         create_options = dict(opts.family_options)
         if opts.family_overrides:
             create_options["overrides"] = opts.family_overrides
@@ -213,13 +213,15 @@ def check_resume_matches(opts: TrainOptions, run_config: dict[str, Any]) -> None
     if opts.family is not None and opts.family != saved:
         raise UsageError(f"--family: {opts.out} is a {saved} run; resume it with --family {saved} "
                          "(or start a new run in another folder)")
-    vae = opts.family_options.get("vae")
-    vae_run = run_config["family"]["config"].get("vae_run") or {}
-    if vae is not None and not vae_run:
-        raise UsageError(f"--vae: {opts.out} is a {saved} run; --vae applies to latent-diffusion runs only")
-    if vae is not None and Path(vae).resolve() != Path(vae_run["path"]):
-        raise UsageError(f"--vae: {opts.out} was trained on the latents of {vae_run['path']} and keeps "
-                         f"its own copy of that VAE; leave --vae out to resume it")
+    needs = {need.option: need for need in declaration(saved).needs}
+    for option, path in opts.family_options.items():
+        need = needs.get(option)
+        if need is None:
+            raise UsageError(f"{opts.out} is a {saved} run; --{option} does not apply to it", field=option)
+        source = run_config["family"]["config"].get(need.provenance) or {}
+        if source and Path(path).resolve() != Path(source["path"]):
+            raise UsageError(f"{opts.out} was built on {source['path']} and keeps its own copy of that "
+                             f"run; leave --{option} out to resume it", field=option)
 
 
 def eval_callback(opts: TrainOptions, train_cfg, dataset):

@@ -131,7 +131,9 @@ def test_bad_arguments_are_usage_errors(run_dir, images, tmp_path, make_argv, ne
 def test_refuses_runs_of_other_families(images, tmp_path, monkeypatch):
     import limner.generation.pipeline as pipeline
 
-    fake = SimpleNamespace(family=SimpleNamespace(name="diffusion"))
+    from limner.models.registry import declaration
+
+    fake = SimpleNamespace(family=SimpleNamespace(name="diffusion", declaration=declaration("diffusion")))
     monkeypatch.setattr(pipeline, "load_run", lambda *a, **k: fake)
     args = parse(str(tmp_path), str(images), "--out", str(tmp_path / "o"))
     with pytest.raises(UsageError, match="diffusion run"):

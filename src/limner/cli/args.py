@@ -97,3 +97,56 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         "--precision", choices=["fp32", "bf16"], default="fp32",
         help="bf16 runs the network under bfloat16 autocast: faster on recent GPUs and on CPUs with "
              "AVX-512, slightly different pixels, kept in the generation record (default: fp32)")
+
+
+def add_family_options(parser: argparse.ArgumentParser, *, only: tuple[str, ...] | None = None) -> None:
+    """The generation options every registered family declares (``--sampler``, ``--steps``,
+    ``--temperature``...), as one argument group; choices, types and ranges come from the
+    declarations. A value any family accepts passes here; the run's own family checks it again
+    when the run is loaded (``limner.generation.pipeline.check_options``). ``only`` limits the
+    group to some option names."""
+    from limner.models.declaration import merged_options
+    from limner.models.registry import declarations
+
+    group = parser.add_argument_group("generation options (which apply depends on the run's family)")
+    for name, specs in merged_options(declarations().items()).items():
+        if only is not None and name not in only:
+            continue
+        first = specs[0][1]
+        helps: dict[str, list[str]] = {}
+        for family, spec in specs:
+            helps.setdefault(spec.help, []).append(family)
+        text = "; ".join(f"{', '.join(fams)}: {h}" for h, fams in helps.items())
+        kwargs: dict = {"dest": name, "help": text}
+        if first.type is str and all(s.choices for _, s in specs):
+            kwargs["choices"] = sorted({c for _, s in specs for c in s.choices})
+        else:
+            kwargs["type"] = _any_of([s for _, s in specs])
+            kwargs["metavar"] = name.upper()
+        group.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def family_option_values(args: argparse.Namespace) -> dict[str, object]:
+    """The generation options given on the command line (``add_family_options``), by name."""
+    from limner.models.declaration import merged_options
+    from limner.models.registry import declarations
+
+    return {name: getattr(args, name) for name in merged_options(declarations().items())
+            if getattr(args, name, None) is not None}
+
+
+def _any_of(specs: list):
+    """An argparse type accepting a value that at least one of ``specs`` accepts."""
+    from limner.errors import UsageError
+
+    def parse(text: str):
+        error = None
+        for spec in specs:
+            try:
+                return spec.check(text)
+            except UsageError as e:
+                error = error or e
+        raise argparse.ArgumentTypeError(error.reason)
+
+    parse.__name__ = specs[0].type.__name__  # argparse names the type in "invalid int value"
+    return parse

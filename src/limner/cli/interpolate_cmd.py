@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import add_precision_argument, nonneg_float, nonneg_int, positive_float, positive_int
+from limner.cli.args import (
+    add_family_options, add_precision_argument, family_option_values, nonneg_int, positive_int,
+)
 
 EPILOG = """\
 examples:
@@ -16,8 +18,6 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from limner.samplers import SAMPLERS
-
     p = sub.add_parser(
         "interpolate", help="animate between two seeds / prompts (GIF or MP4)",
         description=(
@@ -34,12 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=positive_int, default=24, help="number of frames (default: 24)")
     p.add_argument("--fps", type=positive_int, default=12, help="frames per second (default: 12)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output .gif or .mp4")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="deterministic sampler (diffusion; default: the run's)")
-    p.add_argument("--steps", type=positive_int, help="sampling steps (diffusion)")
-    p.add_argument("--cfg", type=nonneg_float, help="guidance scale (diffusion)")
-    p.add_argument("--truncation", type=nonneg_float, help="GAN psi / VAE temperature")
-    p.add_argument("--sigma-max", type=positive_float, metavar="SIGMA",
-                   help="noise level the diffusion sampler starts from (default: the run's, 80); about 20 suits 5-step schedules")
+    add_family_options(p)
     add_precision_argument(p)
     p.add_argument("--step", type=nonneg_int, help="checkpoint step (default: newest valid)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
@@ -49,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from limner.errors import UsageError
     from limner.generation.interpolate import FORMATS, interpolate, write_animation
+    from limner.models.declaration import request_options
     from limner.workflows import resolve_device
 
     if args.out.suffix.lower() not in FORMATS:
@@ -62,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     labels = tuple(int(x) if x.isdigit() else x for x in args.labels) if args.labels else None
     frames = interpolate(
         args.run_dir, tuple(args.seeds), args.frames, step=args.step, device=resolve_device(args.device),
-        prompts=tuple(args.prompts) if args.prompts else None, labels=labels, sampler=args.sampler,
-        steps=args.steps, cfg=args.cfg, truncation=args.truncation, sigma_max=args.sigma_max,
+        prompts=tuple(args.prompts) if args.prompts else None, labels=labels,
+        **request_options(family_option_values(args)),
         precision=args.precision,
     )
     print(write_animation(frames, args.out, fps=args.fps))

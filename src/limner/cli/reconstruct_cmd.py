@@ -83,14 +83,18 @@ def reconstruct_files(run_dir: Path, paths: list[Path], out: Path, *, step: int 
 
     from limner.errors import UsageError
     from limner.generation.pipeline import load_run
+    from limner.models.declaration import Capability
+    from limner.models.registry import declarations
     from limner.models.vae.losses import psnr
 
     if not Path(run_dir).is_dir():
         raise UsageError(f"RUN_DIR: {run_dir} is not a folder")
     loaded = load_run(run_dir, step=step, device=device)
     family = loaded.family
-    if not hasattr(family, "reconstruct"):
-        raise UsageError(f"RUN_DIR: {run_dir} is a {family.name} run; reconstruct needs a vae run")
+    if not family.declaration.supports(Capability.reconstruct):
+        able = [n for n, d in declarations().items() if d.supports(Capability.reconstruct)]
+        raise UsageError(f"RUN_DIR: {run_dir} is a {family.name} run; reconstruct needs a run of "
+                         f"family {' or '.join(able)}")
     cfg = family.config
     images = torch.stack([load_image(p, cfg.resolution, cfg.channels) for p in paths])
     n = len(images)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from limner.cli.args import (
-    add_precision_argument, checkpoint_step, nonneg_float, nonneg_int, positive_float, positive_int, seed_int,
+    add_family_options, add_precision_argument, checkpoint_step, family_option_values, positive_int, seed_int,
 )
 
 DESCRIPTION = """\
@@ -25,8 +25,6 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from limner.samplers import SAMPLERS
-
     p = sub.add_parser(
         "sample", help="generate images from a run", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -37,19 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative", help="negative prompt: guidance steers away from it")
     p.add_argument("--label", help="class id or name (class-conditioned runs)")
     p.add_argument("--num", type=positive_int, default=4, help="number of images (default: 4)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="sampler (default: the run's, dpmpp_2m)")
-    p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
-    p.add_argument("--cfg", type=nonneg_float, help="classifier-free guidance scale; 1 = none (default: the run's)")
-    p.add_argument("--truncation", type=nonneg_float, metavar="PSI",
-                   help="GAN truncation psi / VAE prior temperature (default: 1 = none)")
-    p.add_argument("--sigma-max", type=positive_float, metavar="SIGMA",
-                   help="noise level the diffusion samplers start from (default: the run's, 80); about 20 suits 5-step schedules")
     p.add_argument("--seed", type=seed_int, default=-1, help="seed of the first image; image i uses seed+i; -1 = random")
     p.add_argument("--step", type=checkpoint_step, metavar="STEP|best",
                    help="checkpoint step, or 'best' (kept by --eval-every) (default: newest valid)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward batch (default: 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     add_precision_argument(p)
+    add_family_options(p)
     p.add_argument("--grid", action="store_true", help="also write grid.png with all images")
     p.add_argument("--from-image", type=Path, metavar="FILE.png", help="regenerate the image a limner PNG records")
     p.set_defaults(func=run)
@@ -60,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from limner.generation.pipeline import generate, regenerate, save_images
     from limner.generation.pngmeta import read_record
     from limner.generation.request import GenerationRequest
+    from limner.models.declaration import request_options
     from limner.workflows import resolve_device
 
     device = resolve_device(args.device)
@@ -74,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
         label = int(args.label) if args.label is not None and args.label.isdigit() else args.label
         request = GenerationRequest(
             run=str(args.run_dir), prompt=args.prompt, negative=args.negative, label=label,
-            seed=args.seed, num=args.num, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
-            truncation=args.truncation, sigma_max=args.sigma_max,
+            seed=args.seed, num=args.num, **request_options(family_option_values(args)),
             step=args.step, batch_size=args.batch_size, precision=args.precision,
         )
         images = generate(request, device=device)

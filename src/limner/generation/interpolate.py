@@ -22,6 +22,7 @@ from limner.errors import LimnerError, UsageError
 from limner.generation.pipeline import LoadedRun, load_run, to_pil
 from limner.generation.precision import precision_context
 from limner.generation.request import BatchRequest
+from limner.models.declaration import REQUEST_FIELDS
 from limner.samplers.base import SAMPLER_SPECS
 
 FORMATS = (".gif", ".mp4")
@@ -48,11 +49,17 @@ def interpolation_requests(
     loaded: LoadedRun, seeds: tuple[int, int], frames: int, *, prompts: tuple[str, str] | None = None,
     labels: tuple[int, int] | None = None, sampler: str | None = None, steps: int | None = None,
     cfg: float | None = None, truncation: float | None = None, sigma_max: float | None = None,
-    batch_size: int = 16,
+    options: dict | None = None, batch_size: int = 16,
 ) -> list[BatchRequest]:
-    """Forward batches whose rows walk from (seed A, condition A) to (seed B, condition B)."""
+    """Forward batches whose rows walk from (seed A, condition A) to (seed B, condition B);
+    the generation options are checked against the family's declaration."""
     if frames < 2:
         raise UsageError(f"--frames: need at least 2 frames, got {frames}")
+    given = {"sampler": sampler, "steps": steps, "cfg": cfg, "truncation": truncation,
+             "sigma_max": sigma_max, **(options or {})}
+    checked = loaded.family.declaration.check_options(given, family=loaded.family.name)
+    sampler, steps, cfg, truncation, sigma_max = (checked.get(k) for k in REQUEST_FIELDS)
+    options = {k: v for k, v in checked.items() if k not in REQUEST_FIELDS}
     if sampler is not None and SAMPLER_SPECS[sampler].stochastic:
         raise UsageError(f"--sampler: {sampler} is stochastic; interpolation needs a deterministic one")
     shape = tuple(loaded.family.noise_shape)
@@ -65,7 +72,7 @@ def interpolation_requests(
         n = len(rows)
         out.append(BatchRequest(
             seeds=[seeds[0]] * n, noise=noise[s : s + n], sampler=sampler, steps=steps, cfg=cfg,
-            truncation=truncation, sigma_max=sigma_max,
+            truncation=truncation, sigma_max=sigma_max, options=dict(options),
             prompts=[prompts[0]] * n if prompts else None,
             mix_prompts=[prompts[1]] * n if prompts else None,
             labels=[labels[0]] * n if labels is not None else None,

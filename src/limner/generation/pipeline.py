@@ -25,6 +25,7 @@ from limner.generation.request import (
     PRECISION_DTYPES, BatchRequest, GenerationRecord, GenerationRequest, precision_of,
 )
 from limner.models.base import ProgressCallback
+from limner.models.declaration import REQUEST_FIELDS
 from limner.models.registry import family_class
 from limner.nn.conv import cpu_kernel_setting
 from limner.training.checkpoint import (
@@ -153,9 +154,21 @@ def batch_requests(request: GenerationRequest, label: int | None) -> list[BatchR
                 cfg=request.cfg,
                 truncation=request.truncation,
                 sigma_max=request.sigma_max,
+                options=dict(request.options),
             )
         )
     return out
+
+
+def check_options(family: Any, request: GenerationRequest) -> GenerationRequest:
+    """The request with its family options (its own fields and ``options``) checked against the
+    family's declaration: an option the family does not take, or a bad value, is a UsageError
+    naming the option (``limner.models.declaration``)."""
+    given = {name: getattr(request, name) for name in REQUEST_FIELDS}
+    given.update(request.options)
+    checked = family.declaration.check_options(given, family=family.name)
+    own = {name: checked.get(name) for name in REQUEST_FIELDS}
+    return replace(request, **own, options={k: v for k, v in checked.items() if k not in REQUEST_FIELDS})
 
 
 def generate(
@@ -167,6 +180,7 @@ def generate(
 ) -> list[GeneratedImage]:
     """Generate ``request.num`` images, each with its full record."""
     loaded = loaded or load_run(request.run, step=request.step, device=device)
+    request = check_options(loaded.family, request)
     label = _resolve_label(loaded, request.label)
     out: list[GeneratedImage] = []
     for breq in batch_requests(request, label):
@@ -196,15 +210,15 @@ def make_record(
     shape: torch.Size, label: int | None,
 ) -> GenerationRecord:
     """The record of one image: the request plus everything resolved for it."""
-    fam_cfg = loaded.family.config
+    defaults = loaded.family.option_defaults()
     return GenerationRecord(
         prompt=request.prompt,
         negative=request.negative,
         label=label,
         seed=seed,
-        sampler=breq.sampler or getattr(fam_cfg, "sampler", None),
-        steps=breq.steps or getattr(fam_cfg, "steps", None),
-        cfg=breq.cfg if breq.cfg is not None else getattr(fam_cfg, "cfg", None),
+        sampler=breq.sampler if breq.sampler is not None else defaults.get("sampler"),
+        steps=breq.steps if breq.steps is not None else defaults.get("steps"),
+        cfg=breq.cfg if breq.cfg is not None else defaults.get("cfg"),
         truncation=breq.truncation,
         sigma_max=breq.sigma_max,  # None: the run's own (as for truncation)
         batch_seeds=list(breq.seeds),
@@ -222,6 +236,8 @@ def make_record(
         torch_version=torch.__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         cpu_kernels=cpu_kernel_setting() if torch.device(loaded.device).type == "cpu" else None,
+        # the run's defaults too, so the record names the temperature etc. it was sampled with
+        options={**{k: v for k, v in defaults.items() if k not in REQUEST_FIELDS}, **breq.options},
     )
 
 
@@ -266,6 +282,7 @@ def regenerate(record: GenerationRecord, *, run: str | None = None, device: str 
         cfg=record.cfg,
         truncation=record.truncation,
         sigma_max=record.sigma_max,
+        options=dict(record.options),
         step=record.step,
         batch_size=len(record.batch_seeds),
         precision=_precision_of(record.dtype),

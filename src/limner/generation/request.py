@@ -39,6 +39,8 @@ class GenerationRequest:
         truncation: truncation psi (GAN families).
         sigma_max: noise level the diffusion samplers start from; None means the run's
             (80 for the EDM schedule). Lower helps very short schedules (about 20 for 5 steps).
+        options: further generation options the run's family declares (``temperature``,
+            ``top_k``, ...: ``limner.models.declaration``); checked against it when generating.
         step: checkpoint step to load; None = the newest valid checkpoint.
         batch_size: images per forward batch (part of the record: see ``GenerationRecord``).
         precision: "fp32", or "bf16" to run the networks under bfloat16 autocast (faster on
@@ -57,6 +59,7 @@ class GenerationRequest:
     cfg: float | None = None
     truncation: float | None = None
     sigma_max: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     step: int | str | None = None  # a step, "best", or None = newest
     batch_size: int = 16
     precision: Precision = "fp32"
@@ -75,6 +78,7 @@ class BatchRequest:
     cfg: float | None = None
     truncation: float | None = None
     sigma_max: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # further declared options, checked
     # Interpolation (``limner interpolate``): explicit unit-Gaussian starting latents
     # [B, *family.noise_shape] instead of the seeds' draws, and a second condition blended in
     # with weight mix_weights[i] for row i.
@@ -115,6 +119,7 @@ class GenerationRecord:
     created: str = ""
     sigma_max: float | None = None  # as requested (None = the run's); absent from older records
     cpu_kernels: str | None = None  # limner.nn.conv.cpu_kernel_setting() on CPU; None elsewhere and in older records
+    options: dict[str, Any] = field(default_factory=dict)  # further family options as requested (temperature, ...)
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = RECORD_SCHEMA
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from limner.data.batch import Batch
+from limner.models.declaration import FamilyDeclaration
 
 
 @dataclass
@@ -105,6 +106,13 @@ class Family(Protocol):
     """
 
     name: ClassVar[str]
+    # What the family offers: generation options, runs it builds on, capabilities
+    # (``limner.models.declaration``); front ends read it instead of testing ``name``.
+    declaration: ClassVar["FamilyDeclaration"]
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The run's own value of generation options a request left out (for the record)."""
+        ...
 
     def modules(self) -> dict[str, nn.Module]:
         """Named sub-networks; each is saved as ``<name>.safetensors``."""
@@ -158,6 +166,7 @@ class GenerationRequestLike(Protocol):
     cfg: float | None
     truncation: float | None
     sigma_max: float | None  # diffusion samplers' starting noise level; None = the family's
+    options: dict[str, Any]  # further declared options (temperature, top_k, ...), checked
 
 
 @dataclass

@@ -21,18 +21,34 @@ from limner.conditioning.encoders import EncoderConfig
 from limner.data.batch import Batch
 from limner.errors import UsageError
 from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
+from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec
 from limner.models.diffusion.config import DiffusionConfig, get_preset
 from limner.models.diffusion.losses import EDMLoss
 from limner.models.diffusion.precond import EDMPrecond
 from limner.models.diffusion.unet import UNet, UNetConfig, unet_config
 from limner.overrides import merge_overrides
-from limner.samplers import CFGDenoiser, sample
+from limner.samplers import SAMPLERS, CFGDenoiser, sample
+
+# The generation options of the EDM families (pixel and latent diffusion).
+DIFFUSION_OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("sampler", str, "diffusion sampler (default: the run's, dpmpp_2m)",
+               choices=tuple(sorted(SAMPLERS))),
+    OptionSpec("steps", int, "sampling steps (default: the run's)", min=1),
+    OptionSpec("cfg", float, "classifier-free guidance scale; 1 = none (default: the run's)", min=0),
+    OptionSpec("sigma_max", float, "noise level the diffusion samplers start from (default: the run's, "
+               "80); about 20 suits 5-step schedules", min=0, min_open=True),
+)
 
 
 class DiffusionFamily:
     """Family plug-in for pixel diffusion (see ``limner.models.base.Family``)."""
 
     name: ClassVar[str] = "diffusion"
+    declaration: ClassVar[FamilyDeclaration] = FamilyDeclaration(
+        summary="EDM diffusion in pixel space (Karras et al. 2022), U-Net or DiT backbone",
+        options=DIFFUSION_OPTIONS,
+        capabilities=frozenset({Capability.negative_prompt, Capability.interpolate}),
+    )
     # Config fields that follow from the data or another option; ``overrides`` may not set them.
     fixed_settings: ClassVar[dict[str, str]] = {
         "preset": "use --preset",
@@ -124,6 +140,10 @@ class DiffusionFamily:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The run's own value of each generation option a request may leave out."""
+        return {"sampler": self.config.sampler, "steps": self.config.steps, "cfg": self.config.cfg}
 
     @property
     def cond_kind(self) -> CondKind:

@@ -39,6 +39,7 @@ from limner.models.base import (
     ProgressCallback,
     StepContext,
 )
+from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec
 from limner.models.diffusion.family import to_uint8
 from limner.models.gan.augment import AdaptiveProbability, DiffAugment
 from limner.models.gan.config import GANConfig, get_preset
@@ -53,6 +54,12 @@ class GANFamily:
     """Family plug-in for GANs (see ``limner.models.base.Family``)."""
 
     name: ClassVar[str] = "gan"
+    declaration: ClassVar[FamilyDeclaration] = FamilyDeclaration(
+        summary="StyleGAN2-style GAN with R1 and adaptive augmentation (Karras et al. 2019, 2020)",
+        options=(OptionSpec("truncation", float, "truncation psi: 1 = none, 0 = the average image "
+                            "(default: 1)", min=0),),
+        capabilities=frozenset({Capability.interpolate}),
+    )
     # Config fields that follow from the data or another option; ``overrides`` may not set them.
     fixed_settings: ClassVar[dict[str, str]] = {
         "preset": "use --preset",
@@ -138,6 +145,10 @@ class GANFamily:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.ada.load_state_dict(state["ada"])
+
+    def option_defaults(self) -> dict[str, Any]:
+        """No run-level defaults to record: a missing truncation means the family's own."""
+        return {}
 
     @property
     def cond_kind(self) -> CondKind:

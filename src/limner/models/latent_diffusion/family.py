@@ -43,7 +43,8 @@ from limner.data.batch import Batch
 from limner.errors import CheckpointError, UsageError
 from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
 from limner.models.diffusion.config import DiffusionConfig, get_preset
-from limner.models.diffusion.family import DiffusionFamily, sampling_sigma_max, to_uint8
+from limner.models.declaration import Capability, FamilyDeclaration, RunNeed
+from limner.models.diffusion.family import DIFFUSION_OPTIONS, DiffusionFamily, sampling_sigma_max, to_uint8
 from limner.models.latent_diffusion.config import LATENT_SIGMA_DATA, LatentDiffusionConfig
 from limner.models.vae.family import VAEFamily
 from limner.samplers import CFGDenoiser, sample
@@ -104,9 +105,14 @@ class LatentDiffusionFamily:
     """
 
     name: ClassVar[str] = "latent-diffusion"
-    # Family options naming another run this family needs, and that run's family (the CLI's
-    # ``--vae RUN_DIR``; the VAE must be trained with ``--cond none``).
-    required_runs: ClassVar[dict[str, str]] = {"vae": "vae"}
+    declaration: ClassVar[FamilyDeclaration] = FamilyDeclaration(
+        summary="EDM diffusion on the latents of a trained VAE run (Rombach et al. 2022)",
+        options=DIFFUSION_OPTIONS,
+        needs=(RunNeed("vae", "vae", "a VAE run trained with --cond none: its latent space is learned "
+                       "and its weights are copied into the new run",
+                       train_args=("--preset", "{size}", "--cond", "none"), provenance="vae_run"),),
+        capabilities=frozenset({Capability.negative_prompt, Capability.interpolate}),
+    )
     # Config fields ``overrides`` may not set (``diffusion.*`` it may, see ``create``).
     fixed_settings: ClassVar[dict[str, str]] = {
         "preset": "use --preset",
@@ -207,6 +213,9 @@ class LatentDiffusionFamily:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def option_defaults(self) -> dict[str, Any]:
+        return self.diffusion.option_defaults()
 
     @property
     def cond_kind(self) -> CondKind:

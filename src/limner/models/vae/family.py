@@ -50,6 +50,7 @@ from limner.models.vae.losses import (
     kl_divergence,
     psnr,
 )
+from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec
 from limner.models.vae.quantizer import QuantizerOutput, VectorQuantizer, codebook_usage, perplexity
 from limner.nn import TokenContext, prepare_tokens
 from limner.overrides import merge_overrides
@@ -183,6 +184,12 @@ class VAEFamily:
     """Family plug-in for KL and VQ autoencoders (see ``limner.models.base.Family``)."""
 
     name: ClassVar[str] = "vae"
+    declaration: ClassVar[FamilyDeclaration] = FamilyDeclaration(
+        summary="KL or vector-quantized autoencoder (Kingma & Welling 2014; van den Oord et al. 2017)",
+        options=(OptionSpec("truncation", float, "prior temperature: 1 = the prior, 0 = its mode "
+                            "(default: the run's)", min=0),),
+        capabilities=frozenset({Capability.interpolate, Capability.reconstruct}),
+    )
     # Config fields that follow from the data or another option; ``overrides`` may not set them.
     fixed_settings: ClassVar[dict[str, str]] = {
         "preset": "use --preset",
@@ -263,6 +270,10 @@ class VAEFamily:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def option_defaults(self) -> dict[str, Any]:
+        """No run-level defaults to record: a missing truncation means the family's own."""
+        return {}
 
     @property
     def cond_kind(self) -> CondKind:
