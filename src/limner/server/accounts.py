@@ -1,0 +1,53 @@
+"""Who a request acts as: thin calls into the store's accounts (users, sessions, API keys).
+
+"Accounts on" means some user has a password (``Store.has_accounts``); the answer is cached for a
+couple of seconds per studio process, so a user created by ``limner user add`` or by another
+studio process is noticed quickly without a query per request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+ACCOUNTS_TTL = 2.0
+
+
+def accounts_on(studio: Any, *, fresh: bool = False) -> bool:
+    cached = getattr(studio, "_accounts_on", None)
+    now = time.monotonic()
+    if fresh or cached is None or (not cached[0] and now - cached[1] > ACCOUNTS_TTL):
+        cached = (bool(studio.store.has_accounts()), now)  # once on, accounts stay on
+        studio._accounts_on = cached
+    return cached[0]
+
+
+def forget(studio: Any) -> None:
+    """Drop the cached answer (after creating a user in this process)."""
+    studio._accounts_on = None
+
+
+def ensure_local_user(studio: Any) -> Any:
+    studio.local_user = studio.store.ensure_local_user()
+    return studio.local_user
+
+
+def local_user(studio: Any) -> Any:
+    return studio.local_user or ensure_local_user(studio)
+
+
+def user_for_credential(studio: Any, kind: str, value: str) -> Any | None:
+    """The user of a session cookie or API key; None when it is unknown, expired or revoked."""
+    from limner.store.errors import AuthError
+
+    try:
+        if kind == "session":
+            return studio.store.session_user(value)
+        return studio.store.api_key_user(value)
+    except AuthError:
+        return None
+
+
+def add_user(store: Any, username: str, password: str, role: str = "user") -> tuple[Any, bool]:
+    """Create an account (``limner user add``); returns (user, adopted=False)."""
+    return store.create_user(username, password, role), False

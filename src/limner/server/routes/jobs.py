@@ -1,0 +1,130 @@
+"""Submitting generation jobs, listing and cancelling jobs.
+
+A submit checks what can be checked without loading the model (the model exists and is the
+user's, the options are ones its family declares, in range), fixes a random seed (so a job
+retried after its worker died makes the same pixels), and queues the job. Past the queue limit
+the answer is 429 with Retry-After; an ``Idempotency-Key`` header returns the same job for a
+retried submit.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query
+
+from limner.errors import UsageError
+from limner.jobs.events import job_event
+from limner.jobs.views import job_summary
+from limner.server import runs as run_folders
+from limner.server.deps import StudioDep, UserDep
+from limner.server.schemas import GenerateBody, JobAccepted, JobOut
+
+router = APIRouter(prefix="/api", tags=["jobs"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)]
+REGENERATE_OVERRIDES = ("seed", "steps", "cfg", "sampler", "prompt", "negative")
+
+
+def submit(studio, user, kind: str, payload: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+    """Queue a job for ``user`` (429 past the limit) and tell the owner's sockets."""
+    job, created = studio.store.submit_job(user, kind, payload, idempotency_key=idempotency_key or None,
+                                           limit=studio.settings.queue_limit)
+    summary = job_summary(job)
+    if created:
+        studio.hub.publish([user.id], job_event(summary))
+    return {"job": summary}
+
+
+def check_request(folder, request: dict[str, Any]) -> None:
+    """The checks the library makes before sampling that need no model: sampler name and the
+    family's declared options (UsageError naming the field)."""
+    from limner.samplers import SAMPLERS
+
+    sampler = request.get("sampler")
+    cfg = run_folders.read_config(folder)
+    family = (cfg.get("family") or {}).get("name")
+    if family is None:
+        raise UsageError(f"{folder.name} has no readable config.json", field="model")
+    if sampler is not None and sampler not in SAMPLERS and family.endswith("diffusion"):
+        raise UsageError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}", field="sampler")
+    try:
+        from limner.models.registry import family_class
+
+        decl = getattr(family_class(family), "declaration", None)
+    except UsageError:
+        return
+    if decl is not None and request.get("options"):
+        request["options"] = decl.check_options(request["options"], family=family)
+
+
+@router.post("/generate", response_model=JobAccepted, status_code=202)
+def generate(body: GenerateBody, user: UserDep, studio: StudioDep, idempotency_key: IdempotencyKey = None) -> dict:
+    """Queue a generation job (202 with the job; watch it on /api/events or GET /api/jobs/{id})."""
+    folder, _ = run_folders.resolve_model(studio.settings.home, user.id, body.model)
+    request = body.model_dump(exclude={"model"})
+    if not request.get("options"):
+        request.pop("options", None)
+    check_request(folder, request)
+    if request.get("seed") in (None, -1):
+        request["seed"] = secrets.randbelow(2**32)  # fixed now: a retried job makes the same pixels
+    request["run"] = str(folder)
+    return submit(studio, user, "generate", {"model": body.model, "request": request}, idempotency_key)
+
+
+def submit_regeneration(studio, user, image, overrides: dict[str, Any]) -> dict:
+    """A generation job replaying ``image``'s record (with ``overrides``), linked as a version."""
+    record = image.record or {}
+    bad = sorted(set(overrides) - set(REGENERATE_OVERRIDES))
+    if bad:
+        raise UsageError(f"cannot change {bad[0]!r} when regenerating (only {', '.join(REGENERATE_OVERRIDES)})",
+                         field=bad[0])
+    batch = record.get("batch_seeds") or [record.get("seed", 0)]
+    request = {
+        "run": record.get("run_path"), "prompt": record.get("prompt"), "negative": record.get("negative"),
+        "label": record.get("label"), "seed": batch[0], "num": len(batch), "sampler": record.get("sampler"),
+        "steps": record.get("steps"), "cfg": record.get("cfg"), "truncation": record.get("truncation"),
+        "sigma_max": record.get("sigma_max"), "step": record.get("step"), "batch_size": len(batch),
+        "precision": {"bfloat16": "bf16"}.get(record.get("dtype"), "fp32"),
+    }
+    if record.get("options"):
+        request["options"] = record["options"]
+    if overrides:
+        request.update({k: v for k, v in overrides.items()})
+        request.update(num=1, batch_size=1)
+        keep = None
+    else:
+        keep = record.get("index", 0)  # the same batch, keep only this image
+    if not request["run"]:
+        raise UsageError("the image's record names no run", field="record")
+    payload = {"model": record.get("run_id"), "request": request, "parent_id": image.id}
+    if keep is not None:
+        payload["keep_index"] = keep
+    return submit(studio, user, "generate", payload, None)
+
+
+@router.get("/jobs", response_model=list[JobOut])
+def list_jobs(user: UserDep, studio: StudioDep,
+              state: Literal["queued", "running", "done", "failed", "cancelled"] | None = None,
+              kind: Annotated[str | None, Query(max_length=32)] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[dict]:
+    """Your jobs, newest first."""
+    return [job_summary(j) for j in studio.store.list_jobs(user, state=state, kind=kind, limit=limit)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, user: UserDep, studio: StudioDep) -> dict:
+    out = job_summary(studio.store.get_job(user, job_id))
+    if out["state"] == "queued":
+        out["progress"]["queue_position"] = studio.store.queue_position(job_id)
+    return out
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, user: UserDep, studio: StudioDep) -> dict:
+    """Cancel (idempotent): a queued job at once, a running one at its next step (a training
+    job saves a checkpoint first); a finished job is returned unchanged."""
+    summary = job_summary(studio.store.cancel_job(user, job_id))
+    studio.hub.publish([user.id], job_event(summary), once=True)
+    return summary

@@ -1,0 +1,246 @@
+"""Runs (a user's run folders), training and evaluation jobs, and datasets.
+
+Training and evaluation run in workers through ``limner.workflows.train`` and
+``limner.evaluation.evaluate_run``, the functions behind ``limner train`` and ``limner eval``.
+Stopping a training job is cancelling it: the trainer saves a checkpoint first, and
+``POST /api/runs/{name}/resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, UploadFile
+from fastapi.responses import FileResponse
+
+from limner.errors import UsageError
+from limner.server import runs as run_folders
+from limner.server.deps import StudioDep, UserDep
+from limner.server.errors import ApiError
+from limner.server.routes.images import FILE_HEADERS
+from limner.server.routes.jobs import IdempotencyKey, submit
+from limner.server.schemas import DatasetOut, EvalBody, JobAccepted, ResumeBody, RunOut, TrainBody
+
+router = APIRouter(prefix="/api", tags=["runs"])
+
+MAX_METRIC_ROWS = 20_000
+DATASET_MAX_FILES = 50_000
+DATASET_MAX_BYTES = 2 * 1024**3  # uncompressed, against zip bombs
+
+
+def _run(studio, user, name: str) -> Path:
+    folder = run_folders.run_dir(studio.settings.home, user.id, name)
+    if not (folder / "config.json").is_file():
+        raise ApiError(404, f"no run {name!r}")
+    return folder
+
+
+@router.get("/runs", response_model=list[RunOut])
+def list_runs(user: UserDep, studio: StudioDep) -> list[dict[str, Any]]:
+    """Your run folders; ``state`` is training while a training job for the run is active."""
+    active = {j.payload.get("name") for j in studio.store.list_jobs(user, kind="train", limit=500)
+              if j.state in ("queued", "running")}
+    out = run_folders.list_runs(studio.settings.home, user.id)
+    for r in out:
+        if r["name"] in active:
+            r["state"] = "training"
+    return out
+
+
+@router.get("/runs/{name}", response_model=dict[str, Any])
+def get_run(name: str, user: UserDep, studio: StudioDep) -> dict[str, Any]:
+    """A run's config, checkpoints (steps) and latest metrics."""
+    folder = _run(studio, user, name)
+    info = run_folders.describe(folder, name, "run")
+    root = folder / "checkpoints"
+    steps = sorted(int(d.name[5:]) for d in root.glob("step_*") if d.name[5:].isdigit()) if root.is_dir() else []
+    rows = _metrics(folder, limit=1)
+    return {**info, "config": run_folders.read_config(folder), "checkpoints": steps,
+            "metrics": rows[-1] if rows else None}
+
+
+def _metrics(folder: Path, limit: int = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line being written right now
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows[-limit:]
+
+
+@router.get("/runs/{name}/metrics", response_model=list[dict[str, Any]])
+def run_metrics(name: str, user: UserDep, studio: StudioDep,
+                limit: Annotated[int, Query(ge=1, le=MAX_METRIC_ROWS)] = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
+    """Rows of the run's metrics.jsonl (the last ``limit``)."""
+    return _metrics(_run(studio, user, name), limit)
+
+
+def _sample_files(folder: Path) -> dict[int, Path]:
+    out = {}
+    for p in (folder / "samples").glob("*.png") if (folder / "samples").is_dir() else ():
+        digits = "".join(ch for ch in p.stem if ch.isdigit())
+        if digits and not p.is_symlink():
+            out[int(digits)] = p
+    return dict(sorted(out.items()))
+
+
+@router.get("/runs/{name}/samples", response_model=list[dict[str, Any]])
+def run_samples(name: str, user: UserDep, studio: StudioDep) -> list[dict[str, Any]]:
+    """The fixed-seed sample grids written during training (a timeline), oldest first."""
+    folder = _run(studio, user, name)
+    return [{"step": step, "url": f"/api/runs/{name}/samples/{step}"} for step in _sample_files(folder)]
+
+
+@router.get("/runs/{name}/samples/{step}", response_class=FileResponse,
+            responses={200: {"content": {"image/png": {}}}})
+def run_sample(name: str, step: int, user: UserDep, studio: StudioDep) -> FileResponse:
+    folder = _run(studio, user, name)
+    path = _sample_files(folder).get(step)
+    if path is None:
+        raise ApiError(404, f"run {name!r} has no sample grid for step {step}")
+    real = path.resolve()
+    if folder.resolve() not in real.parents:
+        raise ApiError(404, f"run {name!r} has no sample grid for step {step}")
+    return FileResponse(real, media_type="image/png", headers=FILE_HEADERS)
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation jobs
+# --------------------------------------------------------------------------------------------
+
+
+def _dataset(studio, user, name: str) -> Path:
+    folder = run_folders.contained(run_folders.user_folder(studio.settings.home, "datasets", user.id), name, "data")
+    if not folder.is_dir():
+        raise UsageError(f"no dataset {name!r} (upload one with POST /api/datasets)", field="data")
+    return folder
+
+
+@router.post("/train", response_model=JobAccepted, status_code=202)
+def train(body: TrainBody, user: UserDep, studio: StudioDep, idempotency_key: IdempotencyKey = None) -> dict:
+    """Start training a new run on one of your datasets (a job; cancel it to stop and save)."""
+    from limner.models.registry import family_class
+    from limner.overrides import SECTIONS
+    from limner.workflows import train_settings
+
+    data = _dataset(studio, user, body.data)
+    out = run_folders.run_dir(studio.settings.home, user.id, body.name)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"a run named {body.name!r} exists; resume it or choose another name", field="name")
+    if body.family is not None:
+        family_class(body.family)  # UsageError naming the families when unknown
+    for key in body.set:
+        if key.split(".", 1)[0] not in SECTIONS or "." not in key:
+            raise UsageError(f"settings are train.NAME or family.NAME, not {key!r}", field=f"set.{key}")
+    train_settings({k.split(".", 1)[1]: v for k, v in body.set.items() if k.startswith("train.")})
+    overrides = {k: v for k, v in (("steps", body.steps), ("batch_size", body.batch_size)) if v is not None}
+    payload = {"name": body.name, "data": str(data), "out": str(out), "family": body.family, "preset": body.preset,
+               "resolution": body.resolution, "cond": body.cond, "train": overrides, "set": body.set}
+    return submit(studio, user, "train", payload, idempotency_key)
+
+
+@router.post("/runs/{name}/resume", response_model=JobAccepted, status_code=202)
+def resume(name: str, body: ResumeBody, user: UserDep, studio: StudioDep,
+           idempotency_key: IdempotencyKey = None) -> dict:
+    """Continue a run to ``steps`` total steps from its newest valid checkpoint."""
+    folder = _run(studio, user, name)
+    data = (run_folders.read_config(folder).get("data") or {}).get("path")
+    if not data or not Path(data).exists():
+        raise UsageError(f"the run's training data {data} is not on this machine", field="data")
+    payload = {"name": name, "data": data, "out": str(folder), "resume": True, "train": {"steps": body.steps}}
+    return submit(studio, user, "train", payload, idempotency_key)
+
+
+@router.post("/eval", response_model=JobAccepted, status_code=202)
+def evaluate(body: EvalBody, user: UserDep, studio: StudioDep, idempotency_key: IdempotencyKey = None) -> dict:
+    """Score a run against its training data (``limner eval``) as a job."""
+    folder = _run(studio, user, body.run)
+    out = run_folders.user_folder(studio.settings.home, "evals", user.id) / body.run
+    payload = {"run": body.run, "run_path": str(folder), "num": body.num, "out": str(out)}
+    return submit(studio, user, "eval", payload, idempotency_key)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+
+
+@router.get("/datasets", response_model=list[DatasetOut])
+def list_datasets(user: UserDep, studio: StudioDep) -> list[dict[str, Any]]:
+    root = run_folders.user_folder(studio.settings.home, "datasets", user.id)
+    out = []
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and not d.is_symlink():
+            count = sum(1 for p in d.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+            out.append({"name": d.name, "images": count})
+    return out
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+_SIDE_FILES = {".txt", ".jsonl", ".json"}
+
+
+@router.post("/datasets", response_model=DatasetOut, status_code=201)
+async def upload_dataset(file: UploadFile, user: UserDep, studio: StudioDep,
+                         name: Annotated[str, Query(min_length=1, max_length=128)]) -> dict[str, Any]:
+    """A zip of images (with captions as metadata.jsonl or .txt files, or class sub-folders):
+    each image is checked by the one decode function; unusable files are listed, not kept."""
+    from limner.data.decode import decode_image
+    from limner.errors import ImageDecodeError
+
+    root = run_folders.user_folder(studio.settings.home, "datasets", user.id)
+    dest = run_folders.contained(root, name, "name")
+    if dest.exists():
+        raise UsageError(f"a dataset named {name!r} exists", field="name")
+    data = await file.read()
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise UsageError("not a zip file", field="file") from None
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if len(members) > DATASET_MAX_FILES or sum(m.file_size for m in members) > DATASET_MAX_BYTES:
+        raise UsageError(f"too large (at most {DATASET_MAX_FILES} files, {DATASET_MAX_BYTES >> 30} GiB unpacked)",
+                         field="file")
+    tmp = root / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept, skipped = 0, []
+    try:
+        for m in members:
+            rel = PurePosixPath(m.filename)
+            if rel.is_absolute() or ".." in rel.parts or any(p.startswith(".") for p in rel.parts) \
+                    or rel.parts[0] == "__MACOSX":
+                skipped.append({"path": m.filename, "reason": "path outside the dataset or hidden"})
+                continue
+            suffix = rel.suffix.lower()
+            if suffix not in _IMAGE_SUFFIXES | _SIDE_FILES:
+                skipped.append({"path": m.filename, "reason": "not an image or caption file"})
+                continue
+            raw = archive.read(m)
+            if suffix in _IMAGE_SUFFIXES:
+                try:
+                    decode_image(raw, name=m.filename)
+                except ImageDecodeError as e:
+                    skipped.append({"path": m.filename, "reason": e.reason})
+                    continue
+                kept += 1
+            target = tmp / Path(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(raw)
+        if kept == 0:
+            raise UsageError("the zip holds no usable image", field="file")
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"name": name, "images": kept, "skipped": skipped[:1000]}

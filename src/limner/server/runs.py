@@ -1,0 +1,129 @@
+"""Where a user's run folders and datasets live under the studio home, and how a model name
+from a request becomes a run folder (the user's own runs, then the bundled models).
+
+``home/runs/u<id>/<name>`` and ``home/datasets/u<id>/<name>``: one folder per user, so users see
+only their own runs; names are checked (no separators, no leading dot) and every resolved path
+is checked to stay inside its folder (real paths, so a symlink cannot lead out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from limner.errors import UsageError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_name(name: str, field: str = "name") -> str:
+    if not NAME.match(name or ""):
+        raise UsageError("1-128 letters, digits, '_', '.' or '-', starting with a letter or digit", field=field)
+    return name
+
+
+def user_folder(home: Path, kind: str, user_id: int) -> Path:
+    path = Path(home) / kind / f"u{int(user_id)}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def contained(root: Path, name: str, field: str = "name") -> Path:
+    """``root/name`` after checking the name and that its real path stays inside ``root``."""
+    check_name(name, field)
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(real_root / name))
+    if real.parent != real_root:
+        raise UsageError(f"{name!r} resolves outside its folder", field=field)
+    return real
+
+
+def run_dir(home: Path, user_id: int, name: str) -> Path:
+    return contained(user_folder(home, "runs", user_id), name, "model")
+
+
+def bundled_models() -> dict[str, Path]:
+    """Bundled model name -> run folder (issue 18's ``limner.bundled``), {} when none ship."""
+    try:
+        from limner import bundled
+    except ImportError:
+        return {}
+    fn = getattr(bundled, "bundled_models", None)
+    if callable(fn):
+        return {str(k): Path(v) for k, v in fn().items()}
+    out: dict[str, Path] = {}
+    for root in getattr(bundled, "__path__", []):
+        for p in sorted(Path(root).glob("*/config.json")):
+            out.setdefault(p.parent.name, p.parent)
+    return out
+
+
+def resolve_model(home: Path, user_id: int, name: str) -> tuple[Path, str]:
+    """(run folder, "run" | "bundled") for a request's ``model``; 404-style error when absent."""
+    from limner.store.errors import NotFound
+
+    check_name(name, "model")
+    own = run_dir(home, user_id, name)
+    if (own / "config.json").is_file():
+        return own, "run"
+    bundled = bundled_models()
+    if name in bundled:
+        return bundled[name], "bundled"
+    raise NotFound(f"no model {name!r} (GET /api/models lists yours)")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def newest_step(folder: Path) -> int | None:
+    """The step of the newest checkpoint folder (by name; the loader verifies it when used)."""
+    steps = []
+    root = folder / "checkpoints"
+    if root.is_dir():
+        for d in root.iterdir():
+            m = re.fullmatch(r"step_(\d+)", d.name)
+            if m and (d / "manifest.json").is_file():
+                steps.append(int(m.group(1)))
+    return max(steps) if steps else None
+
+
+def describe(folder: Path, name: str, kind: str) -> dict[str, Any]:
+    """What the model list shows: family, condition, resolution, newest step, declared options."""
+    cfg = read_config(folder)
+    family = (cfg.get("family") or {}).get("name")
+    fam_cfg = (cfg.get("family") or {}).get("config") or {}
+    encoder = fam_cfg.get("encoder") or {}
+    out = {"name": name, "kind": kind, "family": family, "cond": encoder.get("kind"),
+           "resolution": (cfg.get("data") or {}).get("resolution") or fam_cfg.get("resolution"),
+           "step": newest_step(folder), "options": {}, "capabilities": []}
+    if family:
+        try:
+            from limner.models.registry import family_class
+
+            decl = getattr(family_class(family), "declaration", None)
+        except UsageError:
+            decl = None
+        if decl is not None:
+            data = decl.to_json()
+            out["options"] = {o["name"]: {k: v for k, v in o.items() if v is not None} for o in data["options"]}
+            out["capabilities"] = data["capabilities"]
+            out["summary"] = data.get("summary")
+    return out
+
+
+def list_runs(home: Path, user_id: int) -> list[dict[str, Any]]:
+    root = user_folder(home, "runs", user_id)
+    out = []
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and not folder.is_symlink() and (folder / "config.json").is_file():
+            info = describe(folder, folder.name, "run")
+            out.append({**info, "created": (folder / "config.json").stat().st_mtime,
+                        "state": "ready" if info["step"] is not None else "empty"})
+    return out
