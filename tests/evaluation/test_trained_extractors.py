@@ -217,7 +217,7 @@ def test_load_extractor_usage_errors(tmp_path):
     (tmp_path / "w.pth").write_bytes(b"x")
     with pytest.raises(UsageError, match="--inception"):
         load_extractor(tmp_path / "w.pth")
-    with pytest.raises(CheckpointError, match="not a limner extractor"):
+    with pytest.raises(UsageError, match="extractor.json not found"):  # a wrong folder: exit 2
         load_extractor(tmp_path)
 
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from limner.data.dataset import ImageDataset
 from limner.errors import CheckpointError, NonFiniteLossError, UsageError
-from limner.evaluation.extractor_dir import read_extractor_dir, write_extractor_dir
+from limner.evaluation.extractor_dir import META_FILE, read_extractor_dir, write_extractor_dir
 from limner.evaluation.features import FeatureExtractor
 from limner.evaluation.inception import WEIGHTS_HELP, InceptionExtractor
 from limner.evaluation.networks import ImageEncoder, ImageEncoderConfig
@@ -151,11 +151,12 @@ def load_extractor(spec: str | os.PathLike, *, inception: str | os.PathLike | No
             raise UsageError(f"the inception extractor needs its weights file: pass --inception PATH. {WEIGHTS_HELP}")
         return InceptionExtractor(inception, device=device)
     path = Path(spec)
-    if not path.is_dir():
+    if not (path / META_FILE).is_file():  # a wrong argument (exit 2), not a damaged extractor
         raise UsageError(
             f"unknown extractor {str(spec)!r}: expected 'inception' (with --inception PATH) or a "
             "folder written by `limner eval train-extractor --out DIR`"
-            + (" (to use Inception weights, pass them with --inception)" if path.is_file() else ""))
+            + (" (to use Inception weights, pass them with --inception)" if path.is_file() else "")
+            + (f" ({META_FILE} not found in it)" if path.is_dir() else ""))
     meta, weights = read_extractor_dir(path)
     kind = meta.get("kind")
     if kind == "clip":
