@@ -114,16 +114,19 @@ class ExplainRun:
         data: the training data folder when it moved since training (default: the path in
             ``config.json``).
         cache_dir: the decoded-image cache (default: limner's).
+        dataset: the training data already in memory (the live callback passes the trainer's).
     """
 
     def __init__(self, run_dir: str | Path, *, device: str = "cpu", data: str | Path | None = None,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, dataset: Any = None):
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "config.json").is_file():
             raise UsageError(f"RUN: {self.run_dir} is not a limner run folder (no config.json)")
         self.device = torch.device(device)
         self._data_path = Path(data) if data is not None else None
         self.cache_dir = cache_dir
+        if dataset is not None:
+            self.__dict__["dataset"] = dataset  # fills the cached property
 
     @cached_property
     def config(self) -> dict[str, Any]:
