@@ -50,6 +50,7 @@ class TrainOptions:
     extractor: str | None = None
     inception: Path | None = None
     callbacks: list[Any] = field(default_factory=list)  # extra trainer callbacks (e.g. a time budget)
+    explain: bool = True  # live "how it learns" capture into RUN/explain/ at checkpoints (limner.explain.live)
 
 
 def train_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +193,10 @@ def train(opts: TrainOptions):
         callbacks.append(SampleGridCallback(every=train_cfg.sample_every, requests=requests, labels=labels))
     if opts.eval_every:
         callbacks.append(eval_callback(opts, train_cfg, dataset))
+    if opts.explain:
+        from limner.explain.live import ExplainCallback
+
+        callbacks.append(ExplainCallback())
     callbacks.extend(opts.callbacks)
     trainer = Trainer(
         family, dataset, train_cfg, opts.out, run_config=run_config,
@@ -267,7 +272,7 @@ def _clear_run_dir(out: Path) -> None:
     """--overwrite: remove a previous run's files (only the ones limner writes)."""
     import shutil
 
-    for name in ("checkpoints", "samples", "tensorboard"):
+    for name in ("checkpoints", "samples", "tensorboard", "explain"):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("config.json", "metrics.jsonl"):
         (out / name).unlink(missing_ok=True)

@@ -8,12 +8,12 @@ import pytest
 
 
 def _train(data: Path, out: Path, cache: Path, family: str, steps: int = 4, cond: str | None = None,
-           **family_options) -> Path:
+           explain: bool = True, **family_options) -> Path:
     from limner.workflows import TrainOptions, train
 
     train(TrainOptions(
         data=data, out=out, family=family, preset="tiny", resolution=16, progress=False,
-        cache_dir=cache, cond=cond, family_options=family_options,
+        cache_dir=cache, cond=cond, family_options=family_options, explain=explain,
         train={"steps": steps, "batch_size": 4, "save_every": 2, "sample_every": 2,
                "log_every": 1, "tensorboard": False},
     ))

@@ -71,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: ~/.cache/limner)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-explain", action="store_true",
+                   help="do not update RUN/explain/ at checkpoints (fixed-seed timeline frames and the "
+                        "family's dynamics; see limner explain --help)")
     e = p.add_argument_group("evaluation during training (see limner eval --help)")
     e.add_argument("--eval-every", type=nonneg_int, default=0, metavar="K",
                    help="score samples every K steps, at checkpoints (a multiple of --save-every); 0 = never")
@@ -143,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         family_options=needs,
         family_overrides=settings["family"],
         eval_every=args.eval_every, eval_num=args.eval_num, eval_metric=args.eval_metric,
-        extractor=args.extractor, inception=args.inception,
+        extractor=args.extractor, inception=args.inception, explain=not args.no_explain,
     )
     result = train(opts)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
