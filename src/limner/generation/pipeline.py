@@ -268,8 +268,10 @@ def save_images(images: list[GeneratedImage], out_dir: str | Path) -> list[Path]
     return paths
 
 
-def regenerate(record: GenerationRecord, *, run: str | None = None, device: str = "cpu") -> GeneratedImage:
-    """Replay a record: the same forward batch (seeds) and settings, returning image ``index``."""
+def regenerate(record: GenerationRecord, *, run: str | None = None, device: str = "cpu",
+               callback: ProgressCallback | None = None) -> GeneratedImage:
+    """Replay a record: the same forward batch (seeds) and settings, returning image ``index``.
+    ``callback`` sees every sampler step of that batch (``limner explain RUN filmstrip``)."""
     request = GenerationRequest(
         run=run or record.run_path,
         prompt=record.prompt,
@@ -300,5 +302,5 @@ def regenerate(record: GenerationRecord, *, run: str | None = None, device: str 
                 "the image was made with CPU kernels %r, this process uses %r: pixels may differ slightly "
                 "(LIMNER_KERNELS and LIMNER_WINOGRAD select them; see `limner env`)", record.cpu_kernels, now,
             )
-    images = generate(request, loaded=loaded)
+    images = generate(request, loaded=loaded, callback=callback)
     return replace(images[record.index], record=replace(images[record.index].record, created=record.created))
