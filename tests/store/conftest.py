@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,29 +26,58 @@ def _pg_url() -> str | None:
     return os.environ.get(PG_ENV) or None
 
 
+@pytest.fixture(scope="session")
+def _templates(tmp_path_factory: pytest.TempPathFactory):
+    """Migrated once per test process: an SQLite file to copy, and (when configured) a
+    PostgreSQL schema of this process's own, emptied between tests."""
+    from limner.store import Store
+
+    made: dict[str, object] = {"pg_home": tmp_path_factory.mktemp("pg-template")}
+    sqlite_home = tmp_path_factory.mktemp("template")
+    Store.open(None, home=sqlite_home).close()
+    made["sqlite"] = sqlite_home / "gallery.db"
+    yield made
+    if "pg_admin" in made:
+        with made["pg_admin"].begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {made['pg_schema']} CASCADE")
+        made["pg_admin"].dispose()
+
+
+def _pg_schema(made: dict[str, object], base: str) -> str:
+    import sqlalchemy as sa
+
+    from limner.store import Store
+
+    if "pg_url" not in made:
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        admin = sa.create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1)
+                                 if base.startswith("postgresql://") else base)
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        made.update(pg_admin=admin, pg_schema=schema)
+        sep = "&" if "?" in base else "?"
+        made["pg_url"] = f"{base}{sep}options=-csearch_path%3D{schema}"
+        Store.open(made["pg_url"], home=made["pg_home"]).close()
+    return made["pg_url"]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path):
-    """A database URL for a fresh, empty gallery (None = SQLite under the home)."""
+def db_url(request: pytest.FixtureRequest, _templates, home: Path):
+    """A database URL for a fresh, empty gallery (None = SQLite at <home>/gallery.db)."""
     if request.param == "sqlite":
-        yield None
-        return
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_templates["sqlite"], home / "gallery.db")
+        return None
     base = _pg_url()
     if base is None:
         pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    import sqlalchemy as sa
-
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1)
-                             if base.startswith("postgresql://") else base)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    url = _pg_schema(_templates, base)
+    with _templates["pg_admin"].begin() as conn:
+        schema = _templates["pg_schema"]
+        names = ", ".join(f"{schema}.{t}" for t in ("users", "sessions", "api_keys", "images", "boards",
+                                                     "board_images", "board_members", "embeddings", "jobs"))
+        conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    return url
 
 
 def fake_embedder(texts: Sequence[str]) -> np.ndarray:

@@ -130,16 +130,19 @@ class JobsPart:
             return [_job(r) for r in conn.execute(q.order_by(jobs.c.created.desc(), jobs.c.id).limit(limit))]
 
     def queue_position(self, job_id: str) -> int | None:
-        """How many queued jobs are ahead of ``job_id`` (None unless it is queued)."""
+        """How many queued jobs of the same kind are ahead of ``job_id`` (None unless it is
+        queued); it reveals nothing else about other users' jobs."""
         with self._read() as conn:
-            row = conn.execute(sa.select(jobs.c.state, jobs.c.priority, jobs.c.created)
+            row = conn.execute(sa.select(jobs.c.state, jobs.c.kind, jobs.c.priority, jobs.c.created)
                                .where(jobs.c.id == job_id)).first()
             if row is None or row.state != "queued":
                 return None
             return conn.execute(sa.select(sa.func.count()).where(
-                jobs.c.state == "queued",
+                jobs.c.state == "queued", jobs.c.kind == row.kind,
                 sa.or_(jobs.c.priority > row.priority,
-                       sa.and_(jobs.c.priority == row.priority, jobs.c.created < row.created)))).scalar_one()
+                       sa.and_(jobs.c.priority == row.priority,
+                               sa.or_(jobs.c.created < row.created,
+                                      sa.and_(jobs.c.created == row.created, jobs.c.id < job_id)))))).scalar_one()
 
     def claim_job(self, worker_id: str, kinds: Sequence[str], lease_s: float = 60.0) -> Lease | None:
         """Take the best queued job of one of ``kinds`` for ``worker_id`` (None when there is none)."""
