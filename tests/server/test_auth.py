@@ -1,0 +1,169 @@
+"""Accounts: every route but login and health refuses a request without a user (the route
+table is walked, so a new route cannot forget it), sessions, API keys, login rate limit, and
+two users who see only their own images, jobs, runs and boards unless a board is shared."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from starlette.websockets import WebSocketDisconnect
+
+from limner.client import StudioError
+from tests.server.conftest import install_run, wait_job, wait_until
+
+PUBLIC = {("GET", "/api/health"), ("POST", "/api/auth/login"), ("POST", "/api/auth/logout")}
+DUMMY = {"image_id": "1", "board_id": "1", "key_id": "1", "job_id": "00000000-0000-0000-0000-000000000000",
+         "name": "tiny", "step": "4", "upload_id": "0" * 32, "username": "bob", "view": "loss"}
+
+
+def api_routes(app):
+    """(methods, path) of every HTTP route and WebSocket under /api, included routers walked."""
+    from fastapi.routing import APIRoute, APIWebSocketRoute
+
+    def walk(routes):
+        for r in routes:
+            if hasattr(r, "original_router"):  # FastAPI's lazily included router
+                yield from walk(r.original_router.routes)
+            elif isinstance(r, (APIRoute, APIWebSocketRoute)):
+                yield r
+
+    return [(sorted(getattr(r, "methods", None) or {"WS"}), r.path) for r in walk(app.routes)]
+
+
+@pytest.fixture
+def accounts_studio(studio_factory, tiny_run):
+    s = studio_factory(workers=1)
+    alice, a = s.add_user("alice", role="admin")
+    bob, b = s.add_user("bob")
+    install_run(s.home, alice.id, tiny_run)
+    install_run(s.home, bob.id, tiny_run)
+    return s, (alice, a), (bob, b)
+
+
+def test_every_route_needs_a_user(accounts_studio):
+    s, _, _ = accounts_studio
+    routes = api_routes(s.app)
+    assert len(routes) >= 40, routes  # the walk found the routers
+    anonymous = s.client()
+    checked = 0
+    for methods, path in routes:
+        url = re.sub(r"\{(\w+)\}", lambda m: DUMMY[m.group(1)], path)
+        for method in methods:
+            if (method, path) in PUBLIC or method == "HEAD":
+                continue
+            if method == "WS":
+                with pytest.raises(WebSocketDisconnect) as e:
+                    with s.http.websocket_connect(url) as ws:
+                        ws.receive_json()
+                assert e.value.code == 1008, path
+            else:
+                r = anonymous.http.request(method, url, json={})
+                assert r.status_code == 401, f"{method} {path} answered {r.status_code} without a user"
+            checked += 1
+    assert checked >= 40
+    # and a wrong key is no user either (no fallback to the implicit local admin)
+    assert s.client(api_key="lmn_wrong").http.get("/api/me", headers={"Authorization": "Bearer lmn_wrong"}).status_code == 401
+
+
+def test_login_session_cookie_and_logout(accounts_studio):
+    s, _, _ = accounts_studio
+    c = s.client()
+    with pytest.raises(StudioError) as e:
+        c.login("alice", "wrong password!")
+    assert e.value.status == 401
+    r = c.http.post("/api/auth/login", json={"username": "alice", "password": "correct horse battery"})
+    cookie = r.headers["set-cookie"]
+    assert "limner_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert c.me()["username"] == "alice"
+    c.logout()
+    with pytest.raises(StudioError) as e:
+        c.me()
+    assert e.value.status == 401
+
+
+def test_login_is_rate_limited(studio_factory):
+    s = studio_factory(workers=0, login_limit=3, login_window=60)
+    s.add_user("alice")
+    c = s.client()
+    for _ in range(3):
+        assert c.http.post("/api/auth/login", json={"username": "alice", "password": "nope nope"}).status_code == 401
+    r = c.http.post("/api/auth/login", json={"username": "alice", "password": "correct horse battery"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+def test_api_key_shown_once_and_revocable(accounts_studio):
+    s, (alice, a), _ = accounts_studio
+    made = a.create_key("script")
+    k = s.client(api_key=made["key"])
+    assert k.me()["username"] == "alice"
+    assert all("key" not in row for row in a.keys())
+    a.delete_key(made["id"])
+    with pytest.raises(StudioError) as e:
+        k.me()
+    assert e.value.status == 401
+
+
+def test_admin_only_routes(accounts_studio):
+    s, _, (bob, b) = accounts_studio
+    for call in (b.users, lambda: b.create_user("eve", "correct horse battery")):
+        with pytest.raises(StudioError) as e:
+            call()
+        assert e.value.status == 403
+
+
+def test_two_users_are_isolated(accounts_studio):
+    s, (alice, a), (bob, b) = accounts_studio
+    job = a.generate(model="tiny", prompt="secret plan", steps=2, seed=1)
+    image_id = wait_job(a, job["id"])["result"]["image_ids"][0]
+    board = a.create_board("private")
+    a.add_to_board(board["id"], image_id)
+    key = a.create_key("x")
+    for call in (lambda: b.image(image_id), lambda: b.image_file(image_id), lambda: b.image_thumb(image_id),
+                 lambda: b.update_image(image_id, rating=1), lambda: b.delete_image(image_id),
+                 lambda: b.regenerate(image_id), lambda: b.job(job["id"]), lambda: b.cancel(job["id"]),
+                 lambda: b.board(board["id"]), lambda: b.add_to_board(board["id"], image_id),
+                 lambda: b.delete_board(board["id"]), lambda: b.delete_key(key["id"]),
+                 lambda: b.images(board=board["id"])):
+        with pytest.raises(StudioError) as e:
+            call()
+        assert e.value.status == 404, e.value  # not 403: ids cannot be probed
+    assert b.images(q="secret")["items"] == [] and b.images()["items"] == []
+    assert b.jobs() == [] and b.boards() == []
+    # runs are per user: bob's "tiny" is his own copy; alice's new run is not his
+    assert [r["name"] for r in b.runs()] == ["tiny"]
+    # bob's events never carry alice's jobs
+    with s.http.websocket_connect("/api/events", headers={"Authorization": f"Bearer {b.api_key}"}) as ws:
+        wait_job(a, a.generate(model="tiny", prompt="more secrets", steps=2, seed=2)["id"])
+        mine = wait_job(b, b.generate(model="tiny", prompt="bob's own", steps=2, seed=3)["id"])
+        while True:
+            msg = ws.receive_json()
+            job_id = msg.get("job_id") or msg.get("job", {}).get("id")
+            assert job_id == mine["id"], msg
+            if msg["type"] == "job" and msg["job"]["state"] == "done":
+                break
+
+
+def test_shared_board_viewer_editor_and_live_events(accounts_studio):
+    s, (alice, a), (bob, b) = accounts_studio
+    image_id = wait_job(a, a.generate(model="tiny", prompt="sunset", steps=2, seed=4)["id"])["result"]["image_ids"][0]
+    board = a.create_board("team")
+    a.share_board(board["id"], "bob", "viewer")
+    assert [x["id"] for x in b.boards()] == [board["id"]] and b.boards()[0]["role"] == "viewer"
+    with s.http.websocket_connect("/api/events", headers={"Authorization": f"Bearer {b.api_key}"}) as ws:
+        a.add_to_board(board["id"], image_id)
+        msg = ws.receive_json()
+        assert msg["type"] == "board_image" and msg["board_id"] == board["id"] and msg["image"]["id"] == image_id
+    assert [i["id"] for i in b.images(board=board["id"])["items"]] == [image_id]
+    assert b.image(image_id)["id"] == image_id  # visible through the board
+    b_image = wait_job(b, b.generate(model="tiny", prompt="dawn", steps=2, seed=5)["id"])["result"]["image_ids"][0]
+    with pytest.raises(StudioError) as e:  # a viewer cannot add
+        b.add_to_board(board["id"], b_image)
+    assert e.value.status in (403, 404)
+    a.share_board(board["id"], "bob", "editor")
+    b.add_to_board(board["id"], b_image)
+    wait_until(lambda: len(a.images(board=board["id"])["items"]) == 2)
+    with pytest.raises(StudioError):  # an editor cannot delete the board or rate alice's image
+        b.delete_board(board["id"])
+    with pytest.raises(StudioError):
+        b.update_image(image_id, rating=5)
