@@ -16,6 +16,8 @@ FAMILIES: dict[str, str] = {
     "gan": "limner.models.gan.family:GANFamily",
     "vae": "limner.models.vae.family:VAEFamily",
     "latent-diffusion": "limner.models.latent_diffusion.family:LatentDiffusionFamily",
+    "maskgit": "limner.models.transformer.family:MaskGITFamily",
+    "autoregressive": "limner.models.transformer.family:AutoregressiveFamily",
 }
 
 DEFAULT_FAMILY = "diffusion"  # what ``limner train`` builds without --family

@@ -1,0 +1,235 @@
+"""The token transformer shared by MaskGIT and the autoregressive family.
+
+A pre-norm transformer (Vaswani et al. 2017; GPT-2 layout, Radford et al. 2019) over the
+``h x w`` code indices of a frozen VQ-VAE, read in raster order, with the condition as a prefix:
+one token from the condition's vector (class embedding or pooled text; a learned token when the
+run is unconditional) followed by the text tokens, if any. Image tokens see the whole prefix
+(padding masked); the prefix never sees image tokens, so the autoregressive family can compute it
+once and keep it in the KV cache.
+
+* MaskGIT (Chang et al. 2022) uses it bidirectionally, with an extra ``[MASK]`` code K.
+* The autoregressive family (VQGAN's transformer, Esser et al. 2021; LlamaGen, Sun et al. 2024)
+  uses it causally, with a start code K in front: input j is the code of position j - 1 and
+  output j predicts position j. Its KV cache (:class:`KVCache`) lets sampling feed one token
+  per step; ``tests/models/test_transformer.py`` checks it against uncached sampling.
+
+Attention is PyTorch's ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from limner.conditioning.base import CondInputs, Conditioning
+from limner.errors import UsageError
+
+__all__ = ["KVCache", "TokenModel", "TokenNetConfig", "TokenTransformer"]
+
+
+@dataclass
+class TokenNetConfig:
+    """Shape of a :class:`TokenTransformer` (JSON through ``to_dict`` / ``from_dict``).
+
+    Args:
+        num_codes: codebook size K of the VQ-VAE; the input vocabulary is K + 1 (``[MASK]`` or
+            the start code).
+        seq_len: image tokens N = h w.
+        dim, depth, heads, mlp_ratio: width, blocks, attention heads, MLP hidden / dim.
+        cond_dim: width of the condition's vector and tokens (0 = unconditional).
+        causal: autoregressive (True) or bidirectional (False, MaskGIT).
+        dropout: on attention and MLP outputs (training only).
+    """
+
+    num_codes: int
+    seq_len: int
+    dim: int = 256
+    depth: int = 6
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    cond_dim: int = 0
+    causal: bool = False
+    dropout: float = 0.0
+
+    def validate(self) -> "TokenNetConfig":
+        def bad(name: str, why: str) -> UsageError:
+            return UsageError(f"{why}, got {getattr(self, name)!r}", field=f"family.net.{name}")
+
+        for name in ("num_codes", "seq_len", "dim", "depth", "heads"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be at least 1")
+        if self.dim % self.heads:
+            raise bad("heads", f"must divide dim ({self.dim})")
+        if not 0 <= self.dropout < 1:
+            raise bad("dropout", "must be in [0, 1)")
+        if self.mlp_ratio <= 0:
+            raise bad("mlp_ratio", "must be positive")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TokenNetConfig":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UsageError(f"unknown token transformer config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far (autoregressive sampling).
+
+    ``keys[l]`` / ``values[l]``: [B, heads, L, D/heads]; ``key_mask``: [B, L] bool."""
+
+    def __init__(self) -> None:
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        self.key_mask: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.key_mask is None else self.key_mask.shape[1]
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + attention(LN x), x + MLP(LN x)."""
+
+    def __init__(self, c: TokenNetConfig):
+        super().__init__()
+        self.heads, self.dropout = c.heads, c.dropout
+        self.norm1 = nn.LayerNorm(c.dim)
+        self.qkv = nn.Linear(c.dim, 3 * c.dim)
+        self.proj = nn.Linear(c.dim, c.dim)
+        self.norm2 = nn.LayerNorm(c.dim)
+        hidden = int(c.dim * c.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(c.dim, hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(hidden, c.dim), nn.Dropout(c.dropout))
+
+    def forward(self, x: Tensor, mask: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        """x [B, L, D]; mask [B, 1, L, L_keys] bool (True = attend). With a cache, the new keys
+        and values are appended to layer ``layer``'s and attention covers all of them."""
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if layer < len(cache.keys):
+                k = torch.cat([cache.keys[layer], k], dim=2)
+                v = torch.cat([cache.values[layer], v], dim=2)
+                cache.keys[layer], cache.values[layer] = k, v
+            else:
+                cache.keys.append(k)
+                cache.values.append(v)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.proj(o.transpose(1, 2).reshape(B, L, D))
+        return x + self.mlp(self.norm2(x))
+
+
+class TokenTransformer(nn.Module):
+    """Logits over the K codes for each image position, given the condition prefix.
+
+    Shapes: ``tokens`` [B, n] int64 in [0, K] (K = ``[MASK]`` / start code), n <= N, at
+    positions 0..n-1 (or ``start``.. with a cache); returns logits [B, n, K] float32.
+    """
+
+    def __init__(self, config: TokenNetConfig):
+        super().__init__()
+        c = self.config = config.validate()
+        self.tok_emb = nn.Embedding(c.num_codes + 1, c.dim)
+        self.pos_emb = nn.Parameter(torch.zeros(c.seq_len, c.dim))
+        self.null_prefix = nn.Parameter(torch.zeros(1, c.dim))  # the prefix of an unconditional run
+        self.cond_vec = nn.Linear(c.cond_dim, c.dim) if c.cond_dim else None
+        self.cond_tok = nn.Linear(c.cond_dim, c.dim) if c.cond_dim else None
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.num_codes)
+        nn.init.normal_(self.pos_emb, std=0.02)
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        nn.init.normal_(self.null_prefix, std=0.02)
+
+    @property
+    def special(self) -> int:
+        """The extra input code: ``[MASK]`` (MaskGIT) or the start code (autoregressive)."""
+        return self.config.num_codes
+
+    def prefix(self, cond: Conditioning, batch_size: int) -> tuple[Tensor, Tensor]:
+        """The condition as tokens [B, P, D] with their mask [B, P] (True = real)."""
+        D = self.config.dim
+        if self.cond_vec is None or cond.is_empty:
+            first = self.null_prefix.expand(batch_size, 1, D)
+        else:
+            vector = cond.vector if cond.vector is not None else cond.tokens.mean(dim=1)
+            first = self.cond_vec(vector.to(self.null_prefix.dtype))[:, None]
+        parts, masks = [first], [torch.ones(batch_size, 1, dtype=torch.bool, device=first.device)]
+        if self.cond_tok is not None and cond.tokens is not None:
+            parts.append(self.cond_tok(cond.tokens.to(first.dtype)))
+            masks.append(cond.mask if cond.mask is not None else
+                         torch.ones(cond.tokens.shape[:2], dtype=torch.bool, device=first.device))
+        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
+
+    def forward(self, tokens: Tensor, cond: Conditioning, cache: KVCache | None = None,
+                start: int = 0) -> Tensor:
+        """Logits [B, n, K] for image inputs ``tokens`` [B, n] at positions start..start+n-1.
+
+        Without a cache (or with an empty one) the condition prefix is computed and prepended;
+        with a filled cache only the new tokens are fed (autoregressive sampling)."""
+        B, n = tokens.shape
+        x = self.tok_emb(tokens) + self.pos_emb[start : start + n]
+        fresh = cache is None or cache.length == 0
+        if fresh:
+            pre, pre_mask = self.prefix(cond, B)
+            x = torch.cat([pre, x], dim=1)
+            P = pre.shape[1]
+        else:
+            P, pre_mask = 0, None
+        mask, key_mask = self._mask(B, P, n, pre_mask, cache)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, cache, i)
+        if cache is not None:
+            cache.key_mask = key_mask
+        return self.head(self.norm(x[:, P:])).float()
+
+    def _mask(self, B: int, P: int, n: int, pre_mask: Tensor | None, cache: KVCache | None
+              ) -> tuple[Tensor, Tensor]:
+        """Attention mask [B, 1, P + n, L_keys] and the key mask [B, L_keys] to cache."""
+        device = self.pos_emb.device
+        old = cache.key_mask if cache is not None and cache.length else torch.zeros(B, 0, dtype=torch.bool, device=device)
+        new_keys = torch.ones(B, n, dtype=torch.bool, device=device)
+        keys = torch.cat([old, *([pre_mask] if pre_mask is not None else []), new_keys], dim=1)  # [B, Lk]
+        Lq, Lk = P + n, keys.shape[1]
+        allowed = keys[:, None, :].expand(B, Lq, Lk).clone()
+        first_image_key = Lk - n  # image keys are the last n (older ones are in ``old``)
+        # the prefix sees no image token
+        allowed[:, :P, first_image_key:] = False
+        if self.config.causal:
+            q_pos = torch.arange(n, device=device)[:, None]
+            k_pos = torch.arange(n, device=device)[None, :]
+            allowed[:, P:, first_image_key:] &= (k_pos <= q_pos)
+        return allowed[:, None], keys
+
+
+class TokenModel(nn.Module):
+    """The condition encoder and the transformer as one module (``"model"``), so a jointly
+    trained text encoder trains, saves and keeps an EMA copy with the transformer.
+
+    Args:
+        net: the :class:`TokenTransformer`.
+        encoder: condition encoder (``limner.conditioning``).
+    """
+
+    def __init__(self, net: TokenTransformer, encoder: nn.Module):
+        super().__init__()
+        self.net = net
+        self.encoder = encoder
+
+    def forward(self, tokens: Tensor, cond: Conditioning | CondInputs | None, drop: Tensor | None = None,
+                cache: KVCache | None = None, start: int = 0) -> Tensor:
+        if isinstance(cond, CondInputs):
+            cond = self.encoder(cond, drop)
+        elif cond is None:
+            cond = Conditioning.empty(tokens.shape[0])
+        return self.net(tokens, cond, cache, start)
