@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from limner.errors import CheckpointError, DataError, ImageDecodeError, LimnerError, UsageError
-from limner.server.security import BodyTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +70,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ImageDecodeError)
     async def decode_error(request: Request, exc: ImageDecodeError):
         return error_response(422, f"not a usable image: {exc.reason}", "file")
-
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(request: Request, exc: BodyTooLarge):
-        return error_response(413, str(exc))
 
     if store_errors is not None:
         statuses = {store_errors.NotFound: 404, store_errors.Forbidden: 403, store_errors.Conflict: 409,

@@ -79,8 +79,8 @@ class SecurityMiddleware:
             if int(headers.get("content-length", "0") or 0) > self.max_body:
                 await _refuse(scope, send, 413, f"request body over the {self.max_body} byte limit")
                 return
-            receive = self._capped(receive)
-            send = _with_headers(send, scope.get("path", ""))
+            await self._capped_call(scope, receive, _with_headers(send, scope.get("path", "")))
+            return
         await self.app(scope, receive, send)
 
     def check(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
@@ -103,28 +103,34 @@ class SecurityMiddleware:
             return 403, "cross-site request refused"
         return None
 
-    def _capped(self, receive: Receive) -> Receive:
+    async def _capped_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app with the body counted as it streams in: past the cap the client gets 413
+        at once, the app sees a disconnect, and whatever it answers then is dropped."""
         seen = 0
-        limit = self.max_body
+        over = False
 
         async def capped() -> dict[str, Any]:
-            nonlocal seen
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
+                if seen > self.max_body:
+                    over = True
+                    await _refuse(scope, send, 413, f"request body over the {self.max_body} byte limit")
+                    return {"type": "http.disconnect"}
             return message
 
-        return capped
+        async def guarded(message: dict[str, Any]) -> None:
+            if not over:
+                await send(message)
 
-
-class BodyTooLarge(Exception):
-    """A streamed request body passed the cap (the app answers 413)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body over the {limit} byte limit")
-        self.limit = limit
+        try:
+            await self.app(scope, capped, guarded)
+        except Exception:
+            if not over:
+                raise
 
 
 def _with_headers(send: Send, path: str) -> Send:
