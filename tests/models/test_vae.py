@@ -455,14 +455,17 @@ fam = VAEFamily.create("vq-tiny", DataInfo(16, 3, num_classes=2), "class", overr
     adversarial=True, feature_weight=0.5, disc_layers=2, disc_channels=8, disc_start=1))
 cfg = TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, save_every=100, sample_every=0,
                   tensorboard=False, ema_decay=0.9, grad_accum=2)
-Trainer(fam, data, cfg, sys.argv[1], run_config={"family": {"name": "vae", "config": fam.config_dict()},
-        "data": {}}, progress=False).fit()
+trainer = Trainer(fam, data, cfg, sys.argv[1], run_config={"family": {"name": "vae", "config": fam.config_dict()},
+                  "data": {}}, progress=False)
+ddp = sorted(n for n, m in trainer.nets.items() if isinstance(m, torch.nn.parallel.DistributedDataParallel))
+trainer.fit()
 digest = hashlib.sha256()
 for name, module in sorted(fam.modules().items()):
     for key, value in sorted(module.state_dict().items()):
         digest.update(key.encode() + value.numpy().tobytes())
-with open(os.path.join(sys.argv[2], "rank%s.txt" % os.environ["RANK"]), "w") as f:
-    f.write(digest.hexdigest())
+with open(os.path.join(sys.argv[2], "rank%s.json" % os.environ["RANK"]), "w") as f:
+    json.dump({"digest": digest.hexdigest(), "rank": trainer.dist.rank, "world_size": trainer.dist.world_size,
+               "ddp": ddp, "trainable": sorted(fam.modules())}, f)
 '''
 
 
@@ -485,8 +488,12 @@ def test_two_ddp_ranks_agree_on_weights_and_codebook(tmp_path):
            str(script), str(tmp_path / "run"), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    digests = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
-    assert digests[0] == digests[1]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # two single-process runs would agree too: each rank must have run as one of two, with its
+    # networks under DistributedDataParallel
+    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert all(r["ddp"] == r["trainable"] for r in ranks), ranks
+    assert ranks[0]["digest"] == ranks[1]["digest"]
 
 
 # ---------------------------------------------------------------------------------------------
