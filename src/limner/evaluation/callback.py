@@ -24,7 +24,7 @@ from limner.data.dataset import ImageDataset
 from limner.evaluation.evaluate import LOWER_IS_BETTER, EvalOptions, resolve_extractor, sample_for_eval, score_samples
 from limner.evaluation.stats import ReferenceStats, reference_stats
 from limner.training.callbacks import Callback, MetricsLogger, TensorBoardLogger
-from limner.training.checkpoint import checkpoint_root, checkpoint_step, commit_dir, write_json_atomic
+from limner.runs.layout import checkpoint_root, checkpoint_step, commit_dir, write_json_atomic
 
 if TYPE_CHECKING:
     from limner.training.trainer import Trainer

@@ -40,7 +40,7 @@ from limner.evaluation.features import FeatureExtractor, as_nchw_uint8
 from limner.evaluation.memorization import MemorizationResult, memorization, pixel_vectors
 from limner.evaluation.stats import ReferenceStats, reference_stats
 from limner.generation.precision import precision_context
-from limner.generation.request import BatchRequest
+from limner.models.request import BatchRequest
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ def _folder_resolution(images_dir: str | os.PathLike) -> int:
 def write_outputs(evaluation: Evaluation, dataset: ImageDataset, out: Path) -> tuple[Path, Path]:
     """``out/result.json`` and ``out/report.png``."""
     from limner.evaluation.report import write_report
-    from limner.training.checkpoint import write_json_atomic
+    from limner.runs.layout import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "result.json"

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from limner.errors import CheckpointError
-from limner.training.checkpoint import sha256_file, write_json_atomic
+from limner.runs.layout import sha256_file, write_json_atomic
 
 __all__ = ["FORMAT", "META_FILE", "WEIGHTS_FILE", "read_extractor_dir", "write_extractor_dir"]
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from limner.errors import CheckpointError
 from limner.evaluation.features import FeatureExtractor
-from limner.training.checkpoint import sha256_file
+from limner.runs.layout import sha256_file
 
 __all__ = ["WEIGHTS_FILE_NAME", "WEIGHTS_HELP", "FIDInceptionV3", "InceptionExtractor", "load_inception_weights"]
 

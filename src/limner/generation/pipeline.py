@@ -28,13 +28,8 @@ from limner.models.base import ProgressCallback
 from limner.models.declaration import REQUEST_FIELDS
 from limner.models.registry import family_class
 from limner.nn.conv import cpu_kernel_setting
-from limner.training.checkpoint import (
-    checkpoint_dirs,
-    find_latest_valid,
-    load_module_weights,
-    model_hash,
-    read_run_config,
-)
+from limner.models.weights import load_module_weights
+from limner.runs.layout import checkpoint_dirs, find_latest_valid, model_hash, read_run_config
 
 MAX_SEED = 2**63 - 1
 
@@ -63,7 +58,7 @@ class GeneratedImage:
 
 def _checkpoint_step(path: Path) -> int:
     """The step a checkpoint folder holds (from its manifest; ``best`` is named by no step)."""
-    from limner.training.checkpoint import read_manifest
+    from limner.runs.layout import read_manifest
 
     m = re.search(r"(\d+)$", path.name)
     if m is not None:

@@ -21,6 +21,9 @@ def precision_of(dtype: str) -> str | None:
     """The precision ("fp32", "bf16") a record's ``dtype`` was sampled in; None if unknown."""
     return next((p for p, name in PRECISION_DTYPES.items() if name == dtype), None)
 
+# The per-batch request a family sees lives below training and generation (both build it).
+from limner.models.request import BatchRequest  # noqa: E402,F401 - re-exported
+
 RECORD_SCHEMA = 1
 
 
@@ -63,29 +66,6 @@ class GenerationRequest:
     step: int | str | None = None  # a step, "best", or None = newest
     batch_size: int = 16
     precision: Precision = "fp32"
-
-
-@dataclass
-class BatchRequest:
-    """One forward batch as a family sees it (satisfies ``GenerationRequestLike``)."""
-
-    seeds: list[int]
-    prompts: list[str] | None = None
-    negative: str | None = None
-    labels: list[int] | None = None
-    sampler: str | None = None
-    steps: int | None = None
-    cfg: float | None = None
-    truncation: float | None = None
-    sigma_max: float | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # further declared options, checked
-    # Interpolation (``limner interpolate``): explicit unit-Gaussian starting latents
-    # [B, *family.noise_shape] instead of the seeds' draws, and a second condition blended in
-    # with weight mix_weights[i] for row i.
-    noise: Any = None
-    mix_prompts: list[str] | None = None
-    mix_labels: list[int] | None = None
-    mix_weights: list[float] | None = None
 
 
 @dataclass

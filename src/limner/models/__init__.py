@@ -1,5 +1,5 @@
-"""limner.models"""
+"""limner.models: model families, their networks and weight loading.
 
-from limner.torchcheck import require_torch
-
-require_torch()  # before any torch-using module below
+The torch version gate runs in ``limner.nn`` (every network imports it) and ``safe_load``;
+``request`` is torch-free.
+"""

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence, TextIO
 import numpy as np
 import torch
 
-from limner.generation.request import BatchRequest
-from limner.training.checkpoint import write_text_atomic
+from limner.models.request import BatchRequest
+from limner.runs.layout import write_text_atomic
 
 if TYPE_CHECKING:
     from limner.training.data_order import TrainData
