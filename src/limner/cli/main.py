@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     from limner.cli import (
-        data_cmd, demo_cmd, env_cmd, eval_cmd, explain_cmd, info_cmd, interpolate_cmd, reconstruct_cmd,
+        data_cmd, demo_cmd, env_cmd, eval_cmd, explain_cmd, gallery_cmd, info_cmd, interpolate_cmd, reconstruct_cmd,
         sample_cmd, studio_cmd, train_cmd,
     )
     from limner.cli.args import Parser
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"limner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     for module in (train_cmd, sample_cmd, interpolate_cmd, reconstruct_cmd, eval_cmd, explain_cmd, info_cmd, data_cmd,
-                   demo_cmd, env_cmd, studio_cmd):
+                   demo_cmd, env_cmd, studio_cmd, gallery_cmd):
         module.register(sub)
     return parser
 
