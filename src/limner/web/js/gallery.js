@@ -10,11 +10,12 @@ let subscribed = false;
 const PAGE = 40;
 
 export function mount(section, ctx) {
-  S = { ctx, cursor: null, loading: false, done: false, seen: new Set(), generation: 0 };
+  S = { ctx, cursor: null, loading: null, done: false, seen: new Set(), generation: 0 };
   S.status = new Status();
   S.q = field("Search by words or meaning", "search", { name: "q", placeholder: "e.g. red heart, or: a sad face", autocomplete: "off" });
   S.mode = field("Search mode", "select", { name: "mode" });
-  setOptions(S.mode.input, [{ value: "hybrid", label: "words + meaning" }, { value: "text", label: "words only" }, { value: "semantic", label: "meaning only" }]);
+  // "" lets the server choose: words + meaning, or words alone where it has no embedder.
+  setOptions(S.mode.input, [{ value: "", label: "words + meaning" }, { value: "text", label: "words only" }, { value: "semantic", label: "meaning only" }]);
   S.model = field("Model", "select", { name: "model" });
   S.seed = field("Seed", "number", { name: "seed", min: 0, inputmode: "numeric" });
   S.sampler = field("Sampler", "text", { name: "sampler", autocomplete: "off" });
@@ -91,10 +92,11 @@ async function reload() {
 }
 
 async function loadMore(first = false) {
-  if (S.loading || S.done) return;
-  S.loading = true;
   const generation = S.generation;
+  if (!S.loadedOnce || S.loading === generation || S.done) return;
+  S.loading = generation;
   S.status.loading(first ? "Searching…" : "Loading more…");
+  let failed = false;
   try {
     const page = await get(`/api/images${query({ ...filters(), cursor: S.cursor, limit: PAGE })}`);
     if (generation !== S.generation) return;
@@ -105,12 +107,13 @@ async function loadMore(first = false) {
     if (!S.grid.children.length) S.status.ok(filtered() ? "No images match." : "No images yet: make some on the Generate page.");
     else S.status.ok(`${S.grid.children.length} image${S.grid.children.length === 1 ? "" : "s"}${S.done ? "" : " so far"}.`);
   } catch (err) {
-    if (generation === S.generation) S.status.error(err);
+    failed = true;
+    if (generation === S.generation) { S.status.error(err); S.more.hidden = false; }
   } finally {
-    S.loading = false;
+    if (S.loading === generation) S.loading = null;
   }
   // A short first page may not fill the screen: keep loading while the sentinel is visible.
-  if (!S.done && generation === S.generation && S.sentinel.getBoundingClientRect().top < innerHeight + 400) loadMore();
+  if (!failed && !S.done && generation === S.generation && S.sentinel.getBoundingClientRect().top < innerHeight + 400) loadMore();
 }
 
 function stars(image, onRated) {
@@ -222,7 +225,11 @@ async function openDetail(id) {
     h("div", { class: "row between" }, h("h2", { id: "detail-title", text: `Image ${id}` }),
       h("button", { type: "button", class: "icon", "aria-label": "Close", text: "×", onclick: () => dlg.close() })),
     body);
-  dlg.addEventListener("close", () => dlg.remove());
+  dlg.addEventListener("close", () => {
+    dlg.remove();
+    // #/gallery?image=N opened this panel; closing it leaves the plain gallery address.
+    if (/[?&]image=/.test(location.hash)) history.replaceState(null, "", "#/gallery");
+  });
   document.body.append(dlg);
   dlg.showModal();
   let image;
@@ -285,7 +292,9 @@ async function regenerate(image, status) {
       const now = await get(`/api/jobs/${job.id}`);
       if (now.state === "done") {
         const ids = (now.result && now.result.image_ids) || [];
-        status.ok(`Regenerated: image ${ids.join(", ")}.`);
+        // Identical pixels are stored once: getting this image's own id back means a bitwise match.
+        status.ok(ids.length === 1 && ids[0] === image.id ? "Regenerated: the pixels are identical to this image's (stored once)."
+          : `Regenerated: image ${ids.join(", ")}.`);
         if (ids.length) {
           const again = await get(`/api/images/${ids[0]}`);
           onNewImage(again);

@@ -19,12 +19,13 @@ export function mount(section, ctx) {
   S.modelSelect = field("Model", "select", { name: "model" });
   S.prompt = field("Prompt", "textarea", { name: "prompt", rows: 3, placeholder: "a red heart", maxlength: 2000 });
   S.negative = field("Negative prompt", "textarea", { name: "negative", rows: 2, placeholder: "what to avoid", maxlength: 2000 });
-  S.seed = field("Seed", "number", { name: "seed", min: 0, max: MAX_SEED, step: 1, placeholder: "random", inputmode: "numeric" },
-    "The same seed and settings give the same image. Empty: a new random seed.");
+  S.seed = field("Seed", "number", { name: "seed", min: 0, max: MAX_SEED, step: 1, placeholder: "random", inputmode: "numeric" });
   S.num = field("Count", "number", { name: "num", min: 1, max: 16, step: 1, value: 1, inputmode: "numeric" });
   const dice = h("button", { type: "button", class: "secondary", "aria-label": "Random seed", title: "Random seed",
-    text: "🎲", onclick: () => { S.seed.input.value = String(randomSeed()); markDirty(); } });
-  S.seedRow = h("div", { class: "row seed" }, S.seed.wrap, dice);
+    text: "Roll", onclick: () => { S.seed.input.value = String(randomSeed()); markDirty(); } });
+  const seedHelp = h("small", { class: "help", id: `${S.seed.input.id}-help`, text: "Same seed and settings, same image. Empty: random." });
+  S.seed.input.setAttribute("aria-describedby", seedHelp.id);
+  S.seedRow = h("div", { class: "seed-wrap" }, h("div", { class: "row seed" }, S.seed.wrap, dice), seedHelp);
   S.options = h("div", { class: "options grid2" });
   S.imageInput = h("fieldset", { class: "image-input", hidden: true });
   S.submit = h("button", { type: "submit", text: "Generate" });
@@ -68,7 +69,7 @@ export async function show() {
     return;
   }
   setOptions(S.modelSelect.input, S.models.map((m) => ({ value: m.name, label: `${m.name} (${m.kind === "bundled" ? "bundled" : m.family})` })));
-  selectModel(S.pendingModel || S.models[0].name);
+  selectModel(S.models[0].name);
 }
 
 function randomSeed() {
@@ -108,12 +109,16 @@ function selectModel(name) {
   buildImageInput(model);
 }
 
+// Friendlier labels for option names that are abbreviations (display only).
+const LABELS = { cfg: "Guidance (cfg)", sigma_max: "Starting noise (sigma max)", top_k: "Top k" };
+
 function optionControl(name, spec) {
-  const label = spec.label || name.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+  const label = spec.label || LABELS[name] || name.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
   const help = spec.help || "";
   if (Array.isArray(spec.choices)) {
     const f = field(label, "select", { name }, help);
-    setOptions(f.input, spec.choices.map(String), false);
+    const none = spec.default === undefined || spec.default === null;
+    setOptions(f.input, [...(none ? [{ value: "", label: "default" }] : []), ...spec.choices.map(String)], false);
     if (spec.default !== undefined && spec.default !== null) f.input.value = String(spec.default);
     return f;
   }
@@ -325,6 +330,13 @@ async function sendToBoard(imageId, boardId, status) {
   } catch (err) { status.error(err); }
 }
 
+/** The listed model that made an image: by name, else by its run folder's name (the record's run_path). */
+function modelOf(image) {
+  const record = image.record || {};
+  const folder = (record.run_path || "").split(/[\\/]/).filter(Boolean).pop();
+  return S.models.find((m) => m.name === image.model) || S.models.find((m) => m.name === folder) || null;
+}
+
 /** Fill the form from an image (its summary and record); asks before replacing unsaved input. */
 export async function recall(image, ctx) {
   if (!S) return false;
@@ -333,9 +345,11 @@ export async function recall(image, ctx) {
       yes: "Replace", no: "Keep mine", detail: "Generate has input you have not submitted yet." });
     if (!replaceIt) return false;
   }
-  if (!S.models.length) { S.pendingModel = image.model; await show(); }
+  if (!S.models.length) await show();
   const record = image.record || {};
-  if (image.model) selectModel(image.model);
+  const model = modelOf(image);
+  if (model) selectModel(model.name);
+  else S.status.set("error", `The model that made image ${image.id} is not available; the other settings were recalled.`);
   S.prompt.input.value = image.prompt ?? record.prompt ?? "";
   S.negative.input.value = image.negative ?? record.negative ?? "";
   S.seed.input.value = String(image.seed ?? record.seed ?? "");

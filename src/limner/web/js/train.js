@@ -11,22 +11,29 @@ let subscribed = false;
 export function mount(section, ctx) {
   S = { ctx, run: null, jobs: new Map(), loss: [], frames: [] };
   S.status = new Status();
-  S.data = field("Dataset folder", "text", { name: "data", list: "dataset-list", autocomplete: "off", required: true,
-    placeholder: "/path/to/images" }, "A folder on the studio's machine, or upload a zip below.");
-  S.datalist = h("datalist", { id: "dataset-list" });
-  S.zip = field("Upload a zip of images", "file", { accept: ".zip,application/zip", name: "zip" });
-  S.zip.input.addEventListener("change", uploadZip);
+  S.data = field("Dataset", "select", { name: "data", required: true }, "Your uploaded datasets (a zip of images becomes one).");
+  S.zipName = field("New dataset name", "text", { name: "dataset_name", autocomplete: "off", pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*",
+    placeholder: "my-photos" });
+  S.zip = field("Zip of images (captions as metadata.jsonl or .txt files, or class folders)", "file",
+    { accept: ".zip,application/zip", name: "zip" });
   S.zipReport = h("div", { class: "zip-report", "aria-live": "polite" });
+  const upload = h("details", { class: "upload" }, h("summary", { text: "Upload a dataset" }), S.zipName.wrap, S.zip.wrap,
+    h("button", { type: "button", class: "secondary", text: "Upload and check", onclick: uploadZip }), S.zipReport);
   S.family = field("Family", "select", { name: "family" });
-  S.preset = field("Preset", "select", { name: "preset" });
+  S.preset = field("Preset", "text", { name: "preset", list: "preset-list", autocomplete: "off", placeholder: "small" });
+  S.presetList = h("datalist", { id: "preset-list" });
   S.family.input.addEventListener("change", () => fillPresets());
   S.steps = field("Steps", "number", { name: "steps", min: 1, step: 1, value: 2000, inputmode: "numeric" });
-  S.name = field("Run name", "text", { name: "name", autocomplete: "off", pattern: "[A-Za-z0-9][A-Za-z0-9._-]*", required: true,
+  S.name = field("Run name", "text", { name: "name", autocomplete: "off", pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", required: true,
     placeholder: "my-run" }, "Letters, digits, dot, dash and underscore.");
+  S.resolution = field("Resolution (px)", "number", { name: "resolution", min: 8, step: 8, value: 32, inputmode: "numeric" });
+  S.set = field("Settings (one KEY=VALUE a line)", "textarea", { name: "set", rows: 3, spellcheck: "false", class: "mono",
+    placeholder: "train.batch_size=16\ntrain.sample_every=250" }, "As `limner train --set`: train.* and family.* config fields, values in JSON.");
   S.start = h("button", { type: "submit", text: "Start training" });
   const form = h("form", { class: "card", onsubmit: startTraining },
-    h("h2", { id: "train-title", text: "Train" }), S.data.wrap, S.datalist, S.zip.wrap, S.zipReport,
-    h("div", { class: "grid2" }, S.family.wrap, S.preset.wrap, S.steps.wrap, S.name.wrap), S.status.el, S.start);
+    h("h2", { id: "train-title", text: "Train" }), S.data.wrap, upload, S.presetList,
+    h("div", { class: "grid2" }, S.family.wrap, S.preset.wrap, S.steps.wrap, S.name.wrap),
+    h("details", {}, h("summary", { text: "Advanced" }), S.resolution.wrap, S.set.wrap), S.status.el, S.start);
 
   S.runsStatus = new Status();
   S.runs = h("ul", { class: "runs", "aria-label": "Runs" });
@@ -65,45 +72,53 @@ async function loadChoices() {
   } catch (err) {
     S.status.error(err);
   }
+  await loadDatasets();
+}
+
+async function loadDatasets(select) {
   try {
     const sets = await get("/api/datasets");
-    replace(S.datalist, sets.map((d) => h("option", { value: d.path, label: `${d.name} (${d.images} images)` })));
-  } catch { /* the list is a convenience; typing a path still works */ }
+    setOptions(S.data.input, sets.length ? sets.map((d) => ({ value: d.name, label: `${d.name} (${d.images} images)` }))
+      : [{ value: "", label: "none yet: upload a zip" }]);
+    if (select) S.data.input.value = select;
+  } catch (err) { S.status.error(err); }
 }
 
 function fillPresets() {
   const family = (S.families || []).find((f) => f.name === S.family.input.value);
   const presets = (family && family.presets) || [];
-  setOptions(S.preset.input, presets.length ? presets.map((p) => (typeof p === "object" ? { value: p.name, label: p.name } : p))
-    : [{ value: "", label: "the family's default" }]);
-  if (family && family.default_preset) S.preset.input.value = family.default_preset;
+  replace(S.presetList, presets.map((p) => h("option", { value: typeof p === "object" ? p.name : p })));
+  if (family && family.default_preset) S.preset.input.placeholder = family.default_preset;
 }
 
 async function uploadZip() {
   const file = S.zip.input.files[0];
-  if (!file) return;
   const status = new Status();
   replace(S.zipReport, status.el);
+  const name = S.zipName.input.value.trim() || (file ? file.name.replace(/\.zip$/i, "").replace(/[^A-Za-z0-9._-]/g, "-") : "");
+  if (!file) { status.error("Choose a zip file first."); return; }
   status.loading(`Uploading ${file.name} and checking every image…`);
   const form = new FormData();
   form.append("file", file, file.name);
   try {
-    const ds = await post("/api/datasets", form);
-    S.data.input.value = ds.path;
+    const ds = await post(`/api/datasets${query({ name })}`, form);
+    await loadDatasets(ds.name);
     const skipped = ds.skipped || [];
-    replace(S.zipReport, h("p", { class: "status ok", text: `${ds.images} usable image${ds.images === 1 ? "" : "s"} in “${ds.name}”; ${skipped.length} skipped.` }),
-      skipped.length ? h("details", { open: skipped.length <= 5 }, h("summary", { text: "Skipped files" }),
-        h("ul", { class: "skipped" }, skipped.map((s) => h("li", {}, h("code", { text: s.path }), ": ", s.reason)))) : null);
+    replace(S.zipReport, h("p", { class: "status ok", role: "status",
+      text: `${ds.images} usable image${ds.images === 1 ? "" : "s"} in “${ds.name}”; ${skipped.length} file${skipped.length === 1 ? "" : "s"} skipped.` }),
+    skipped.length ? h("details", { open: skipped.length <= 10 }, h("summary", { text: "Skipped files" }),
+      h("ul", { class: "skipped", "aria-label": "Skipped files" }, skipped.map((s) => h("li", {}, h("code", { text: s.path }), `: ${s.reason}`)))) : null);
   } catch (err) { status.error(err); }
 }
 
 async function startTraining(e) {
   e.preventDefault();
-  const body = { data: S.data.input.value, family: S.family.input.value, preset: S.preset.input.value,
-    steps: parseInt(S.steps.input.value, 10), name: S.name.input.value };
+  const body = { data: S.data.input.value, family: S.family.input.value, preset: S.preset.input.value.trim() || undefined,
+    steps: parseInt(S.steps.input.value, 10), name: S.name.input.value, resolution: parseInt(S.resolution.input.value, 10) };
   S.start.disabled = true;
   S.status.loading("Starting…");
   try {
+    body.set = parseSettings(S.set.input.value);
     const res = await post("/api/train", body, { headers: { "Idempotency-Key": idempotencyKey() } });
     const job = res.job || res;
     S.jobs.set(job.id, body.name);
@@ -115,6 +130,24 @@ async function startTraining(e) {
     const input = err.field && S.start.form.querySelector(`[name="${CSS.escape(err.field)}"]`);
     if (input) input.focus();
   } finally { S.start.disabled = false; }
+}
+
+/** "KEY=VALUE" lines as {KEY: VALUE}; values are JSON where they parse, text otherwise. */
+function parseSettings(text) {
+  const out = {};
+  text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#")).forEach((line, i) => {
+    const eq = line.indexOf("=");
+    if (eq < 1) {
+      const err = new Error(`settings line ${i + 1} is not KEY=VALUE: ${line}`);
+      err.field = "set";
+      throw err;
+    }
+    const raw = line.slice(eq + 1).trim();
+    let value;
+    try { value = JSON.parse(raw); } catch { value = raw; }
+    out[line.slice(0, eq).trim()] = value;
+  });
+  return out;
 }
 
 async function loadRuns() {
