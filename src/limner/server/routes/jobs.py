@@ -9,6 +9,7 @@ retried submit.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Annotated, Any, Literal
 
@@ -68,9 +69,17 @@ def generate(body: GenerateBody, user: UserDep, studio: StudioDep, idempotency_k
         request.pop("options", None)
     check_request(folder, request)
     if request.get("seed") in (None, -1):
-        request["seed"] = secrets.randbelow(2**32)  # fixed now: a retried job makes the same pixels
+        # fixed now, so a job retried after its worker died makes the same pixels; with an
+        # Idempotency-Key, derived from it, so a retried submit is the same request
+        request["seed"] = (_key_seed(user.id, idempotency_key) if idempotency_key
+                           else secrets.randbelow(2**32))
     request["run"] = str(folder)
     return submit(studio, user, "generate", {"model": body.model, "request": request}, idempotency_key)
+
+
+def _key_seed(user_id: int, key: str) -> int:
+    digest = hashlib.sha256(f"{user_id}:{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def submit_regeneration(studio, user, image, overrides: dict[str, Any]) -> dict:
