@@ -206,7 +206,8 @@ def test_bf16_autocast_forward_and_backward() -> None:
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
     with torch.no_grad():
         ref = net(x, noise, cond)
-    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    # measured 0.97% of the largest output (bfloat16 keeps 8 bits of mantissa)
+    assert (out.float() - ref).abs().max() < 0.025 * ref.abs().max()
 
 
 @pytest.mark.skipif(not kernels.available(), reason=f"compiled kernels unavailable: {kernels.status()}")
