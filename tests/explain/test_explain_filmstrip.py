@@ -42,3 +42,15 @@ def test_last_frame_is_the_generated_image_bitwise(text_run, generated, explain_
 def test_filmstrip_needs_an_image(text_run, explain_cache):
     with pytest.raises(UsageError, match="image=PATH"):
         compute_view(text_run, "filmstrip", cache_dir=explain_cache)
+
+
+def test_unmask_order_from_token_masks():
+    import torch
+
+    from limner.explain.filmstrip import unmask_order
+
+    masked = [torch.tensor([[False, True], [True, True]]), torch.tensor([[False, True], [True, False]]),
+              torch.tensor([[False, False], [False, False]])]
+    order = unmask_order([{"mask": m} for m in masked])
+    assert order.tolist() == [[0, 2], [2, 1]]
+    assert unmask_order([{"i": 0}]) is None

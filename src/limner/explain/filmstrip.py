@@ -49,8 +49,9 @@ def replay(run: ExplainRun, image: str | Path) -> tuple[Any, list[dict[str, Any]
         frame["i"] = int(info.get("i", len(frames)))
         if "sigma" in info:
             frame["sigma"] = float(info["sigma"])
-        if isinstance(info.get("mask"), Tensor):
-            frame["mask"] = info["mask"][row].detach().cpu().bool()
+        mask = hooks.token_mask(family, info)
+        if mask is not None:
+            frame["mask"] = mask[row].detach().cpu().bool()
         frames.append(frame)
 
     out = regenerate(record, run=str(run.run_dir), device=str(run.device), callback=on_step)

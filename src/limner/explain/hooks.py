@@ -106,6 +106,12 @@ class FamilyHooks:
             out["predicted x0"] = info["denoised"]
         return out
 
+    def token_mask(self, family: Any, info: dict[str, Any]) -> Tensor | None:
+        """Token samplers: [B, h, w] bool, True where a position is still masked after this
+        step (the filmstrip's unmasking order); ``info["mask"]`` when the sampler passes it."""
+        mask = info.get("mask")
+        return mask if isinstance(mask, Tensor) else None
+
     def dynamics(self, run: Any, **params: Any) -> Any:
         """The family's own dynamics view (an ``ExplainResult``), or None."""
         return None

@@ -1,0 +1,111 @@
+"""How long each explain view takes for the ``small`` presets (issue: a few seconds at most on 2
+CPU cores).
+
+Trains each family's ``small`` preset for a few steps (the views' cost depends on the network's
+size, not on how well it is trained) on the bundled emoji data: text-conditioned diffusion and
+GAN, an unconditional VAE and latent diffusion on it. Then times every view that applies
+(median of ``--repeats``), with the live frames in place as ``limner train`` leaves them, and
+the timeline once more regenerating a frame per checkpoint (what a run trained with
+``--no-explain`` costs the first time).
+
+    .venv/bin/python benchmarks/explain_speed.py        # ~4 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+DATA = REPO / "data" / "emoji-demo"
+
+
+def train(out: Path, family: str, cache: Path, steps: int, **kw) -> Path:
+    from limner.workflows import TrainOptions, train as run_train
+
+    shutil.rmtree(out, ignore_errors=True)
+    run_train(TrainOptions(data=DATA, out=out, family=family, preset="small", progress=False,
+                           cache_dir=cache, train={"steps": steps, "save_every": steps // 2,
+                                                   "sample_every": 0, "tensorboard": False}, **kw))
+    return out
+
+
+def sample_png(run: Path, out: Path) -> Path:
+    from limner.generation.pipeline import generate, save_images
+    from limner.generation.request import GenerationRequest
+
+    shutil.rmtree(out, ignore_errors=True)
+    images = generate(GenerationRequest(run=str(run), prompt="red heart", seed=1, num=1))
+    return save_images(images, out)[0]
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/limner-explain-speed"))
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "explain_speed")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from limner.explain import compute_view
+    from machine import machine_description
+
+    w, cache = args.work_dir, args.work_dir / "cache"
+    runs = {
+        "diffusion (text)": train(w / "diffusion", "diffusion", cache, args.steps),
+        "gan (text)": train(w / "gan", "gan", cache, args.steps),
+        "vae": train(w / "vae", "vae", cache, args.steps, cond="none"),
+    }
+    runs["latent-diffusion"] = train(w / "ldm", "latent-diffusion", cache, args.steps, cond="none",
+                                     family_options={"vae": runs["vae"]})
+    views = {
+        "timeline": dict(generate_missing=False),
+        "timeline (regenerated)": "timeline",
+        "step": {}, "features": {}, "filmstrip": None, "dynamics": {}, "attention": dict(prompt="red heart"),
+    }
+    table: dict[str, dict[str, float | None]] = {}
+    for name, run in runs.items():
+        png = sample_png(run, w / f"png-{run.name}")
+        table[name] = {}
+        for view, params in views.items():
+            if view == "attention" and "text" not in name:
+                table[name][view] = None
+                continue
+            if params == "timeline":
+                shutil.rmtree(run / "explain" / "timeline", ignore_errors=True)
+                real, params = "timeline", {}
+            else:
+                real = view
+            params = dict(image=str(png)) if view == "filmstrip" else params
+            table[name][view] = timed(lambda: compute_view(run, real, cache_dir=cache, **params), args.repeats)
+            print(f"{name:18s} {view:24s} {table[name][view]:.2f} s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = machine_description(args.threads)
+    (args.out / "results.json").write_text(json.dumps({"machine": machine, "seconds": table}, indent=1))
+    print(machine)
+    cols = list(views)
+    print("| run | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
+    for name, row in table.items():
+        print(f"| {name} | " + " | ".join("-" if row[c] is None else f"{row[c]:.2f}" for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
