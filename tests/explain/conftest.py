@@ -8,11 +8,11 @@ import pytest
 
 
 def _train(data: Path, out: Path, cache: Path, family: str, steps: int = 4, cond: str | None = None,
-           explain: bool = True, **family_options) -> Path:
+           explain: bool = True, preset: str = "tiny", **family_options) -> Path:
     from limner.workflows import TrainOptions, train
 
     train(TrainOptions(
-        data=data, out=out, family=family, preset="tiny", resolution=16, progress=False,
+        data=data, out=out, family=family, preset=preset, resolution=16, progress=False,
         cache_dir=cache, cond=cond, family_options=family_options, explain=explain,
         train={"steps": steps, "batch_size": 4, "save_every": 2, "sample_every": 2,
                "log_every": 1, "tensorboard": False},
@@ -47,3 +47,21 @@ def vae_run(tiny_data, tmp_path_factory, explain_cache) -> Path:
 def ldm_run(tiny_data, vae_run, tmp_path_factory, explain_cache) -> Path:
     return _train(tiny_data, tmp_path_factory.mktemp("runs") / "ldm", explain_cache,
                   "latent-diffusion", cond="none", vae=vae_run)
+
+
+@pytest.fixture(scope="session")
+def vq_run(tiny_data, tmp_path_factory, explain_cache) -> Path:
+    return _train(tiny_data, tmp_path_factory.mktemp("runs") / "vq", explain_cache, "vae",
+                  cond="none", preset="vq-tiny", explain=False)
+
+
+@pytest.fixture(scope="session")
+def maskgit_run(tiny_data, vq_run, tmp_path_factory, explain_cache) -> Path:
+    return _train(tiny_data, tmp_path_factory.mktemp("runs") / "maskgit", explain_cache, "maskgit",
+                  vq=vq_run, explain=False)
+
+
+@pytest.fixture(scope="session")
+def autoregressive_run(tiny_data, vq_run, tmp_path_factory, explain_cache) -> Path:
+    return _train(tiny_data, tmp_path_factory.mktemp("runs") / "ar", explain_cache, "autoregressive",
+                  vq=vq_run, explain=False)

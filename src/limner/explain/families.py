@@ -241,7 +241,88 @@ class VAEHooks(FamilyHooks):
         return vae_dynamics(run, **params)
 
 
+# ---------------------------------------------------------------------------------------------
+# Token transformers (MaskGIT, autoregressive) over a frozen VQ-VAE's codes
+# ---------------------------------------------------------------------------------------------
+
+
+class TokenHooks(FamilyHooks):
+    """Token models: the tokens the transformer saw, its predicted codes (decoded by the VQ-VAE)
+    and the cross-entropy at each position. Needs the family's ``encode_batch``, ``decode``,
+    ``config.grid`` and ``model.net.special`` (the [MASK] / start code)."""
+
+    def _grid(self, family: Any, x: Tensor, size: int) -> Tensor:
+        g = family.config.grid
+        return upsample_to(x.float().reshape(-1, 1, g, g), size)
+
+    def _loss_positions(self, family: Any, inp: Tensor) -> Tensor:
+        """[B, N] bool: where the loss is taken."""
+        raise NotImplementedError
+
+    def step_panels(self, family: Any, batch: Batch, calls: list[NetCall]) -> list[Panel]:
+        model_calls = _calls(calls, "model")
+        inp = _cat([c.args[0] for c in model_calls])
+        logits = _cat([c.output for c in model_calls]).float()  # [B, N, K]
+        targets = family.encode_batch(batch)
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        where = self._loss_positions(family, inp)
+        size = batch.images.shape[-1]
+        panels = [Panel("input", "image", batch.images.detach(), what="the training batch"),
+                  Panel("tokens", "image", family.decode(targets).clamp(-1, 1),
+                        what="the VQ-VAE's codes of the batch, decoded")]
+        panels += self._extra_panels(family, inp, size)
+        panels += [
+            Panel("prediction", "image", family.decode(logits.argmax(-1)).clamp(-1, 1),
+                  what="the likeliest code at every position, decoded"),
+            Panel("loss per token", "heat", self._grid(family, ce * where, size),
+                  [f"{v:.3g}" for v in ((ce * where).sum(1) / where.sum(1).clamp(min=1)).tolist()],
+                  what="cross-entropy of the true code at each position where the loss is taken"),
+        ]
+        return panels
+
+    def _extra_panels(self, family: Any, inp: Tensor, size: int) -> list[Panel]:
+        return []
+
+
+class MaskedTokenHooks(TokenHooks):
+    """MaskGIT: the loss is on the masked positions; the sampler unmasks a few per step."""
+
+    def _loss_positions(self, family: Any, inp: Tensor) -> Tensor:
+        return inp == family.model.net.special
+
+    def _extra_panels(self, family: Any, inp: Tensor, size: int) -> list[Panel]:
+        masked = (inp == family.model.net.special).float()
+        return [Panel("mask", "heat", self._grid(family, masked, size),
+                      [f"{v:.0%}" for v in masked.mean(1).tolist()],
+                      what="the positions replaced by [MASK] (bright), a cosine-scheduled share")]
+
+    def token_mask(self, family: Any, info: dict[str, Any]) -> Tensor | None:
+        tokens = info.get("tokens")
+        if not isinstance(tokens, Tensor):
+            return None
+        g = family.config.grid
+        return (tokens == family.model.net.special).reshape(-1, g, g)
+
+
+class CausalTokenHooks(TokenHooks):
+    """Autoregressive: every position predicts the next code (teacher forcing); the sampler
+    fills positions in raster order."""
+
+    def _loss_positions(self, family: Any, inp: Tensor) -> Tensor:
+        return torch.ones_like(inp, dtype=torch.bool)
+
+    def token_mask(self, family: Any, info: dict[str, Any]) -> Tensor | None:
+        tokens = info.get("tokens")
+        if not isinstance(tokens, Tensor):
+            return None
+        g = family.config.grid
+        done = torch.arange(g * g, device=tokens.device) < tokens.shape[1]
+        return (~done).expand(tokens.shape[0], -1).reshape(-1, g, g)
+
+
 register_hooks("diffusion", DiffusionHooks())
 register_hooks("latent-diffusion", LatentDiffusionHooks())
 register_hooks("gan", GANHooks())
 register_hooks("vae", VAEHooks())
+register_hooks("maskgit", MaskedTokenHooks())
+register_hooks("autoregressive", CausalTokenHooks())
