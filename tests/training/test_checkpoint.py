@@ -134,18 +134,26 @@ def test_failed_pointer_update_still_leaves_a_valid_checkpoint(tmp_path, monkeyp
 
 
 def test_trainer_save_failure_is_a_clear_error(tmp_path, monkeypatch):
+    """The disk fills up under the second save: the real checkpoint code turns the OSError into
+    a CheckpointError naming the checkpoint and the cause, and the first one stays the newest."""
+    import safetensors.torch
+
     trainer = make_trainer(tmp_path, steps=8, save_every=4)
-    real = ck.write_checkpoint
+    real = safetensors.torch.save_file
 
-    def flaky(run_dir, step, *args, **kwargs):
-        if step == 8:
-            raise CheckpointError(f"could not write checkpoint step {step}: [Errno 28] No space left")
-        return real(run_dir, step, *args, **kwargs)
+    def disk_full_at_step_8(*args, **kwargs):
+        if trainer.step == 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr("limner.training.trainer.write_checkpoint", flaky)
-    with pytest.raises(CheckpointError, match="No space"):
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full_at_step_8)
+    with pytest.raises(CheckpointError) as info:
         trainer.fit()
+    message = str(info.value)
+    assert "step_000008" in message and "No space left on device" in message, message
+    assert "previous checkpoint is kept" in message
     assert find_latest_valid(tmp_path).name == "step_000004"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
 @pytest.mark.parametrize("delay", [0.15, 0.4, 0.9])
