@@ -11,6 +11,9 @@ from limner.explain import compute_view
 from limner.explain.attention import capture_cross_attention, cross_attention_blocks, token_maps
 from limner.generation.pipeline import load_run
 
+pytestmark = pytest.mark.xdist_group("explain")  # one worker builds the tiny runs once (--dist loadgroup)
+
+
 
 def test_captured_attention_is_the_blocks_own(text_run):
     family = load_run(text_run).family

@@ -6,6 +6,10 @@ import json
 
 from limner.cli.main import main
 from limner.explain import VIEWS
+import pytest
+
+pytestmark = pytest.mark.xdist_group("explain")  # one worker builds the tiny runs once (--dist loadgroup)
+
 
 
 def test_cli_writes_png_and_json(text_run, tmp_path, explain_cache, capsys):

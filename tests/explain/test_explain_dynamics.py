@@ -10,6 +10,9 @@ import torch
 from limner.explain import compute_view
 from limner.explain.dynamics import pca_2d
 
+pytestmark = pytest.mark.xdist_group("explain")  # one worker builds the tiny runs once (--dist loadgroup)
+
+
 
 def test_gan_dynamics_scores_real_and_fake(gan_run, explain_cache):
     result = compute_view(gan_run, "dynamics", count=4, cache_dir=explain_cache)

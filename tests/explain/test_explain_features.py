@@ -11,6 +11,9 @@ from limner.explain.features import level_activations
 from limner.explain.hooks import hooks_for
 from limner.generation.pipeline import load_run
 
+pytestmark = pytest.mark.xdist_group("explain")  # one worker builds the tiny runs once (--dist loadgroup)
+
+
 
 @pytest.mark.parametrize("fixture", ["text_run", "gan_run", "vae_run"])
 def test_changed_weights_change_the_feature_maps(fixture, request):

@@ -11,6 +11,9 @@ from limner.explain import compute_view
 from limner.explain.base import ExplainRun
 from limner.explain.filmstrip import replay
 
+pytestmark = pytest.mark.xdist_group("explain")  # one worker builds the tiny runs once (--dist loadgroup)
+
+
 
 @pytest.fixture(scope="module")
 def generated(text_run, tmp_path_factory):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from limner.explain import compute_view
+
+pytestmark = pytest.mark.xdist_group("explain")  # one worker builds the tiny runs once (--dist loadgroup)
 
 
 def test_live_capture_writes_frames_and_views(text_run, gan_run):

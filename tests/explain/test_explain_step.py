@@ -12,6 +12,9 @@ import torch
 from limner.explain import compute_view
 from limner.explain.base import ExplainRun
 
+pytestmark = pytest.mark.xdist_group("explain")  # one worker builds the tiny runs once (--dist loadgroup)
+
+
 
 def _independent_layer_norms(run_dir, indices, seed, cache):
     """Autograd on the same batch and noise, computed without the explain code."""

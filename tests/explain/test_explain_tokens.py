@@ -3,11 +3,14 @@ token, the filmstrip the order tokens were unmasked (MaskGIT) or written (autore
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from limner.explain import compute_view
 from limner.explain.base import ExplainRun
 from limner.explain.filmstrip import replay, unmask_order
+
+pytestmark = pytest.mark.xdist_group("explain")  # one worker builds the tiny runs once (--dist loadgroup)
 
 
 def _png(run, tmp_path):
