@@ -43,9 +43,14 @@ class ExplainResult:
     images: dict[str, Image.Image | Path] = field(default_factory=dict)
     animations: dict[str, list[Image.Image]] = field(default_factory=dict)
 
+    def json_data(self) -> dict[str, Any]:
+        """``data`` with only JSON types: tensors and arrays as lists, NaN/inf as None, paths as
+        strings, keys as strings (what an HTTP API should return)."""
+        return _plain(self.data)
+
     def to_json(self) -> str:
-        """``data`` as JSON (NaN and infinities become null)."""
-        return json.dumps(_plain(self.data), allow_nan=False, indent=1, sort_keys=True)
+        """``data`` as JSON text (see :meth:`json_data`)."""
+        return json.dumps(self.json_data(), allow_nan=False, indent=1, sort_keys=True)
 
     def write(self, out_dir: str | Path, *, prefix: str = "") -> list[Path]:
         """Write ``<prefix><name>.png`` per image, ``<prefix><name>.gif`` per animation and
