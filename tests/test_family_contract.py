@@ -48,15 +48,20 @@ def checkpoint_tensors(run: Path) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+# Every registered family, plus the other backbone a family can be built with (the DiT behind
+# the EDM denoiser): the same contract, with the setting that selects it.
+CASES = [(family, ()) for family in sorted(FAMILIES)] + [("diffusion", ("--set", "family.backbone=dit"))]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: "+".join([c[0], *c[1][1::2]]))
 def straight(request, tiny_data, cli, tmp_path_factory) -> tuple[str, Path, list[str]]:
     """A run of each family trained STEPS straight, plus the extra train arguments it needs.
 
     A family that builds on another's run declares it (``declaration.needs``, with the train
     arguments that make a suitable run); that run is trained first and passed as ``--option RUN``."""
-    family = request.param
+    family, settings = request.param
     tmp = tmp_path_factory.mktemp(f"straight-{family}")
-    extra: list[str] = []
+    extra: list[str] = list(settings)
     for need in declaration(family).needs:
         base = tmp / f"base-{need.option}"
         cli(*train_args(need.family, tiny_data, base, 4), *need.suggested_args("tiny"), cache=tmp / "cache")

@@ -102,7 +102,7 @@ def _train(data, out, *extra):
     "family, sets, check",
     [
         ("diffusion", ["family.P_mean=-0.8", "family.unet.dropout=0.1", "family.sampler=heun"],
-         lambda f: (f["P_mean"], f["unet"]["dropout"], f["sampler"]) == (-0.8, 0.1, "heun")),
+         lambda f: (f["P_mean"], f["net"]["dropout"], f["sampler"]) == (-0.8, 0.1, "heun")),
         ("gan", ["family.r1_gamma=1", "family.generator.mapping_layers=1"],
          lambda f: (f["r1_gamma"], f["generator"]["mapping_layers"]) == (1.0, 1)),
         ("vae", ["family.beta=0.5", "family.recon_loss=l1"],

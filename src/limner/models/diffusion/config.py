@@ -13,6 +13,8 @@ from typing import Any
 
 from limner.errors import UsageError
 
+BACKBONES = ("unet", "dit")  # the networks behind the EDM denoiser
+
 
 @dataclass
 class DiffusionConfig:
@@ -21,7 +23,8 @@ class DiffusionConfig:
     Attributes:
         preset: the preset it was built from (for display; the dicts below are authoritative).
         resolution, channels: image size in pixels and channel count (1 or 3).
-        unet: ``UNetConfig`` as a dict.
+        net: the backbone's config as a dict (``UNetConfig`` or ``DiTConfig``); config files
+            written before the DiT existed name it ``unet`` and still load.
         encoder: ``EncoderConfig`` as a dict (condition kind, vocabulary, widths).
         sigma_data, P_mean, P_std: EDM preconditioning and noise-level distribution: ln(sigma)
             ~ N(P_mean, P_std^2) in training. P_mean is -0.4 (EDM2's value, Karras et al. 2024),
@@ -37,8 +40,9 @@ class DiffusionConfig:
     preset: str
     resolution: int
     channels: int
-    unet: dict[str, Any]
+    net: dict[str, Any]
     encoder: dict[str, Any]
+    backbone: str = "unet"  # "unet" or "dit" (Peebles & Xie 2023), see limner.models.diffusion.dit
     sigma_data: float = 0.5
     P_mean: float = -0.4
     P_std: float = 1.2
@@ -77,12 +81,16 @@ class DiffusionConfig:
             raise bad("steps", "must be at least 1")
         if self.sampler not in SAMPLERS:
             raise bad("sampler", f"must be one of {', '.join(sorted(SAMPLERS))}")
+        if self.backbone not in BACKBONES:
+            raise bad("backbone", f"must be one of {', '.join(BACKBONES)}")
         if self.schedule not in {s.value for s in ScheduleName}:
             raise bad("schedule", f"must be one of {', '.join(s.value for s in ScheduleName)}")
         return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DiffusionConfig":
+        if "unet" in data and "net" not in data:  # saved before the backbone was a choice
+            data = {**{k: v for k, v in data.items() if k != "unet"}, "net": data["unet"], "backbone": "unet"}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -96,6 +104,7 @@ class Preset:
 
     Attributes:
         unet: U-Net size preset name (``limner.models.diffusion.unet.UNET_PRESETS``).
+        dit: DiT size with ``--set family.backbone=dit`` (``limner.models.diffusion.dit.DIT_PRESETS``).
         text_dim, text_layers: width and depth of the jointly trained text encoder.
         train: TrainConfig defaults for this size (the CLI overrides them).
     """
@@ -105,23 +114,24 @@ class Preset:
     text_layers: int
     train: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    dit: str = "S/4"
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
-        unet="tiny", text_dim=32, text_layers=1,
+        unet="tiny", dit="tiny", text_dim=32, text_layers=1,
         train=dict(batch_size=8, lr=1e-3, warmup_steps=5, steps=50, sample_every=0, save_every=25,
                    ema_decay=0.99, log_every=5),
         description="a few thousand parameters, for tests",
     ),
     "small": Preset(
-        unet="small", text_dim=128, text_layers=2,
+        unet="small", dit="S/4", text_dim=128, text_layers=2,
         train=dict(batch_size=32, lr=2e-3, warmup_steps=100, lr_decay="cosine", steps=1500,
                    sample_every=250, save_every=250, ema_decay=0.995, log_every=10),
         description="a few million parameters; trains on a laptop CPU at 32 px",
     ),
     "base": Preset(
-        unet="base", text_dim=256, text_layers=4,
+        unet="base", dit="B/2", text_dim=256, text_layers=4,
         train=dict(batch_size=128, lr=1e-3, warmup_steps=500, lr_decay="cosine", min_lr_ratio=0.1,
                    steps=50000, sample_every=2500, save_every=2500, ema_decay=0.9995, log_every=50),
         description="for a GPU, 32-64 px",

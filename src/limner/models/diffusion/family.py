@@ -22,7 +22,8 @@ from limner.data.batch import Batch
 from limner.errors import UsageError
 from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
 from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec
-from limner.models.diffusion.config import DiffusionConfig, get_preset
+from limner.models.diffusion.config import BACKBONES, DiffusionConfig, get_preset
+from limner.models.diffusion.dit import DiT, DiTConfig, dit_config
 from limner.models.diffusion.losses import EDMLoss
 from limner.models.diffusion.precond import EDMPrecond
 from limner.models.diffusion.unet import UNet, UNetConfig, unet_config
@@ -55,17 +56,17 @@ class DiffusionFamily:
         "resolution": "use --resolution",
         "channels": "follows the data",
         "encoder": "follows the data, --cond and --text-encoder",
-        "unet.in_channels": "follows the data",
-        "unet.out_channels": "follows the data",
-        "unet.resolution": "use --resolution",
-        "unet.cond_dim": "follows the condition",
-        "unet.cross_attention": "follows the condition",
+        "net.in_channels": "follows the data",
+        "net.out_channels": "follows the data",
+        "net.resolution": "use --resolution",
+        "net.cond_dim": "follows the condition",
+        "net.cross_attention": "follows the condition",
     }
 
     def __init__(self, config: DiffusionConfig):
         self.config = config
         encoder = build_encoder(EncoderConfig.from_dict(config.encoder))
-        backbone = UNet(UNetConfig.from_dict(config.unet))
+        backbone = build_backbone(config.backbone, config.net)
         self.model = EDMPrecond(backbone, encoder, sigma_data=config.sigma_data)
         self.loss_fn = EDMLoss(config.P_mean, config.P_std, config.sigma_data)
 
@@ -83,32 +84,47 @@ class DiffusionFamily:
     ) -> "DiffusionFamily":
         """A new model for ``data`` from a named preset; resolves everything saved in the config.
 
-        ``overrides`` sets config fields at any depth (``{"P_mean": -0.8, "unet": {"dropout":
+        ``overrides`` sets config fields at any depth (``{"P_mean": -0.8, "net": {"dropout":
         0.1}}``), each checked against the preset's value (``limner.overrides``); the fields in
-        ``fixed_settings`` follow from the data and cannot be set. ``overrides_where`` is their
-        prefix in error messages (a family that embeds this config nests it deeper)."""
+        ``fixed_settings`` follow from the data and cannot be set. ``backbone`` ("unet" or "dit")
+        picks the network first, so ``net.*`` are that network's fields; ``unet.*`` is the older
+        spelling of ``net.*`` for the U-Net. ``overrides_where`` is their prefix in error
+        messages (a family that embeds this config nests it deeper)."""
         p = get_preset(preset)
+        overrides = dict(overrides or {})
+        backbone = overrides.pop("backbone", "unet")
+        if backbone not in BACKBONES:
+            raise UsageError(f"must be one of {', '.join(BACKBONES)}, got {backbone!r}",
+                             field=f"{overrides_where}.backbone")
+        net_key = "unet" if "unet" in overrides else "net"
+        if net_key == "unet" and backbone != "unet":
+            raise UsageError(f"names the U-Net's settings, and this run's backbone is {backbone}: set "
+                             f"{overrides_where}.net.NAME", field=f"{overrides_where}.unet")
         enc = resolve_encoder_config(
             cond, data, text_encoder=text_encoder, dim=p.text_dim, layers=p.text_layers
         )
-        unet = unet_config(
-            p.unet,
+        shape = dict(
             in_channels=data.channels,
             out_channels=data.channels,
             resolution=data.resolution,
             cond_dim=0 if enc.kind == CondKind.none else enc.dim,
             cross_attention=enc.kind == CondKind.text,
         )
+        net = unet_config(p.unet, **shape) if backbone == "unet" else dit_config(p.dit, **shape)
         cfg = DiffusionConfig(
             preset=preset,
             resolution=data.resolution,
             channels=data.channels,
-            unet=unet.to_dict(),
+            net=net.to_dict(),
             encoder=enc.to_dict(),
+            backbone=backbone,
         )
         if overrides:
-            merged = merge_overrides(cfg.to_dict(), overrides, where=overrides_where,
-                                     fixed=cls.fixed_settings)
+            base = cfg.to_dict()
+            base[net_key] = base.pop("net")
+            fixed = {net_key + k[3:] if k.startswith("net.") else k: why for k, why in cls.fixed_settings.items()}
+            merged = merge_overrides(base, overrides, where=overrides_where, fixed=fixed)
+            merged["net"] = merged.pop(net_key)
             cfg = DiffusionConfig.from_dict(merged)
         return cls(cfg.validate())
 
@@ -224,6 +240,13 @@ class DiffusionFamily:
         """Row i from ``gens[i]`` (seeded with seeds[i]), unless the request brings its own."""
         noise = torch.stack([torch.randn(self.noise_shape, generator=g) for g in gens])
         return noise if getattr(request, "noise", None) is None else request.noise.to(noise.dtype)
+
+
+def build_backbone(kind: str, config: dict[str, Any]) -> nn.Module:
+    """The denoiser's network F from its saved config: a U-Net or a DiT (same call)."""
+    if kind == "dit":
+        return DiT(DiTConfig.from_dict(config))
+    return UNet(UNetConfig.from_dict(config))
 
 
 def sampling_sigma_max(cfg: DiffusionConfig, request: Any) -> float:

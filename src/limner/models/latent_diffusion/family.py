@@ -155,6 +155,8 @@ class LatentDiffusionFamily:
         """
         get_preset(preset)  # a clear --preset error before the VAE is loaded
         overrides = dict(overrides or {})
+        if "backbone" in overrides:  # --set family.backbone=dit, as for pixel diffusion
+            overrides["diffusion"] = {**overrides.get("diffusion", {}), "backbone": overrides.pop("backbone")}
         for name in overrides:
             if name != "diffusion":
                 why = cls.fixed_settings.get(name)
@@ -357,8 +359,10 @@ def _check_vae_fits(vae_cfg, data: DataInfo) -> None:
 
 
 def _check_unet_fits(diffusion: DiffusionFamily, side: int) -> None:
-    """The U-Net halves the latent grid (levels - 1) times."""
-    levels = len(diffusion.config.unet["channels"])
+    """The U-Net halves the latent grid (levels - 1) times (a DiT checks its patch size itself)."""
+    if diffusion.config.backbone != "unet":
+        return
+    levels = len(diffusion.config.net["channels"])
     factor = 2 ** (levels - 1)
     if side % factor:
         raise UsageError(f"--preset {diffusion.config.preset}: its U-Net needs a latent grid "
