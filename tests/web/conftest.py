@@ -90,36 +90,31 @@ class Studio:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
 
-def _limner(*args: str, home: Path, cache: Path, stdin: str | None = None) -> None:
-    env = {**os.environ, "LIMNER_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "limner", *args], input=stdin, capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, f"limner {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "LIMNER_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="session")
 def studio(tiny_data, tmp_path_factory):
-    """``limner studio`` with two accounts (alice: admin, bob: user) and a tiny text run ``tiny``."""
+    """``limner studio`` with two accounts (alice: admin, bob: user) and a tiny text run ``tiny`` of
+    alice's. The run trains (``limner train``) while the studio starts."""
     root = tmp_path_factory.mktemp("studio")
     home, cache = root / "home", root / "cache"
     home.mkdir()
     trained = root / "trained" / RUN
-    _limner("train", str(tiny_data), "--out", str(trained), "--preset", "tiny", "--resolution", "16",
-            "--steps", "4", "--batch-size", "4", "--save-every", "2", "--sample-every", "2", "--seed", "1",
-            "--no-progress", home=home, cache=cache)
-    for name, extra in (("alice", ["--admin"]), ("bob", [])):
-        _limner("user", "add", name, *extra, "--password-stdin", "--home", str(home), home=home, cache=cache,
-                stdin=PASSWORD + "\n")
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "limner", "train", str(tiny_data), "--out", str(trained), "--preset", "tiny",
+         "--resolution", "16", "--steps", "4", "--batch-size", "4", "--save-every", "2", "--sample-every", "2",
+         "--seed", "1", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(cache))
     port = free_port()
     log = root / "studio.log"
-    env = {**os.environ, "LIMNER_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "limner", "studio", "--home", str(home), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+                                stdout=out, stderr=subprocess.STDOUT, env=_env(cache))
     s = Studio(url=f"http://127.0.0.1:{port}", home=home, data=tiny_data, log=log, proc=proc,
                users={"alice": PASSWORD, "bob": PASSWORD})
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:
             pytest.fail(f"limner studio exited with {proc.returncode}:\n{s.tail()}")
@@ -130,10 +125,15 @@ def studio(tiny_data, tmp_path_factory):
             pass
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"limner studio did not answer /api/health in 90 s:\n{s.tail()}")
+            pytest.fail(f"limner studio did not answer /api/health in 120 s:\n{s.tail()}")
         time.sleep(0.3)
-    # Runs live per user (home/runs/u<id>/<name>): the tiny run is alice's.
+    # The first account is made by the implicit local admin of a loopback studio; it turns accounts on.
+    s.api("POST", "/api/users", {"username": "alice", "password": PASSWORD, "role": "admin"})
     alice = s.sign_in("alice")
+    s.api("POST", "/api/users", {"username": "bob", "password": PASSWORD, "role": "user"}, user="alice")
+    output, _ = trainer.communicate(timeout=300)
+    assert trainer.returncode == 0, f"limner train failed:\n{output}"
+    # Runs live per user (home/runs/u<id>/<name>): the tiny run is alice's.
     runs = home / "runs" / f"u{alice['id']}"
     runs.mkdir(parents=True, exist_ok=True)
     shutil.move(str(trained), str(runs / RUN))

@@ -231,7 +231,7 @@ def test_train_a_tiny_run_with_a_live_loss_curve_and_timeline(open_page, studio,
     assert train.get_by_label("Dataset", exact=True).input_value() == "emoji-12"
     train.get_by_label("Family").select_option("diffusion")
     train.get_by_label("Preset").fill("tiny")
-    train.get_by_label("Steps", exact=True).fill("24")
+    train.get_by_label("Steps", exact=True).fill("16")
     train.get_by_label("Run name").fill("web-run")
     train.get_by_text("Advanced").click()
     train.get_by_label("Resolution (px)").fill("16")

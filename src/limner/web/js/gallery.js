@@ -52,7 +52,11 @@ export async function show(params) {
   await loadChoices();
   if (params.board) S.board.input.value = params.board;
   if (!S.loadedOnce || params.board) { S.loadedOnce = true; await reload(); }
-  if (params.image) openDetail(Number(params.image));
+  if (params.image) {
+    // The address opens the panel once; the next visit to the same address opens it again.
+    history.replaceState(null, "", "#/gallery");
+    openDetail(Number(params.image));
+  }
 }
 
 async function loadChoices() {
@@ -86,6 +90,7 @@ async function reload() {
   S.generation += 1;
   S.cursor = null;
   S.done = false;
+  S.more.hidden = true;
   S.seen.clear();
   replace(S.grid);
   await loadMore(true);
@@ -225,11 +230,7 @@ async function openDetail(id) {
     h("div", { class: "row between" }, h("h2", { id: "detail-title", text: `Image ${id}` }),
       h("button", { type: "button", class: "icon", "aria-label": "Close", text: "×", onclick: () => dlg.close() })),
     body);
-  dlg.addEventListener("close", () => {
-    dlg.remove();
-    // #/gallery?image=N opened this panel; closing it leaves the plain gallery address.
-    if (/[?&]image=/.test(location.hash)) history.replaceState(null, "", "#/gallery");
-  });
+  dlg.addEventListener("close", () => dlg.remove());
   document.body.append(dlg);
   dlg.showModal();
   let image;
