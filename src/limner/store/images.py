@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -154,16 +155,40 @@ class ImagesPart:
             return again
         return image_id
 
+    def bulk_add(self, owner: User, entries: list[dict[str, Any]]) -> list[int]:
+        """Register many images in one transaction without decoding their files: for bulk
+        importers and benchmarks that already know each file's ``content_hash``. Each entry:
+        ``path`` (relative to the home), ``record``, ``content_hash``, and optionally
+        ``thumb_path``, ``created``, ``vector`` (float32 [D]). Duplicates are not merged: a
+        repeated (owner, content_hash) fails the whole batch."""
+        if not entries:
+            return []
+        rows = [self._image_values(owner.id, e["path"], e.get("thumb_path"), e["record"], e["content_hash"],
+                                   None, None, e.get("created") or time.time()) for e in entries]
+        with self._write() as conn:
+            ids = list(conn.execute(images.insert().returning(images.c.id, sort_by_parameter_order=True),
+                                    rows).scalars())
+            vectors = [{"image_id": i, "model": self.embedder_name,
+                        "vector": np.ascontiguousarray(e["vector"], dtype="<f4").tobytes()}
+                       for i, e in zip(ids, entries) if e.get("vector") is not None]
+            if vectors:
+                conn.execute(embeddings.insert(), vectors)
+        return ids
+
     def _insert_image(self, conn: sa.Connection, owner_id: int, rel: str, rel_thumb: str | None,
                       record: dict[str, Any], digest: str, parent_id: int | None,
                       scores: dict[str, Any] | None, created: float | None) -> int:
-        values = record_columns(record)
-        return conn.execute(images.insert().values(
-            owner_id=owner_id, path=rel, thumb_path=rel_thumb,
-            record=json.dumps(record, sort_keys=True, ensure_ascii=False),
-            created=created if created is not None else db.now(conn), content_hash=digest,
-            tags="[]", parent_id=parent_id, scores=json.dumps(scores) if scores else None, **values,
-        ).returning(images.c.id)).scalar_one()
+        values = self._image_values(owner_id, rel, rel_thumb, record, digest, parent_id, scores,
+                                    created if created is not None else db.now(conn))
+        return conn.execute(images.insert().values(**values).returning(images.c.id)).scalar_one()
+
+    @staticmethod
+    def _image_values(owner_id: int, rel: str, rel_thumb: str | None, record: dict[str, Any], digest: str,
+                      parent_id: int | None, scores: dict[str, Any] | None, created: float) -> dict[str, Any]:
+        return dict(owner_id=owner_id, path=rel, thumb_path=rel_thumb,
+                    record=json.dumps(record, sort_keys=True, ensure_ascii=False), created=created,
+                    content_hash=digest, tags="[]", parent_id=parent_id,
+                    scores=json.dumps(scores) if scores else None, **record_columns(record))
 
     def _image_by_hash(self, owner_id: int, digest: str) -> int | None:
         with self._read() as conn:

@@ -25,6 +25,7 @@ import base64
 import hashlib
 import json
 import re
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -40,7 +41,8 @@ from limner.store.tables import board_images, board_members, boards, images, use
 MAX_LIMIT = 200
 MAX_TERMS = 64  # words of a text query used (bounds the query's cost)
 RRF_K = 60
-RRF_WINDOW = 1000
+RRF_WINDOW = 200
+QUERY_CACHE = 256  # query embeddings kept
 _WORD = re.compile(r"[^\W_]+")
 
 
@@ -238,26 +240,39 @@ class SearchPart:
         all_ids, matrix = self.vectors.refresh(conn)
         if len(all_ids) == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        qv = np.asarray(self.embedder([q]), dtype=np.float32)[0]
-        sims = matrix @ qv
+        sims = matrix @ self._query_vector(q)
         if after:
             all_ids, sims = _after(all_ids, sims, after)
-        order = np.lexsort((-all_ids, -sims))
         # First try: the best candidates by score, checked against the filters in a few queries.
-        probe = order[: max(4 * window, 1000)]
+        probe = _top(all_ids, sims, max(4 * window, 200))
         passing = self._passing(conn, where, all_ids[probe])
         keep = probe[np.isin(all_ids[probe], passing)]
-        if len(keep) >= window or len(probe) == len(order):
+        if len(keep) >= window or len(probe) == len(all_ids):
             return all_ids[keep], sims[keep]
         # Otherwise ask for every id passing the filters (selective filters make this small).
         passing = np.asarray(conn.execute(sa.select(images.c.id).where(*where)).scalars().all(), dtype=np.int64)
-        keep = order[np.isin(all_ids[order], passing)]
-        return all_ids[keep], sims[keep]
+        mask = np.isin(all_ids, passing)
+        ids, sims = all_ids[mask], sims[mask]
+        order = _top(ids, sims, len(ids))
+        return ids[order], sims[order]
+
+    def _query_vector(self, q: str) -> np.ndarray:
+        """The embedding of ``q``, from a small LRU cache (every page of a search reuses it)."""
+        cache = self.__dict__.setdefault("_qcache", OrderedDict())
+        vec = cache.get(q)
+        if vec is None:
+            vec = np.asarray(self.embedder([q]), dtype=np.float32)[0]
+            cache[q] = vec
+            while len(cache) > QUERY_CACHE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(q)
+        return vec
 
     def _passing(self, conn: sa.Connection, where: list, ids: np.ndarray) -> np.ndarray:
         out: list[int] = []
-        for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
-            chunk = ids[start:start + 900].tolist()
+        for start in range(0, len(ids), 5000):  # well under SQLite's 32,766 bound parameters
+            chunk = ids[start:start + 5000].tolist()
             out.extend(conn.execute(sa.select(images.c.id).where(*where, images.c.id.in_(chunk))).scalars())
         return np.asarray(out, dtype=np.int64)
 
@@ -271,6 +286,19 @@ def _rrf(rankings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.fromiter(fused.keys(), dtype=np.int64, count=len(fused))
     scores = np.fromiter(fused.values(), dtype=np.float64, count=len(fused))
     return ids, scores
+
+
+def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best entries in (score desc, id desc) order (partition, then sort)."""
+    if k < len(scores):
+        cut = np.argpartition(-scores, k - 1)[:k]
+        # Entries tied with the k-th score may sit on either side of the cut: take them all.
+        kth = scores[cut].min()
+        cut = np.union1d(cut, np.flatnonzero(scores == kth))
+    else:
+        cut = np.arange(len(scores))
+    order = np.lexsort((-ids[cut], -scores[cut]))
+    return cut[order]
 
 
 def _after(ids: np.ndarray, scores: np.ndarray, state: dict) -> tuple[np.ndarray, np.ndarray]:
