@@ -7,11 +7,18 @@ which answers 422 naming the field just as the CLI names the flag.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from fastapi import Path as PathParam
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_SEED = 2**63 - 1
+MAX_ID = 2**53  # ids fit every database integer (and a JavaScript number)
+
+# Path parameters: ids in range, so an absurd number is a 422, not a database overflow.
+Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+Step = Annotated[int, PathParam(ge=0, le=MAX_ID)]
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from limner.server import accounts
 from limner.server.deps import SESSION_COOKIE, AdminDep, StudioDep, UserDep
 from limner.server.errors import ApiError
-from limner.server.schemas import ApiKeyCreated, ApiKeyOut, KeyCreate, LoginBody, UserCreate, UserOut
+from limner.server.schemas import Id, ApiKeyCreated, ApiKeyOut, KeyCreate, LoginBody, UserCreate, UserOut
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -64,7 +64,7 @@ def create_key(body: KeyCreate, user: UserDep, studio: StudioDep) -> ApiKeyCreat
 
 
 @router.delete("/keys/{key_id}", status_code=204)
-def revoke_key(key_id: int, user: UserDep, studio: StudioDep) -> Response:
+def revoke_key(key_id: Id, user: UserDep, studio: StudioDep) -> Response:
     """Revoke a key (idempotent)."""
     studio.store.revoke_api_key(user, key_id)
     return Response(status_code=204)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from limner.jobs.events import board_image_event
 from limner.jobs.views import image_summary
 from limner.server.deps import StudioDep, UserDep
-from limner.server.schemas import BoardCreate, BoardImageAdd, BoardMemberAdd, BoardOut
+from limner.server.schemas import Id, BoardCreate, BoardImageAdd, BoardMemberAdd, BoardOut
 
 router = APIRouter(prefix="/api", tags=["boards"])
 
@@ -32,7 +32,7 @@ def create_board(body: BoardCreate, user: UserDep, studio: StudioDep) -> dict[st
 
 
 @router.get("/boards/{board_id}", response_model=dict[str, Any])
-def get_board(board_id: int, user: UserDep, studio: StudioDep) -> dict[str, Any]:
+def get_board(board_id: Id, user: UserDep, studio: StudioDep) -> dict[str, Any]:
     """A board and its members (its images: ``GET /api/images?board={id}``)."""
     out = board_out(studio.store.get_board(user, board_id))
     out["members"] = [{"username": n, "role": r} for n, r in studio.store.board_members(user, board_id)]
@@ -40,14 +40,14 @@ def get_board(board_id: int, user: UserDep, studio: StudioDep) -> dict[str, Any]
 
 
 @router.delete("/boards/{board_id}", status_code=204)
-def delete_board(board_id: int, user: UserDep, studio: StudioDep) -> Response:
+def delete_board(board_id: Id, user: UserDep, studio: StudioDep) -> Response:
     """Delete a board (owner or admin); its images stay in their owners' galleries."""
     studio.store.delete_board(user, board_id)
     return Response(status_code=204)
 
 
 @router.post("/boards/{board_id}/images", status_code=201, response_model=dict[str, Any])
-def add_image(board_id: int, body: BoardImageAdd, user: UserDep, studio: StudioDep) -> dict[str, Any]:
+def add_image(board_id: Id, body: BoardImageAdd, user: UserDep, studio: StudioDep) -> dict[str, Any]:
     """Put an image you can see on a board you own or edit (idempotent); members see it live."""
     studio.store.add_to_board(user, board_id, body.image_id)
     summary = image_summary(studio.store.get_image(user, body.image_id))
@@ -56,19 +56,19 @@ def add_image(board_id: int, body: BoardImageAdd, user: UserDep, studio: StudioD
 
 
 @router.delete("/boards/{board_id}/images/{image_id}", status_code=204)
-def remove_image(board_id: int, image_id: int, user: UserDep, studio: StudioDep) -> Response:
+def remove_image(board_id: Id, image_id: Id, user: UserDep, studio: StudioDep) -> Response:
     studio.store.remove_from_board(user, board_id, image_id)
     return Response(status_code=204)
 
 
 @router.post("/boards/{board_id}/members", status_code=201, response_model=dict[str, Any])
-def share(board_id: int, body: BoardMemberAdd, user: UserDep, studio: StudioDep) -> dict[str, Any]:
+def share(board_id: Id, body: BoardMemberAdd, user: UserDep, studio: StudioDep) -> dict[str, Any]:
     """Share a board with a user as viewer or editor (changes the role if already a member)."""
     studio.store.share_board(user, board_id, body.username, body.role)
     return {"board_id": board_id, "username": body.username, "role": body.role}
 
 
 @router.delete("/boards/{board_id}/members/{username}", status_code=204)
-def unshare(board_id: int, username: str, user: UserDep, studio: StudioDep) -> Response:
+def unshare(board_id: Id, username: str, user: UserDep, studio: StudioDep) -> Response:
     studio.store.unshare_board(user, board_id, username)
     return Response(status_code=204)

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse
 from limner.jobs.views import image_summary
 from limner.server.deps import StudioDep, UserDep
 from limner.server.errors import ApiError
-from limner.server.schemas import ImageDetail, ImageOut, ImagePage, ImagePatch, JobAccepted, UploadOut
+from limner.server.schemas import Id, ImageDetail, ImageOut, ImagePage, ImagePatch, JobAccepted, UploadOut
 
 router = APIRouter(prefix="/api", tags=["images"])
 
@@ -70,7 +70,7 @@ def search_images(
 
 
 @router.get("/images/{image_id}", response_model=ImageDetail)
-def get_image(image_id: int, user: UserDep, studio: StudioDep) -> dict[str, Any]:
+def get_image(image_id: Id, user: UserDep, studio: StudioDep) -> dict[str, Any]:
     """One image with its full generation record and its version chain (ids, oldest first)."""
     image = studio.store.get_image(user, image_id)
     out = image_out(image)
@@ -81,7 +81,7 @@ def get_image(image_id: int, user: UserDep, studio: StudioDep) -> dict[str, Any]
 
 @router.get("/images/{image_id}/file", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}}})
-def image_file(image_id: int, user: UserDep, studio: StudioDep, download: bool = False) -> FileResponse:
+def image_file(image_id: Id, user: UserDep, studio: StudioDep, download: bool = False) -> FileResponse:
     """The PNG with its embedded record (``?download=1``: as an attachment)."""
     path = studio.store.image_file(user, image_id)
     disposition = "attachment" if download else "inline"
@@ -91,13 +91,13 @@ def image_file(image_id: int, user: UserDep, studio: StudioDep, download: bool =
 
 @router.get("/images/{image_id}/thumb", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}}})
-def image_thumb(image_id: int, user: UserDep, studio: StudioDep) -> FileResponse:
+def image_thumb(image_id: Id, user: UserDep, studio: StudioDep) -> FileResponse:
     path = studio.store.image_file(user, image_id, thumb=True)
     return FileResponse(path, media_type="image/png", headers=FILE_HEADERS)
 
 
 @router.patch("/images/{image_id}", response_model=ImageOut)
-def update_image(image_id: int, body: ImagePatch, user: UserDep, studio: StudioDep) -> dict[str, Any]:
+def update_image(image_id: Id, body: ImagePatch, user: UserDep, studio: StudioDep) -> dict[str, Any]:
     """Set the rating (0-5, null clears it) and/or replace the tags."""
     fields = body.model_dump(exclude_unset=True)
     kwargs: dict[str, Any] = {}
@@ -109,20 +109,20 @@ def update_image(image_id: int, body: ImagePatch, user: UserDep, studio: StudioD
 
 
 @router.delete("/images/{image_id}", status_code=204)
-def delete_image(image_id: int, user: UserDep, studio: StudioDep) -> Response:
+def delete_image(image_id: Id, user: UserDep, studio: StudioDep) -> Response:
     """Soft delete (``POST /api/images/{id}/restore`` undoes it)."""
     studio.store.delete_image(user, image_id)
     return Response(status_code=204)
 
 
 @router.post("/images/{image_id}/restore", response_model=ImageOut)
-def restore_image(image_id: int, user: UserDep, studio: StudioDep) -> dict[str, Any]:
+def restore_image(image_id: Id, user: UserDep, studio: StudioDep) -> dict[str, Any]:
     studio.store.restore_image(user, image_id)
     return image_out(studio.store.get_image(user, image_id))
 
 
 @router.post("/images/{image_id}/regenerate", response_model=JobAccepted, status_code=202)
-def regenerate(image_id: int, user: UserDep, studio: StudioDep, overrides: dict[str, Any] | None = None) -> dict:
+def regenerate(image_id: Id, user: UserDep, studio: StudioDep, overrides: dict[str, Any] | None = None) -> dict:
     """Regenerate from the image's record (optionally changing seed, steps, cfg, sampler, prompt
     or negative); the new image links to this one as a version."""
     from limner.server.routes.jobs import submit_regeneration

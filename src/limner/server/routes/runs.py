@@ -24,7 +24,7 @@ from limner.server.deps import StudioDep, UserDep
 from limner.server.errors import ApiError
 from limner.server.routes.images import FILE_HEADERS
 from limner.server.routes.jobs import IdempotencyKey, submit
-from limner.server.schemas import DatasetOut, EvalBody, JobAccepted, ResumeBody, RunOut, TrainBody
+from limner.server.schemas import Step, DatasetOut, EvalBody, JobAccepted, ResumeBody, RunOut, TrainBody
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -105,7 +105,7 @@ def run_samples(name: str, user: UserDep, studio: StudioDep) -> list[dict[str, A
 
 @router.get("/runs/{name}/samples/{step}", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}}})
-def run_sample(name: str, step: int, user: UserDep, studio: StudioDep) -> FileResponse:
+def run_sample(name: str, step: Step, user: UserDep, studio: StudioDep) -> FileResponse:
     folder = _run(studio, user, name)
     path = _sample_files(folder).get(step)
     if path is None:
