@@ -40,15 +40,19 @@ def test_two_cpu_ranks_train_resume_and_agree(tmp_path):
     assert [r["world"] for r in first] == [2, 2]
     assert [r["wrapper"] for r in first] == ["DistributedDataParallel"] * 2
     assert first[0]["digest"] == first[1]["digest"]
-    assert all(r["finite"] for r in first) and not any(r["writes"] for r in first)
+    assert all(r["finite"] for r in first)
+    assert not any(r["writes"] for r in first), [r["writes"] for r in first]
     # each rank took its own half of every global batch of 8
     assert all(len(r["seen"]) == 3 * 4 for r in first)
     assert set(first[0]["seen"][:4]).isdisjoint(first[1]["seen"][:4])
+    # grad_accum=2: DDP all-reduces once per step, after the 2nd micro-batch only (no_sync before)
+    assert all(r["syncs"] and sorted(set(r["syncs"])) == [2, 4, 6] for r in first), first
 
     second = _torchrun(run_dir, 6, True, tmp_path / "r2")
     assert [r["start"] for r in second] == [3, 3] and [r["step"] for r in second] == [6, 6]
     assert second[0]["digest"] == second[1]["digest"] != first[0]["digest"]
-    assert not any(r["writes"] for r in second)
+    assert not any(r["writes"] for r in second), [r["writes"] for r in second]
+    assert all(sorted(set(r["syncs"])) == [2, 4, 6] for r in second)
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_000003", "step_000006"]
     assert find_latest_valid(run_dir).name == "step_000006"
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -95,7 +95,9 @@ def test_grad_clip_bounds_the_gradient_the_optimizer_sees(tmp_path):
 
 
 def test_ddp_gradient_sync_only_on_the_last_micro_batch(tmp_path, monkeypatch):
-    """The DDP sync switch is read at forward time: off for micro-batch 1, on for the last."""
+    """The DDP sync switch is read at forward time: off for micro-batch 1, on for the last. (That
+    DDP then all-reduces only after the last micro-batch is checked on two real ranks by
+    test_distributed.py, through a comm hook in ddp_script.py.)"""
     events = []
     monkeypatch.setattr("limner.training.context.set_grad_sync",
                         lambda module, enabled: events.append(enabled))
