@@ -111,7 +111,7 @@ def gan_dynamics(run: ExplainRun, step=None, count: int = 8, seed: int = 0, **_:
         "D_real_prob": torch.sigmoid(d_real).tolist(), "D_fake_prob": torch.sigmoid(d_fake).tolist(),
         "conditions": captions or labels,
     })
-    result.images["dynamics"] = render.hstack([grid, render.vstack(charts)] if charts else [grid])
+    result.images["dynamics"] = render.vstack([grid, render.hstack(charts)] if charts else [grid])
     return result
 
 

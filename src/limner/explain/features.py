@@ -134,9 +134,11 @@ def hierarchy_image(x: Tensor, acts: dict[str, Tensor], tops: dict[str, list[int
         vmax = float(a[0, chans].clamp(min=0).max()) if chans else 1.0
         cells = [render.caption(render.cell(render.heat(a[0, c].clamp(min=0), vmax), size), f"ch {c}", 11)
                  for c in chans]
-        rows.append([render.caption(render.cell(render.image_rgb(x), size), "input", 11)] + cells)
+        rows.append(cells)
         labels.append(f"{name} ({a.shape[1]} ch)")
-    return render.grid(rows, row_labels=labels, title=f"strongest feature maps per level: {what}")
+    maps = render.grid(rows, row_labels=labels, title=f"strongest feature maps per level: {what}")
+    shown = render.caption(render.cell(render.image_rgb(x), 2 * size), "the input image")
+    return render.hstack([shown, maps], align="top")
 
 
 @torch.no_grad()
