@@ -230,6 +230,10 @@ class StudioClient:
         return self.request("POST", "/api/datasets", files={"file": (f"{name}.zip", zip_bytes, "application/zip")},
                             params={"name": name})
 
+    def explain(self, run: str, view: str, **options: Any) -> dict:
+        """A "how it learns" view of a run: ``{view, data, images: {name: url}, animations}``."""
+        return self.request("GET", f"/api/runs/{run}/explain/{view}", params=options)
+
     def evaluate(self, run: str, num: int = 200) -> dict:
         return self.request("POST", "/api/eval", json_body={"run": run, "num": num})["job"]
 

@@ -14,7 +14,8 @@ from tests.server.conftest import install_run, wait_job, wait_until
 
 PUBLIC = {("GET", "/api/health"), ("POST", "/api/auth/login"), ("POST", "/api/auth/logout")}
 DUMMY = {"image_id": "1", "board_id": "1", "key_id": "1", "job_id": "00000000-0000-0000-0000-000000000000",
-         "name": "tiny", "step": "4", "upload_id": "0" * 32, "username": "bob", "view": "loss"}
+         "name": "tiny", "step": "4", "upload_id": "0" * 32, "username": "bob", "view": "timeline",
+         "key": "abc", "file": "x.png"}
 
 
 def api_routes(app):

@@ -197,3 +197,19 @@ def test_keys_and_users(studio):
     assert c.me()["username"] == "carol"
     assert c.create_user("dave", "correct horse battery")["role"] == "user"
     assert [u["username"] for u in c.users()] == ["local", "carol", "dave"]
+
+
+def test_explain_view_of_own_run(studio):
+    pytest.importorskip("limner.explain")
+    c = studio.client()
+    view = c.explain("tiny", "timeline")
+    assert view["view"] == "timeline" and view["data"]["steps"] == [4]
+    for url in [*view["images"].values(), *view["animations"].values()]:
+        r = studio.http.get(url)
+        assert r.status_code == 200 and r.headers["content-type"] in ("image/png", "image/gif")
+    with pytest.raises(StudioError) as e:  # options naming server files are not taken over HTTP
+        c.explain("tiny", "filmstrip", image="/etc/passwd")
+    assert e.value.status == 422 and e.value.field == "image"
+    with pytest.raises(StudioError) as e:
+        c.explain("tiny", "no-such-view")
+    assert e.value.field == "view"
