@@ -250,6 +250,24 @@ def test_train_a_tiny_run_with_a_live_loss_curve_and_timeline(open_page, studio,
     screenshot(page, "studio-train-desktop")
 
 
+def test_learn_shows_how_the_run_learns(open_page, studio):
+    page = open_page()
+    login(page, studio)
+    page.goto(f"/#/learn?run={RUN}&view=timeline")
+    learn = page.locator("#page-learn")
+    view = learn.locator(".explain[data-view=timeline]")
+    view.wait_for(timeout=JOB_TIMEOUT * 1000)
+    assert view.locator("img.explain-img").count() >= 1
+    view.get_by_text("The numbers").click()
+    assert int(view.locator("svg.chart").first.get_attribute("data-points")) >= 1  # the loss curve
+    learn.get_by_label("View").select_option("step")
+    step = learn.locator(".explain[data-view=step]")
+    step.wait_for(timeout=JOB_TIMEOUT * 1000)
+    step.get_by_text("The numbers").click()
+    assert step.locator("table tbody tr").count() > 3  # one row per layer: gradient and update norms
+    screenshot(page, "studio-learn-step-desktop")
+
+
 PAGES = ["generate", "gallery", "train", "learn", "account"]
 
 

@@ -1,34 +1,59 @@
-// Learn: the "how it learns" views (limner.explain) of the selected run, served as JSON with image
-// URLs by GET /api/runs/{name}/explain/{view}; refreshed while the run trains. When the server
-// has no explain routes, the page says so and shows what the runs routes give (the fixed-seed
-// timeline and the loss curve).
+// Learn: the "how it learns" views (limner.explain) of the selected run, from
+// GET /api/runs/{name}/explain/{view} ({view, options, data, images: {name: url}, animations}),
+// recomputed when the run writes a checkpoint while this page is open. Where the server has no
+// explain route, the page says so and shows what the runs routes give (the fixed-seed timeline
+// and the loss curve).
 import { get, query, events } from "./api.js";
 import { h, replace, field, setOptions, Status, safeSrc } from "./dom.js";
 import { lineChart } from "./chart.js";
+
+// The views of limner.explain that take no server-side file (the denoising filmstrip replays a
+// PNG's record, which the HTTP route does not accept yet), with the options the page offers.
+const VIEWS = [
+  { name: "timeline", label: "Training timeline", about: "Fixed-seed samples at each checkpoint, with the loss and other curves.", options: [] },
+  { name: "step", label: "One training step, opened up", about: "One real batch: the input, the noise, the prediction, the loss, and the gradient and update of every layer.", options: ["step", "seed"] },
+  { name: "features", label: "Feature hierarchy", about: "The strongest feature maps of each level for a training image, and the training patches that excite one channel most.", options: ["step", "index"] },
+  { name: "dynamics", label: "Family dynamics", about: "How this family learns: loss by noise level (diffusion), D(real) and D(fake) (GAN), the latent map (VAE).", options: ["step", "seed"] },
+  { name: "attention", label: "Cross-attention", about: "Where each prompt token looks in the image (text-conditioned runs).", options: ["step", "seed", "prompt"] },
+];
 
 let S = null;
 let subscribed = false;
 
 export function mount(section, ctx) {
-  S = { ctx, run: null, view: null };
+  S = { ctx, run: null };
   S.status = new Status();
   S.runSelect = field("Run", "select", { name: "run" });
   S.viewSelect = field("View", "select", { name: "view" });
-  S.image = field("Image id (for per-image views)", "number", { name: "image", min: 1, inputmode: "numeric" },
-    "The denoising filmstrip and feature views take a generated image from the gallery.");
+  setOptions(S.viewSelect.input, VIEWS.map((v) => ({ value: v.name, label: v.label })));
+  S.about = h("p", { class: "muted" });
+  S.opts = {
+    step: field("Checkpoint step", "number", { name: "step", min: 0, step: 1, placeholder: "newest", inputmode: "numeric" }),
+    seed: field("Seed", "number", { name: "seed", min: 0, step: 1, placeholder: "default", inputmode: "numeric" }),
+    index: field("Training image number", "number", { name: "index", min: 0, step: 1, placeholder: "0", inputmode: "numeric" }),
+    prompt: field("Prompt", "text", { name: "prompt", placeholder: "the run's first caption", maxlength: 500 }),
+  };
   S.body = h("div", { class: "learn-body", "aria-live": "polite" });
   const form = h("form", { class: "card", onsubmit: (e) => { e.preventDefault(); loadView(); } },
     h("h2", { id: "learn-title", text: "How it learns" }),
-    h("div", { class: "grid2" }, S.runSelect.wrap, S.viewSelect.wrap, S.image.wrap),
+    h("div", { class: "grid2" }, S.runSelect.wrap, S.viewSelect.wrap), S.about,
+    h("div", { class: "grid2" }, Object.values(S.opts).map((f) => f.wrap)),
     h("button", { type: "submit", text: "Show" }), S.status.el);
-  S.runSelect.input.addEventListener("change", () => selectRun(S.runSelect.input.value));
-  S.viewSelect.input.addEventListener("change", () => loadView());
+  S.runSelect.input.addEventListener("change", () => { S.run = S.runSelect.input.value; loadView(); });
+  S.viewSelect.input.addEventListener("change", () => { describeView(); loadView(); });
   replace(section, form, S.body);
+  describeView();
   if (!subscribed) {
     subscribed = true;
-    // Live while a run trains: a new checkpoint refreshes the view on screen.
+    // Live while a run trains: a new checkpoint recomputes the view on screen.
     events.on("checkpoint", (m) => { if (S && m.run === S.run && !document.getElementById("page-learn").hidden) loadView(); });
   }
+}
+
+function describeView() {
+  const view = VIEWS.find((v) => v.name === S.viewSelect.input.value) || VIEWS[0];
+  S.about.textContent = view.about;
+  for (const [name, f] of Object.entries(S.opts)) f.wrap.hidden = !view.options.includes(name);
 }
 
 export async function show(params) {
@@ -36,51 +61,46 @@ export async function show(params) {
   try {
     const runs = await get("/api/runs");
     S.status.clear();
-    if (!runs.length) { S.status.set("error", "No runs yet: start one on the Train page."); return; }
-    setOptions(S.runSelect.input, runs.map((r) => ({ value: r.name, label: `${r.name} (${r.family})` })));
-    if (params.image) S.image.input.value = params.image;
-    await selectRun(params.run && runs.some((r) => r.name === params.run) ? params.run : S.runSelect.input.value, params.view);
+    if (!runs.length) { S.status.set("error", "No runs yet: start one on the Train page."); replace(S.body); return; }
+    setOptions(S.runSelect.input, runs.map((r) => ({ value: r.name, label: `${r.name} (${r.family}, step ${r.step ?? 0})` })));
+    if (params.run && runs.some((r) => r.name === params.run)) S.runSelect.input.value = params.run;
+    if (params.view && VIEWS.some((v) => v.name === params.view)) { S.viewSelect.input.value = params.view; describeView(); }
+    const changed = S.run !== S.runSelect.input.value;
+    S.run = S.runSelect.input.value;
+    if (changed || params.view) await loadView();
   } catch (err) { S.status.error(err); }
-}
-
-async function selectRun(name, view) {
-  S.run = name;
-  S.runSelect.input.value = name;
-  S.status.loading("Loading the views…");
-  try {
-    const views = await get(`/api/runs/${encodeURIComponent(name)}/explain`);
-    S.explain = true;
-    const list = Array.isArray(views) ? views : views.views || [];
-    setOptions(S.viewSelect.input, list.map((v) => (typeof v === "object" ? { value: v.name, label: v.title || v.name } : v)));
-    S.viewSelect.wrap.hidden = false;
-    if (view) S.viewSelect.input.value = view;
-    S.status.clear();
-  } catch (err) {
-    if (err.status !== 404 && err.status !== 405) { S.status.error(err); return; }
-    S.explain = false;
-    S.viewSelect.wrap.hidden = true;
-    S.status.set("info", "This studio server has no “how it learns” views yet (GET /api/runs/{name}/explain); showing the training timeline and loss from the run instead.");
-  }
-  await loadView();
 }
 
 async function loadView() {
   if (!S.run) return;
-  if (!S.explain) { await fallback(); return; }
   const view = S.viewSelect.input.value;
+  const label = (VIEWS.find((v) => v.name === view) || {}).label || view;
   const status = new Status();
   replace(S.body, status.el);
-  status.loading(`Computing “${view}”…`);
+  status.loading(`Computing “${label}” for ${S.run} (a few seconds for small models)…`);
+  const params = {};
+  for (const [name, f] of Object.entries(S.opts)) if (!f.wrap.hidden && f.input.value !== "") params[name] = f.input.value;
+  const run = S.run;
   try {
-    const data = await get(`/api/runs/${encodeURIComponent(S.run)}/explain/${encodeURIComponent(view)}${query({ image: S.image.input.value })}`);
-    replace(S.body, h("div", { class: "card explain", dataset: { view } }, h("h3", { text: data.title || view }),
-      data.description ? h("p", { text: data.description }) : null, render(data, 0)));
-  } catch (err) { status.error(err); }
+    const res = await get(`/api/runs/${encodeURIComponent(run)}/explain/${encodeURIComponent(view)}${query(params)}`);
+    if (run !== S.run || view !== S.viewSelect.input.value) return;
+    replace(S.body, renderResult(res, label));
+  } catch (err) {
+    if (err.status === 404 && /not found/i.test(err.detail || "")) { await fallback(status); return; }
+    status.error(err);
+  }
 }
 
-async function fallback() {
-  const status = new Status();
-  replace(S.body, status.el);
+function renderResult(res, label) {
+  const pictures = [...Object.entries(res.images || {}), ...Object.entries(res.animations || {})];
+  return h("div", { class: "card explain", dataset: { view: res.view } },
+    h("h3", { text: label }),
+    pictures.length ? h("div", { class: "explain-pictures" }, pictures.map(([name, url]) => h("figure", {},
+      h("img", { src: safeSrc(url), alt: `${label}: ${name}`, class: "explain-img" }), h("figcaption", { text: name })))) : null,
+    h("details", { open: !pictures.length }, h("summary", { text: "The numbers" }), render(res.data, 0)));
+}
+
+async function fallback(status) {
   status.loading("Loading the run…");
   try {
     const name = encodeURIComponent(S.run);
@@ -88,46 +108,52 @@ async function fallback() {
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
     svg.setAttribute("class", "chart");
     lineChart(svg, metrics.filter((r) => typeof r.loss === "number").map((r) => ({ x: r.step, y: r.loss })), { title: "Training loss" });
-    replace(S.body, h("div", { class: "card" }, h("h3", { text: "Training timeline" }),
-      frames.length ? h("ol", { class: "strip" }, frames.map((f) => h("li", {},
-        h("img", { src: safeSrc(f.url), alt: `Samples at step ${f.step}`, width: 128, height: 128 }), h("span", { text: `step ${f.step}` }))))
-        : h("p", { class: "muted", text: "No sample frames yet." })),
-    h("div", { class: "card" }, h("h3", { text: "Loss" }), svg));
+    replace(S.body, h("p", { class: "status info", text: "This studio server has no “how it learns” views (limner.explain is not installed there); showing the run's timeline and loss instead." }),
+      h("div", { class: "card" }, h("h3", { text: "Training timeline" }),
+        frames.length ? h("ol", { class: "strip" }, frames.map((f) => h("li", {},
+          h("img", { src: safeSrc(f.url), alt: `Samples at step ${f.step}`, width: 128, height: 128 }), h("span", { text: `step ${f.step}` }))))
+          : h("p", { class: "muted", text: "No sample frames yet." })),
+      h("div", { class: "card" }, h("h3", { text: "Loss" }), svg));
   } catch (err) { status.error(err); }
 }
 
-// A generic renderer for a view's JSON: image URLs become pictures, numeric series become charts,
-// objects become labelled lists. Text is always set with textContent.
-const IMAGE_KEY = /(url|image|img|png|gif|frame|thumb)s?$/i;
+// A view's numbers, shown without knowing the view: {step: [...], value: [...]} and number lists
+// become charts, lists of flat records become tables, other objects labelled lists. Text is
+// always set with textContent.
+function chartOf(points, ylabel, xlabel = "step") {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "chart small");
+  lineChart(svg, points, { xlabel, ylabel });
+  return svg;
+}
 
-function isImageUrl(key, value) {
-  return typeof value === "string" && (IMAGE_KEY.test(key) || /^data:image\//.test(value)) && safeSrc(value) !== "";
+const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+const flat = (v) => v === null || ["string", "number", "boolean"].includes(typeof v) || (Array.isArray(v) && v.length <= 8 && v.every((x) => !x || typeof x !== "object"));
+
+function cell(v) {
+  if (isNum(v)) return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  if (Array.isArray(v)) return v.map(cell).join(", ");
+  return String(v ?? "");
 }
 
 function render(value, depth, key = "") {
-  if (isImageUrl(key, value)) return h("img", { src: safeSrc(value), alt: key, class: "explain-img" });
   if (Array.isArray(value)) {
-    if (value.length > 1 && value.every((v) => typeof v === "number")) {
-      const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-      svg.setAttribute("class", "chart small");
-      lineChart(svg, value.map((y, x) => ({ x, y })), { xlabel: "index", ylabel: key || "value" });
-      return svg;
+    if (value.length > 1 && value.every(isNum) && !value.every(Number.isInteger)) return chartOf(value.map((y, x) => ({ x, y })), key || "value", "index");
+    if (value.length && value.every((r) => r && typeof r === "object" && !Array.isArray(r) && Object.values(r).every(flat))) {
+      const cols = Object.keys(value[0]);
+      return h("div", { class: "table-wrap" }, h("table", {},
+        h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col", text: c })))),
+        h("tbody", {}, value.slice(0, 300).map((r) => h("tr", {}, cols.map((c) => h("td", { text: cell(r[c]) })))))));
     }
-    if (value.length && value.every((v) => v && typeof v === "object" && "step" in v && Object.keys(v).some((k) => typeof v[k] === "number" && k !== "step"))
-        && !value.some((v) => Object.keys(v).some((k) => isImageUrl(k, v[k])))) {
-      const metric = Object.keys(value[0]).find((k) => k !== "step" && typeof value[0][k] === "number");
-      const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-      svg.setAttribute("class", "chart small");
-      lineChart(svg, value.map((v) => ({ x: v.step, y: v[metric] })), { ylabel: metric });
-      return svg;
-    }
-    return h("ol", { class: depth ? "explain-list" : "explain-list strip" }, value.slice(0, 200).map((v) => h("li", {}, render(v, depth + 1, key))));
+    if (value.every(flat)) return h("span", { text: cell(value) });
+    return h("ol", { class: "explain-list" }, value.slice(0, 100).map((v) => h("li", {}, render(v, depth + 1, key))));
   }
   if (value && typeof value === "object") {
+    if (Array.isArray(value.step) && Array.isArray(value.value) && value.step.length === value.value.length) {
+      return chartOf(value.step.map((x, i) => ({ x, y: value.value[i] })), key || "value");
+    }
     if (depth > 6) return h("code", { text: JSON.stringify(value).slice(0, 200) });
-    return h("dl", { class: "record" }, Object.entries(value).filter(([k]) => k !== "title" || depth > 0).map(([k, v]) =>
-      [h("dt", { text: k }), h("dd", {}, render(v, depth + 1, k))]));
+    return h("dl", { class: "record" }, Object.entries(value).map(([k, v]) => [h("dt", { text: k }), h("dd", {}, render(v, depth + 1, k))]));
   }
-  if (typeof value === "number") return h("span", { text: Number.isInteger(value) ? String(value) : value.toPrecision(4) });
-  return h("span", { text: String(value ?? "") });
+  return h("span", { text: cell(value) });
 }
