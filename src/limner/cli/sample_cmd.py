@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sample", help="generate images from a run", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", type=Path, help="run folder (not needed with --from-image)")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", type=Path, help="run folder, or a bundled model's name such as emoji (not needed with --from-image)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the PNGs (created)")
     p.add_argument("--prompt", help="text prompt (text-conditioned runs)")
     p.add_argument("--negative", help="negative prompt: guidance steers away from it")
@@ -62,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.run_dir is None:
             raise UsageError("RUN_DIR: required unless --from-image is given")
-        if not args.run_dir.is_dir():
-            raise UsageError(f"RUN_DIR: {args.run_dir} is not a folder")
+        from limner.bundled import is_bundled_name
+
+        if not args.run_dir.is_dir() and not is_bundled_name(args.run_dir):
+            raise UsageError(f"RUN_DIR: {args.run_dir} is neither a folder nor a bundled model "
+                             "(limner sample emoji ...)")
         label = int(args.label) if args.label is not None and args.label.isdigit() else args.label
         request = GenerationRequest(
             run=str(args.run_dir), prompt=args.prompt, negative=args.negative, label=label,

@@ -143,6 +143,10 @@ class MiniLMTextEncoder(TextCondEncoder):
         self.token_proj = nn.Sequential(nn.LayerNorm(MINILM_WIDTH), nn.Linear(MINILM_WIDTH, D))
         self.vector_proj = nn.Sequential(nn.LayerNorm(MINILM_WIDTH), nn.Linear(MINILM_WIDTH, D))
         self.cache = FeatureCache()
+        from limner.conditioning.feature_file import preloaded_rows
+
+        for caption, row in preloaded_rows(config.max_tokens).items():
+            self.cache.put(caption, row)
 
     def prepare(
         self,

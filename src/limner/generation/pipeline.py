@@ -99,7 +99,9 @@ def load_run(
     run_dir: str | Path, *, step: int | str | None = None, device: str | torch.device = "cpu", ema: bool = True
 ) -> LoadedRun:
     """Rebuild a run's family from its config.json and load (EMA) weights of a checkpoint."""
-    run_dir = Path(run_dir)
+    from limner.bundled import resolve_run
+
+    run_dir = resolve_run(run_dir)  # a run folder, or a bundled model's name ("emoji")
     if not (run_dir / "config.json").is_file():
         raise UsageError(f"RUN_DIR: {run_dir} is not a limner run folder (no config.json)")
     run_config = read_run_config(run_dir)
@@ -107,7 +109,10 @@ def load_run(
     ckpt = _select_checkpoint(run_dir, step)
     for name, module in family.modules().items():
         suffix = "_ema" if ema and name in family.ema_names() else ""
-        load_module_weights(module, ckpt / f"{name}{suffix}.safetensors")
+        path = ckpt / f"{name}{suffix}.safetensors"
+        if not suffix and name in family.ema_names() and not path.is_file():
+            path = ckpt / f"{name}_ema.safetensors"  # an EMA-only checkpoint (a bundled model)
+        load_module_weights(module, path)
         module.to(device).eval()
     names = sorted(family.modules())
     return LoadedRun(

@@ -218,6 +218,8 @@ def model_hash(checkpoint_dir: str | Path, names: list[str]) -> str:
     digest = hashlib.sha256()
     for name in names:
         entry = manifest["files"].get(f"{name}.safetensors")
+        if entry is None:  # an EMA-only checkpoint (a bundled model) is known by its EMA weights
+            entry = manifest["files"].get(f"{name}_ema.safetensors")
         if entry is None:
             raise CheckpointError(f"checkpoint {checkpoint_dir} has no {name}.safetensors")
         digest.update(f"{name}:{entry['sha256']}\n".encode())
