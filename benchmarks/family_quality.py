@@ -19,6 +19,12 @@ Families (class-conditional on the Fashion-MNIST labels):
     vae               KL VAE, preset small, sampled from the prior
     latent-diffusion  an unconditional KL VAE (``--cond none``, its own budget) first, then the
                       diffusion preset small on its 4x8x8 latents
+    maskgit           an unconditional VQ-VAE (preset vq-small, 512 codes, 8x8 tokens, its own
+                      budget) first, then MaskGIT preset small on its tokens (Chang et al. 2022)
+    autoregressive    the same VQ-VAE stage, then the raster-order transformer preset small
+    diffusion-dit     pixel diffusion with ``--set family.backbone=dit`` (DiT-S/4, Peebles & Xie 2023)
+
+The maskgit and autoregressive entries share one VQ-VAE stage when both run in one invocation.
 
 Usage:
     python benchmarks/family_quality.py                     # full budgets (~32 min on a quiet 2-core machine)
@@ -60,7 +66,9 @@ class Stage:
         family, preset, cond: as ``limner train --family --preset --cond``.
         budget_min: CPU budget in minutes per thread (``threads x budget_min x 60`` CPU seconds).
         train: TrainConfig overrides besides the stopping and bookkeeping ones set for all.
-        vae_stage: for latent diffusion, the name of the stage whose run is its ``--vae``.
+        needs: the runs it builds on, ``--OPTION`` -> the stage whose run it is (latent
+            diffusion's ``--vae``, the token families' ``--vq``).
+        settings: family config overrides (``--set family.NAME=VALUE``).
     """
 
     family: str
@@ -68,7 +76,8 @@ class Stage:
     cond: str
     budget_min: float
     train: dict[str, Any] = field(default_factory=dict)
-    vae_stage: str | None = None
+    needs: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 # Stage name -> stage. A benchmark entry is a list of stages; its last stage is sampled.
@@ -81,13 +90,21 @@ STAGES: dict[str, Stage] = {
     "vae": Stage("vae", "small", "class", 4.0),
     "latent-diffusion-vae": Stage("vae", "small", "none", 4.0),
     "latent-diffusion": Stage("latent-diffusion", "small", "class", 6.0,
-                              vae_stage="latent-diffusion-vae"),
+                              needs={"vae": "latent-diffusion-vae"}),
+    # the token families: 3 + 5 CPU-minutes, the same total as pixel diffusion's 8
+    "vq": Stage("vae", "vq-small", "none", 3.0),
+    "maskgit": Stage("maskgit", "small", "class", 5.0, needs={"vq": "vq"}),
+    "autoregressive": Stage("autoregressive", "small", "class", 5.0, needs={"vq": "vq"}),
+    "diffusion-dit": Stage("diffusion", "small", "class", 8.0, settings={"backbone": "dit"}),
 }
 ENTRIES: dict[str, list[str]] = {
     "diffusion": ["diffusion"],
     "gan": ["gan"],
     "vae": ["vae"],
     "latent-diffusion": ["latent-diffusion-vae", "latent-diffusion"],
+    "maskgit": ["vq", "maskgit"],
+    "autoregressive": ["vq", "autoregressive"],
+    "diffusion-dit": ["diffusion-dit"],
 }
 # For every stage: the budget is the only stopper, no periodic grids or checkpoints (they would
 # spend budget), one final checkpoint kept.
@@ -128,11 +145,11 @@ def train_stage(stage: Stage, run_dir: Path, out: Path, budget: "CPUBudget") -> 
     from limner.training.signals import TrainingInterrupted
     from limner.workflows import TrainOptions, train
 
-    family_options = {"vae": out / "runs" / stage.vae_stage} if stage.vae_stage else {}
+    family_options = {option: out / "runs" / name for option, name in stage.needs.items()}
     opts = TrainOptions(data=DATA, out=run_dir, family=stage.family, preset=stage.preset,
                         resolution=RESOLUTION, cond=stage.cond, overwrite=True, progress=False,
                         train={**COMMON_TRAIN, **stage.train}, family_options=family_options,
-                        callbacks=[budget])
+                        family_overrides=dict(stage.settings), callbacks=[budget])
     try:
         train(opts)
     except TrainingInterrupted:
@@ -228,12 +245,11 @@ def generate(family: Any, labels: list[int], batch: int = 16) -> Any:
 
 
 def sampler_settings(family: Any) -> dict[str, Any]:
-    """The defaults a request without sampler fields gets (diffusion: sampler/steps/cfg)."""
-    cfg = family.config
-    keys = ("sampler", "steps", "cfg", "temperature")
-    out = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
-    if family.name == "gan":
-        out["truncation"] = 1.0
+    """The defaults a request without generation options gets (the family's declared ones)."""
+    out = dict(family.option_defaults())
+    for spec in family.declaration.options:
+        if spec.name not in out and spec.default is not None:
+            out[spec.name] = spec.default
     return out
 
 
@@ -278,13 +294,16 @@ def spawn(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
+    done: dict[str, dict[str, Any]] = {}  # a stage two entries share (the VQ-VAE) runs once
     for entry in args.families:
         stages = {}
         for name in ENTRIES[entry]:
-            budget = STAGES[name].budget_min * args.budget_scale
-            print(f"[{entry}] {name}: {STAGES[name].family} {STAGES[name].preset}, budget "
-                  f"{budget:.2f} min x {args.threads} thread(s)", file=sys.stderr, flush=True)
-            stages[name] = spawn(name, args)
+            if name not in done:
+                budget = STAGES[name].budget_min * args.budget_scale
+                print(f"[{entry}] {name}: {STAGES[name].family} {STAGES[name].preset}, budget "
+                      f"{budget:.2f} min x {args.threads} thread(s)", file=sys.stderr, flush=True)
+                done[name] = spawn(name, args)
+            stages[name] = done[name]
         results[entry] = combine(entry, stages)
     return results
 

@@ -1,0 +1,171 @@
+"""Token families after training: MaskGIT's quality and speed against its number of steps, the
+autoregressive family's tokens/s with and without the KV cache, and the DiT backbone's speed
+against the U-Net's.
+
+Reads the runs ``benchmarks/family_quality.py`` trained (``--runs`` = its ``<out>/runs``):
+
+1. MaskGIT (Chang et al. 2022), steps 4, 8, 12, 16: FD/KID of ``--num`` class-conditional
+   samples under the dataset's trained classifier extractor (as ``family_quality.py --score``),
+   and sampling images/s (batch 16, wall clock, after one warm-up batch).
+2. Autoregressive: tokens/s sampling a batch of 16 with the KV cache and without it (every step
+   re-reads the whole prefix), and whether both give the same tokens.
+3. Pixel diffusion with the U-Net (preset small) and with DiT-S/4 (``--set
+   family.backbone=dit``): parameters, forward GFLOPs per image (DiT counted analytically, the
+   U-Net by torch's FLOP counter), training img/s (forward + backward + Adam, batch 32) and
+   denoiser evaluations (NFE) per second at batch 16. No training run is needed for this part.
+
+Speed figures are wall-clock on this machine with ``torch.set_num_threads(--threads)``; other load
+on a shared machine lowers them, so the machine line and the load average are printed.
+
+Usage:
+    python benchmarks/token_families.py --runs /tmp/bench/fq/runs --threads 2
+    python benchmarks/token_families.py --runs ... --skip-fd      # speed only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from machine import machine_description
+
+DATA = Path("/work/shared/data/fashion-mnist")
+RESOLUTION = 32
+SEED = 0
+
+
+def timed(fn, repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` calls after one warm-up."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def maskgit_steps(run: Path, steps: list[int], num: int, skip_fd: bool) -> list[dict[str, Any]]:
+    from limner.data.dataset import load_dataset
+    from limner.evaluation.evaluate import EvalOptions, resolve_extractor, sample_for_eval, score_samples
+    from limner.generation.pipeline import load_run
+    from limner.generation.request import BatchRequest
+
+    loaded = load_run(run)
+    fam = loaded.family
+    rows = []
+    dataset = extractor = None
+    if not skip_fd:
+        dataset = load_dataset(DATA, RESOLUTION, progress=False)
+        extractor, _ = resolve_extractor(None, dataset, progress=False)
+    for T in steps:
+        batch = BatchRequest(seeds=list(range(16)), labels=[k % 10 for k in range(16)], steps=T)
+        with torch.no_grad():
+            seconds = timed(lambda: fam.generate(batch), repeat=2)
+        row: dict[str, Any] = {"steps": T, "img_per_s": 16 / seconds}
+        if not skip_fd:
+            opts = EvalOptions(num=num, seed=SEED, kid_subset_size=min(1000, num), steps=T)
+            samples = sample_for_eval(fam, dataset, opts, progress=False)
+            metrics = score_samples(samples, dataset, extractor, opts).result["metrics"]
+            row.update(fd=metrics["fid"], kid=metrics["kid"], num=num)
+        print(f"  maskgit steps {T}: {row}", file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def autoregressive_cache(run: Path) -> dict[str, Any]:
+    from limner.generation.pipeline import load_run
+    from limner.generation.request import BatchRequest
+
+    fam = load_run(run).family
+    batch = BatchRequest(seeds=list(range(16)), labels=[k % 10 for k in range(16)])
+    out: dict[str, Any] = {"tokens_per_image": fam.num_tokens}
+    tokens = {}
+    for use_cache in (True, False):
+        fam.use_cache = use_cache
+        with torch.no_grad():
+            seconds = timed(lambda: tokens.__setitem__(use_cache, fam.sample_tokens(batch)), repeat=1)
+        out["cached" if use_cache else "uncached"] = {"tokens_per_s": 16 * fam.num_tokens / seconds,
+                                                     "img_per_s": 16 / seconds}
+    out["same_tokens"] = bool(torch.equal(tokens[True], tokens[False]))
+    print(f"  autoregressive: {out}", file=sys.stderr, flush=True)
+    return out
+
+
+def backbone_speed() -> dict[str, Any]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from limner.models.base import DataInfo
+    from limner.models.diffusion.dit import DiTConfig, count_flops
+    from limner.models.diffusion.family import DiffusionFamily
+
+    info = DataInfo(resolution=RESOLUTION, channels=1, num_classes=10)
+    out = {}
+    for name, overrides in (("unet-small", {}), ("dit-S/4", {"backbone": "dit"}), ("dit-S/2", {"backbone": "dit", "net": {"patch_size": 2}})):
+        torch.manual_seed(0)
+        fam = DiffusionFamily.create("small", info, "class", overrides=overrides)
+        model = fam.model
+        params = sum(p.numel() for p in model.parameters())
+        x = torch.randn(32, 1, RESOLUTION, RESOLUTION)
+        sigma = torch.rand(32) * 5 + 0.1
+        cond = model.encoder.prepare(labels=list(range(10)) * 3 + [0, 1], batch_size=32)
+        if fam.config.backbone == "dit":
+            gflops = count_flops(DiTConfig.from_dict(fam.config.net)) / 1e9
+        else:
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                model(x[:1], sigma[:1], cond[slice(0, 1)])
+            gflops = counter.get_total_flops() / 1e9
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def train_step() -> None:
+            loss = (model(x, sigma, cond) - x).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        model.train()
+        train_s = timed(train_step, repeat=3)
+        model.eval()
+        with torch.no_grad():
+            c16 = model.encoder(cond[slice(0, 16)])
+            nfe_s = timed(lambda: model(x[:16], sigma[:16], c16), repeat=3)
+        out[name] = {"params_M": params / 1e6, "gflops_per_image": gflops, "train_img_per_s": 32 / train_s,
+                     "nfe_img_per_s": 16 / nfe_s}
+        print(f"  {name}: {out[name]}", file=sys.stderr, flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, help="family_quality.py's <out>/runs (maskgit, autoregressive)")
+    p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 12, 16])
+    p.add_argument("--num", type=int, default=1000, help="samples scored per MaskGIT setting (default: 1000)")
+    p.add_argument("--skip-fd", action="store_true", help="speed only")
+    p.add_argument("--parts", nargs="+", default=["maskgit", "autoregressive", "backbones"],
+                   choices=["maskgit", "autoregressive", "backbones"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "token_families.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {"machine": machine_description(args.threads), "load_avg": os.getloadavg()}
+    if "maskgit" in args.parts:
+        result["maskgit_steps"] = maskgit_steps(args.runs / "maskgit", args.steps, args.num, args.skip_fd)
+    if "autoregressive" in args.parts:
+        result["autoregressive_cache"] = autoregressive_cache(args.runs / "autoregressive")
+    if "backbones" in args.parts:
+        result["backbones"] = backbone_speed()
+    result["load_avg_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
