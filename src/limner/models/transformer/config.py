@@ -113,11 +113,11 @@ PRESETS: dict[str, Preset] = {
         description="tens of thousands of parameters, for tests",
     ),
     "small": Preset(
-        net=dict(dim=256, depth=6, heads=8, dropout=0.1), text_dim=128, text_layers=2,
-        train=dict(batch_size=64, lr=1e-3, warmup_steps=100, lr_decay="cosine", steps=3000,
+        net=dict(dim=256, depth=4, heads=4, dropout=0.1), text_dim=128, text_layers=2,
+        train=dict(batch_size=32, lr=1e-3, warmup_steps=100, lr_decay="cosine", steps=3000,
                    sample_every=500, save_every=500, ema_decay=0.995, log_every=10,
                    weight_decay=0.05),
-        description="~5M parameters; trains on a laptop CPU on an 8x8 token grid",
+        description="~3.5M parameters; trains on a laptop CPU on an 8x8 token grid",
     ),
     "base": Preset(
         net=dict(dim=512, depth=12, heads=8, dropout=0.1), text_dim=256, text_layers=4,
