@@ -216,6 +216,20 @@ def dataset_zip(folder, out):
     return out
 
 
+def test_a_shared_board_shows_new_images_to_its_members_live(open_page, studio, heart):
+    board = studio.api("POST", "/api/boards", {"name": "team picks"}, user="alice")
+    studio.api("POST", f"/api/boards/{board['id']}/members", {"username": "bob", "role": "viewer"}, user="alice")
+    page = open_page()
+    login(page, studio, "bob")
+    page.goto("/#/gallery")
+    page.get_by_role("button", name="team picks (shared with you: viewer)").click()
+    page.get_by_text("No images match.").wait_for()
+    page.get_by_text("live", exact=True).wait_for()  # the event socket is open
+    studio.api("POST", f"/api/boards/{board['id']}/images", {"image_id": heart["id"]}, user="alice")
+    page.locator(".gallery-card .prompt", has_text="a red heart").wait_for()  # no reload, no click
+    page.get_by_text("New image on board “team picks”.").wait_for()
+
+
 def test_train_a_tiny_run_with_a_live_loss_curve_and_timeline(open_page, studio, tmp_path):
     page = open_page()
     login(page, studio)

@@ -71,8 +71,9 @@ async function loadKeys() {
   try {
     const keys = await get("/api/keys");
     S.keysStatus.clear();
-    replace(S.keys, keys.length ? keys.map((k) => h("li", { class: "row between" },
-      h("span", { text: `${k.name}${k.created ? ` · created ${when(k.created)}` : ""}${k.last_used ? ` · last used ${when(k.last_used)}` : ""}` }),
+    const live = keys.filter((k) => !k.revoked);
+    replace(S.keys, live.length ? live.map((k) => h("li", { class: "row between" },
+      h("span", { text: `${k.name}${k.prefix ? ` (${k.prefix}…)` : ""}${k.created ? ` · created ${when(k.created)}` : ""}${k.last_used ? ` · last used ${when(k.last_used)}` : " · never used"}` }),
       h("button", { type: "button", class: "danger small", "aria-label": `Revoke key ${k.name}`, text: "Revoke", onclick: async () => {
         if (!(await ask(`Revoke the key “${k.name}”?`, { yes: "Revoke", detail: "Scripts using it stop working." }))) return;
         try { await del(`/api/keys/${k.id}`); loadKeys(); } catch (err) { S.keysStatus.error(err); }

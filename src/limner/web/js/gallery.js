@@ -208,7 +208,8 @@ function boardItem(board) {
         user.input.value = "";
       } catch (err) { status.error(err); }
     } }, user.wrap, role.wrap, h("button", { type: "submit", text: "Share" })));
-  const shared = board.owner && S.ctx.me && board.owner !== S.ctx.me.username ? ` (shared by ${board.owner})` : "";
+  // role: owner, editor or viewer (a board shared with you), or admin.
+  const shared = board.role === "editor" || board.role === "viewer" ? ` (shared with you: ${board.role})` : "";
   return h("li", { class: "board", dataset: { boardId: board.id } },
     h("div", { class: "row" },
       h("button", { type: "button", class: "link", text: `${board.name}${shared}`,

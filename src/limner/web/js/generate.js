@@ -304,7 +304,7 @@ function addResult(image, entry) {
       width: image.width || 64, height: image.height || 64 }),
     h("p", { class: "muted", text: `seed ${image.seed}` }),
     h("div", { class: "row wrap" },
-      h("button", { type: "button", class: "secondary", text: "Vary seed", onclick: () => varySeed(req, cardStatus) }),
+      h("button", { type: "button", class: "secondary", text: "Vary seed", onclick: () => varySeed(image.id, cardStatus) }),
       h("button", { type: "button", class: "secondary", text: "Regenerate", onclick: () => regenerate(image.id, req, cardStatus) }),
       h("button", { type: "button", class: "secondary", text: "Open in gallery", onclick: () => S.ctx.go("gallery", { image: image.id }) })),
     h("div", { class: "row" }, boardSelect,
@@ -313,8 +313,10 @@ function addResult(image, entry) {
   S.results.prepend(card);
 }
 
-async function varySeed(req, status) {
-  try { await submit({ ...(req || requestFromForm()), seed: randomSeed() }); } catch (err) { status.error(err); }
+/** The same settings with a new seed: a new version of the image (its parent_id is this one). */
+async function varySeed(id, status) {
+  const seed = randomSeed();
+  try { await submit({ seed }, `/api/images/${id}/regenerate`, { seed }); } catch (err) { status.error(err); }
 }
 
 async function regenerate(id, req, status) {
