@@ -21,6 +21,8 @@ def test_live_capture_writes_frames_and_views(text_run, gan_run):
                      "dynamics.json"):
             assert (explain / name).is_file(), (run, name)
         assert json.loads((explain / "timeline.json").read_text())["steps"] == [2, 4]
+        live = json.loads((explain / "live.json").read_text())
+        assert live["step"] == 4 and 0 < live["seconds"] <= live["total_seconds"]
 
 
 def test_timeline_reads_the_live_frames(text_run, explain_cache):

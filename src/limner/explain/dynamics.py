@@ -162,7 +162,7 @@ def vae_dynamics(run: ExplainRun, step=None, count: int = 8, points: int = 400, 
     flat = means.flatten(1)
     coords, explained = pca_2d(flat)
     walk = _walk(family, means, coords, count, prompts, lab)
-    images = [_latent_map(batch.images.cpu(), coords, labels)]
+    images = [_latent_map(batch.images.cpu(), coords, labels, getattr(run.dataset, "class_names", None))]
     images.append(render.grid([[render.cell(render.image_rgb(x), 64) for x in walk]],
                               title="a walk across the map: decoded latents from its leftmost "
                                     "to its rightmost image"))
@@ -201,8 +201,8 @@ def _walk(family: Any, means: Tensor, coords: Tensor, count: int, prompts, label
     return family.decode(z, prompts=p, labels=lab).clamp(-1, 1).cpu()
 
 
-def _latent_map(images: Tensor, coords: Tensor, labels: Tensor | None, size: int = 560,
-                thumb: int = 28, cells: int = 18) -> Image.Image:
+def _latent_map(images: Tensor, coords: Tensor, labels: Tensor | None, class_names: list[str] | None = None,
+                size: int = 560, thumb: int = 28, cells: int = 18) -> Image.Image:
     """Every point as a dot (coloured by class), and one thumbnail per occupied cell of a
     ``cells`` x ``cells`` grid (the image nearest the cell's centre)."""
     from limner.visualization.plots import PALETTE
@@ -211,11 +211,18 @@ def _latent_map(images: Tensor, coords: Tensor, labels: Tensor | None, size: int
     lo, hi = coords.min(0).values, coords.max(0).values
     span = (hi - lo).clamp(min=1e-9)
     xy = ((coords - lo) / span * (size - 2 * pad) + pad).numpy()
-    canvas = Image.new("RGB", (size, size + 24), render.BACKGROUND)
+    colours = PALETTE + [(127, 127, 127), (188, 189, 34), (23, 190, 207), (227, 119, 194)]
+    legend = sorted({int(v) for v in labels.tolist()}) if labels is not None and class_names else []
+    rows = (len(legend) + 4) // 5
+    canvas = Image.new("RGB", (size, size + 24 + 16 * rows), render.BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     draw.text((6, size + 4), "the training set placed by the first two principal axes of its "
-                             "latent means", fill=render.INK, font=render.font(12))
-    colours = PALETTE + [(127, 127, 127), (188, 189, 34), (23, 190, 207), (227, 119, 194)]
+                             "latent means (dots: every image, by class)", fill=render.INK, font=render.font(12))
+    for k, c in enumerate(legend):
+        x, y = 8 + (k % 5) * (size // 5), size + 24 + 16 * (k // 5)
+        draw.ellipse([x, y + 4, x + 8, y + 12], fill=colours[c % len(colours)])
+        draw.text((x + 12, y), str(class_names[c]) if c < len(class_names) else str(c),
+                  fill=render.INK, font=render.font(11))
     for i, (x, y) in enumerate(xy):
         c = colours[int(labels[i]) % len(colours)] if labels is not None else (120, 120, 120)
         draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=c)

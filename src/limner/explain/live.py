@@ -65,7 +65,22 @@ class ExplainCallback(Callback):
         except Exception as e:  # noqa: BLE001 - explaining must never stop training
             self.failed = True
             warnings.warn(f"explain: live capture stopped at step {trainer.step}: {e}", RuntimeWarning)
-        self.seconds += time.perf_counter() - start
+        spent = time.perf_counter() - start
+        self.seconds += spent
+        if not self.failed:
+            self._write_status(trainer, spent)
+
+    def _write_status(self, trainer: "Trainer", spent: float) -> None:
+        """``RUN/explain/live.json``: when the views were last refreshed and what that cost."""
+        import json
+
+        from limner.explain.base import EXPLAIN_DIR
+        from limner.fsutil import atomic_write
+
+        text = json.dumps({"step": trainer.step, "seconds": round(spent, 3),
+                           "total_seconds": round(self.seconds, 3), "time": time.time()})
+        atomic_write(trainer.run_dir / EXPLAIN_DIR / "live.json", lambda f: f.write(text.encode()),
+                     fsync=False)
 
     def capture(self, trainer: "Trainer") -> None:
         """The frame for this step, then the timeline and dynamics views from it."""

@@ -206,7 +206,7 @@ def bar_chart(names: Sequence[str], series: dict[str, Sequence[float]], *, title
         draw.text((x, H - 20), f"1e{t}", fill=MUTED, font=f, anchor="mt")
     for i, name in enumerate(names):
         y = top + i * group
-        draw.text((lw - 4, y + group / 2), _shorten(name, f, lw - 8), fill=INK, font=f, anchor="rm")
+        draw.text((lw - 4, y + group / 2), shorten(name, f, lw - 8), fill=INK, font=f, anchor="rm")
         for k, vs in enumerate(series.values()):
             v = vs[i]
             draw.rectangle([x0, y + k * bar, max(x0 + 1, pos(v)), y + (k + 1) * bar - 1],
@@ -214,12 +214,14 @@ def bar_chart(names: Sequence[str], series: dict[str, Sequence[float]], *, title
     return canvas
 
 
-def _shorten(text: str, f, width: int) -> str:
+def shorten(text: str, f, width: int, keep: str = "end") -> str:
+    """``text`` cut with an ellipsis to fit ``width`` pixels, keeping its end (layer names) or
+    its start (captions)."""
     if text_width(text, f) <= width:
         return text
-    while text and text_width("…" + text, f) > width:
-        text = text[1:]
-    return "…" + text
+    while text and text_width(text + "…" if keep == "start" else "…" + text, f) > width:
+        text = text[:-1] if keep == "start" else text[1:]
+    return text + "…" if keep == "start" else "…" + text
 
 
 def colour_bar(vmax: float, label: str, width: int = 160, signed: bool = False) -> Image.Image:

@@ -126,11 +126,11 @@ def generate_frame(family: Any, requests: list[BatchRequest]) -> torch.Tensor:
                    "max_frames": "most steps shown in the strip, evenly spread (default 12)",
                    "compare": "two steps to show side by side, e.g. [500, 1500] (default: first and last)",
                    "generate_missing": "sample checkpoints on disk that have no frame yet (default true)",
-                   "cell": "pixel size of one image in the strip (default 48)",
+                   "cell": "pixel size of one image in the strip (default 56)",
                })
 def timeline(run: ExplainRun, count: int = 8, max_frames: int = 12,
              compare: tuple[int, int] | list[int] | None = None, generate_missing: bool = True,
-             cell: int = 48) -> ExplainResult:
+             cell: int = 56) -> ExplainResult:
     """The timeline of ``run`` (see the module docstring)."""
     frames = {k: v[:count] for k, v in read_frames(run.run_dir).items()}
     sources = {k: "live" for k in frames}
@@ -144,13 +144,15 @@ def timeline(run: ExplainRun, count: int = 8, max_frames: int = 12,
                 frames[step] = np.stack([render.uint8_rgb(im) for im in images])
                 sources[step] = "generated"
     metrics = run.metrics()
+    saved = read_requests(run.run_dir)
+    names = (saved[1] or [])[:count] if saved else []
     result = ExplainResult("timeline", data={"steps": sorted(frames), "source": sources,
-                                             "curves": curves(metrics)})
+                                             "curves": curves(metrics), "conditions": names})
     charts = curve_charts(metrics)
     if frames:
         shown = _spread(sorted(frames), max_frames)
-        strip = strip_image(frames, shown, cell)
-        result.images["timeline"] = render.hstack([strip, *([render.vstack(charts)] if charts else [])])
+        strip = strip_image(frames, shown, cell, names)
+        result.images["timeline"] = _beside(strip, charts)
         a, b = _compare_steps(frames, compare)
         result.images["compare"] = compare_image(frames, a, b)
         result.data["compare"] = [a, b]
@@ -196,10 +198,23 @@ def _compare_steps(frames: dict[int, np.ndarray], compare) -> tuple[int, int]:
     return a, b
 
 
-def strip_image(frames: dict[int, np.ndarray], steps: list[int], cell: int) -> Image.Image:
-    """Rows = steps, columns = the fixed seeds."""
+def strip_image(frames: dict[int, np.ndarray], steps: list[int], cell: int,
+                names: list[str] | None = None) -> Image.Image:
+    """Rows = steps, columns = the fixed seeds (headed by their prompt or class when known)."""
     rows = [[render.cell(c, cell) for c in frames[s]] for s in steps]
-    return render.grid(rows, row_labels=[f"step {s}" for s in steps], title="fixed seeds through training")
+    f = render.font(12)
+    cols = [render.shorten(str(n), f, cell + 2, keep="start") for n in names] if names else None
+    return render.grid(rows, row_labels=[f"step {s}" for s in steps], col_labels=cols,
+                       title="the same seeds through training")
+
+
+def _beside(strip: Image.Image, charts: list[Image.Image]) -> Image.Image:
+    """Charts right of a tall strip, under a short one."""
+    if not charts:
+        return strip
+    if strip.height * 2 < sum(c.height for c in charts):
+        return render.vstack([strip, render.hstack(charts)])
+    return render.hstack([strip, render.vstack(charts)])
 
 
 def compare_image(frames: dict[int, np.ndarray], a: int, b: int, cell: int = 80) -> Image.Image:
