@@ -71,6 +71,60 @@ def test_sampler_cfg_and_negative_each_change_the_pixels(straight_run):
         assert not np.array_equal(np.stack(chosen), np.stack(_library_images(straight_run, **default))), default
 
 
+def test_kept_convolution_weights_do_not_change_a_pixel(straight_run, monkeypatch):
+    """README ("CPU kernels"): convolutions keep their reordered weight or Winograd transform while
+    the weights do not change, without changing a pixel. Sampling a run, then the same modules
+    after another step's weights were loaded into them in place (which the kept weights must
+    notice), gives exactly the pixels of fresh loads that keep nothing."""
+    from limner.generation.pipeline import generate, load_run
+    from limner.generation.request import GenerationRequest
+    from limner.nn import conv
+
+    request = GenerationRequest(run=str(straight_run), prompt="green heart", steps=3, num=2, seed=0, cfg=2.0)
+    pixels = lambda loaded: np.stack([np.asarray(g.image) for g in generate(request, loaded=loaded)])  # noqa: E731
+    reused, get = [], conv.DerivedWeight.get
+
+    def recording(self, weight, extra, make):
+        made = []
+        kept = get(self, weight, extra, lambda: made.append(1) or make())
+        reused.append(not made)
+        return kept
+
+    monkeypatch.setattr(conv.DerivedWeight, "get", recording)
+    loaded = load_run(straight_run, step=4)
+    kept4 = pixels(loaded)
+    step8 = load_run(straight_run, step=8).family.modules()
+    for name, module in loaded.family.modules().items():
+        module.load_state_dict(step8[name].state_dict())
+    kept8 = pixels(loaded)
+    assert sum(reused) > len(reused) // 2  # most calls used a kept weight
+    monkeypatch.setattr(conv.DerivedWeight, "get", lambda self, weight, extra, make: make())
+    assert np.array_equal(kept4, pixels(load_run(straight_run, step=4)))
+    assert np.array_equal(kept8, pixels(load_run(straight_run, step=8)))
+    assert not np.array_equal(kept4, kept8)
+
+
+def test_replay_refuses_a_run_whose_weights_changed(straight_run, tiny_data, cli, tmp_path, capsys):
+    """README: a record names its model hash, so ``--from-image`` against other weights at the same
+    step (here a run trained with another seed) is refused rather than giving other pixels; the
+    same weights in a copied folder replay."""
+    import shutil
+
+    assert main(["sample", str(straight_run), "--step", "4", "--prompt", "green heart", "--steps", "2",
+                 "--num", "1", "--seed", "1", "--out", str(tmp_path / "a")]) == 0
+    png = sorted((tmp_path / "a").glob("*.png"))[0]
+    copy = tmp_path / "copy"
+    shutil.copytree(straight_run, copy)
+    assert main(["sample", str(copy), "--from-image", str(png), "--out", str(tmp_path / "same")]) == 0
+    other = tmp_path / "other"
+    cli(*train_args(tiny_data, other, 4)[:-3], "--seed", "4", "--no-progress", cache=tmp_path / "cache")
+    capsys.readouterr()
+    assert main(["sample", str(other), "--from-image", str(png), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "the weights changed" in err and "step 4" in err, err
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.png"))
+
+
 def test_sigma_max_changes_the_start_and_is_replayed_from_the_record(straight_run, tmp_path, capsys):
     """--sigma-max starts the sampler lower; the record keeps it, so --from-image replays it."""
     from limner.generation.pngmeta import read_record
