@@ -237,10 +237,9 @@ class SearchPart:
                          after: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, cosine) of the images passing ``where`` (and after the cursor ``after``), best
         first: at least the best ``window`` of them, or all when fewer pass."""
-        all_ids, matrix = self.vectors.refresh(conn)
+        all_ids, sims = self.vectors.refresh(conn).scores(self._query_vector(q))
         if len(all_ids) == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        sims = matrix @ self._query_vector(q)
+            return all_ids, sims
         if after:
             all_ids, sims = _after(all_ids, sims, after)
         # First try: the best candidates by score, checked against the filters in a few queries.
@@ -270,11 +269,23 @@ class SearchPart:
         return vec
 
     def _passing(self, conn: sa.Connection, where: list, ids: np.ndarray) -> np.ndarray:
-        out: list[int] = []
-        for start in range(0, len(ids), 5000):  # well under SQLite's 32,766 bound parameters
-            chunk = ids[start:start + 5000].tolist()
-            out.extend(conn.execute(sa.select(images.c.id).where(*where, images.c.id.in_(chunk))).scalars())
-        return np.asarray(out, dtype=np.int64)
+        """The subset of ``ids`` passing ``where``, in one query with one bound parameter."""
+        if len(ids) == 0:
+            return np.zeros(0, dtype=np.int64)
+        q = sa.select(images.c.id).where(*where, self._id_in(ids))
+        return np.asarray(conn.execute(q).scalars().all(), dtype=np.int64)
+
+    def _id_in(self, ids: np.ndarray) -> sa.ColumnElement[bool]:
+        """``images.id IN ids`` as one parameter (a JSON array on SQLite, an array on
+        PostgreSQL): a thousand separate bound parameters cost more to compile than to run."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            return images.c.id == sa.any_(sa.cast(sa.literal(ids.tolist(), ARRAY(sa.BigInteger)),
+                                                  ARRAY(sa.BigInteger)))
+        members = sa.select(sa.column("value", sa.Integer)).select_from(
+            sa.func.json_each(json.dumps(ids.tolist())).table_valued("value"))
+        return images.c.id.in_(members)
 
 
 def _rrf(rankings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,9 @@
-"""In-memory copy of the prompt embeddings for exact semantic search.
+"""In-memory copy of the prompt embeddings for exact semantic search (one copy per distinct prompt).
 
-Exact search is one matrix-vector product over every stored vector: at 100,000 images x 384
-float32 that is ~150 MB held once per process and a few milliseconds per query on one core
-(figures in ``benchmarks/search_latency.py``), so an approximate index does not pay at this
-scale. The cache follows the table incrementally (see ``VectorCache.refresh``).
+Exact search is one matrix-vector product over every distinct stored vector: at 100,000
+images x 384 float32 that is at most ~150 MB held once per process and ~30 ms per query on one
+busy core when every prompt is distinct, far less when prompts repeat (figures in
+``benchmarks/search_latency.py``), so an approximate index does not pay at this scale. The cache follows the table incrementally (see ``VectorCache.refresh``).
 """
 
 from __future__ import annotations
@@ -21,16 +21,21 @@ FULL_CHECK_S = 30.0
 
 
 class VectorCache:
-    """ids [N] int64 (ascending) and unit vectors [N, D] float32, shared by searches."""
+    """ids [N] int64 (ascending), and their vectors stored once per distinct prompt: ``unique``
+    [U, D] float32 with ``row`` [N] pointing into it. Galleries repeat prompts (a batch of
+    seeds, small edits re-run), so scoring U distinct vectors and gathering is several times
+    cheaper than N products; with every prompt distinct it costs the same as a plain scan."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.ids = np.zeros(0, dtype=np.int64)
-        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.row = np.zeros(0, dtype=np.int64)
+        self.unique = np.zeros((0, 0), dtype=np.float32)
+        self._index: dict[bytes, int] = {}
         self._checked = float("-inf")
 
-    def refresh(self, conn: sa.Connection) -> tuple[np.ndarray, np.ndarray]:
-        """Bring the cache up to date with the table; returns (ids, matrix).
+    def refresh(self, conn: sa.Connection) -> "VectorCache":
+        """Bring the cache up to date with the table.
 
         Each call costs one index lookup (the largest id) and loads rows above the cached ones.
         Every ``FULL_CHECK_S`` seconds the row count is compared too (a count scans an index,
@@ -42,34 +47,42 @@ class VectorCache:
         with self._lock:
             have_top = int(self.ids[-1]) if len(self.ids) else None
             if top is not None and (have_top is None or int(top) > have_top):
-                self._append(conn)
+                self._add(conn, embeddings.c.image_id > (have_top if have_top is not None else -1))
             if time.monotonic() - self._checked > FULL_CHECK_S:
                 count = conn.execute(sa.select(sa.func.count()).select_from(embeddings)).scalar_one()
                 if count != len(self.ids):
-                    self._reload(conn)
+                    self.__init__()
+                    self._add(conn, sa.true())
                 self._checked = time.monotonic()
-            return self.ids, self.matrix
+            return self
 
-    def _append(self, conn: sa.Connection) -> None:
-        after = int(self.ids[-1]) if len(self.ids) else -1
-        ids, mat = _load(conn, embeddings.c.image_id > after)
+    def scores(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [N], cosine similarity [N]) of every cached vector with the unit ``query`` [D]."""
+        with self._lock:
+            ids, row, unique = self.ids, self.row, self.unique
         if len(ids) == 0:
+            return ids, np.zeros(0, dtype=np.float32)
+        # einsum runs in this thread (SIMD, no BLAS): a BLAS matvec may wake a thread pool
+        # that spins against the workers' own threads (measured 3x slower on a busy 2-core box).
+        return ids, np.einsum("ud,d->u", unique, query.astype(np.float32, copy=False))[row]
+
+    def _add(self, conn: sa.Connection, where: sa.ColumnElement[bool]) -> None:
+        rows = conn.execute(sa.select(embeddings.c.image_id, embeddings.c.vector).where(where)
+                            .order_by(embeddings.c.image_id)).all()
+        if not rows:
             return
-        if self.matrix.size == 0:
-            self.ids, self.matrix = ids, mat
-        else:
-            self.ids = np.concatenate([self.ids, ids])
-            self.matrix = np.concatenate([self.matrix, mat])
-
-    def _reload(self, conn: sa.Connection) -> None:
-        self.ids, self.matrix = _load(conn, sa.true())
-
-
-def _load(conn: sa.Connection, where: sa.ColumnElement[bool]) -> tuple[np.ndarray, np.ndarray]:
-    rows = conn.execute(sa.select(embeddings.c.image_id, embeddings.c.vector).where(where)
-                        .order_by(embeddings.c.image_id)).all()
-    if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    mat = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype="<f4").reshape(len(rows), -1)
-    return ids, mat.astype(np.float32, copy=True)
+        fresh: list[bytes] = []
+        new_rows = np.empty(len(rows), dtype=np.int64)
+        for k, (_, blob) in enumerate(rows):
+            blob = bytes(blob)
+            at = self._index.get(blob)
+            if at is None:
+                at = self._index[blob] = len(self._index)
+                fresh.append(blob)
+            new_rows[k] = at
+        if fresh:
+            mat = np.frombuffer(b"".join(fresh), dtype="<f4").reshape(len(fresh), -1).astype(np.float32)
+            self.unique = mat if self.unique.size == 0 else np.concatenate([self.unique, mat])
+        new_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self.ids = np.concatenate([self.ids, new_ids])
+        self.row = np.concatenate([self.row, new_rows])
