@@ -182,14 +182,79 @@ def generate(
     loaded = loaded or load_run(request.run, step=request.step, device=device)
     request = check_options(loaded.family, request)
     label = _resolve_label(loaded, request.label)
+    edit = edit_inputs(loaded, request)
     out: list[GeneratedImage] = []
     for breq in batch_requests(request, label):
+        if edit is not None:
+            edit.apply(breq)
         with precision_context(request.precision, loaded.device):
             result = loaded.family.generate(breq, callback=callback)
+        images = result.images if edit is None else edit.composite(result.images)
         for i, seed in enumerate(result.seeds):
             record = make_record(loaded, request, breq, seed, i, result.images.shape, label)
-            out.append(GeneratedImage(to_pil(result.images[i]), record))
+            if edit is not None:
+                record = replace(record, **edit.record_fields())
+            out.append(GeneratedImage(to_pil(images[i]), record))
     return out
+
+
+@dataclass
+class EditInputs:
+    """A request's decoded init image and mask (``limner.generation.editing``)."""
+
+    init: Any
+    mask: Any
+    strength: float
+    resample: int
+
+    def apply(self, breq: BatchRequest) -> None:
+        B = len(breq.seeds)
+        breq.init = self.init.pixels[None].expand(B, -1, -1, -1)
+        breq.strength = self.strength
+        breq.mask = None if self.mask is None else self.mask.pixels[None].expand(B, -1, -1, -1)
+        breq.resample = self.resample
+
+    def composite(self, images: torch.Tensor) -> torch.Tensor:
+        from limner.generation.editing import composite
+
+        return images if self.mask is None else composite(images, self.init.pixels[None], self.mask.pixels[None])
+
+    def record_fields(self) -> dict[str, Any]:
+        def entry(image):
+            return None if image is None else {"sha256": image.sha256, "name": image.stored_name,
+                                               "source": str(image.source)}
+
+        return {"init_image": entry(self.init), "mask": entry(self.mask), "strength": self.strength,
+                "resample": self.resample if self.mask is not None else None}
+
+
+def edit_inputs(loaded: LoadedRun, request: GenerationRequest) -> EditInputs | None:
+    """The decoded inputs of an image-to-image / inpainting request (None for plain sampling);
+    UsageErrors name the field: a family without the capability, a mask without an init image,
+    a strength out of [0, 1]."""
+    from limner.generation.editing import load_init_image, load_mask
+
+    if request.init_image is None:
+        for name in ("mask", "strength", "resample"):
+            if getattr(request, name) is not None:
+                raise UsageError(f"needs an init image (--init-image)", field=name)
+        return None
+    declaration = loaded.family.declaration
+    if not declaration.supports("img2img"):
+        raise UsageError(f"a {loaded.family.name} run cannot start from an image", field="init_image")
+    if request.mask is not None and not declaration.supports("inpaint"):
+        raise UsageError(f"a {loaded.family.name} run cannot inpaint", field="mask")
+    strength = 1.0 if request.strength is None and request.mask is not None else request.strength
+    strength = 0.6 if strength is None else float(strength)
+    if not 0.0 <= strength <= 1.0:
+        raise UsageError(f"must be in [0, 1], got {strength}", field="strength")
+    resample = 3 if request.resample is None else int(request.resample)
+    if resample < 1:
+        raise UsageError(f"must be at least 1, got {resample}", field="resample")
+    cfg = loaded.run_config["data"]
+    init = load_init_image(request.init_image, int(cfg["resolution"]), int(cfg["channels"]))
+    mask = None if request.mask is None else load_mask(request.mask, int(cfg["resolution"]))
+    return EditInputs(init=init, mask=mask, strength=strength, resample=resample)
 
 
 def _precision_of(dtype: str) -> str:
@@ -264,14 +329,34 @@ def save_images(images: list[GeneratedImage], out_dir: str | Path) -> list[Path]
         while path.exists():
             n += 1
             path = out_dir / image_filename(g.record, n)
+        _store_inputs(g.record, out_dir)
         paths.append(save_png(g.image, g.record, path))
     return paths
 
 
+def _store_inputs(record: GenerationRecord, out_dir: Path) -> None:
+    """Exact copies of an edit's init image and mask in ``out_dir/inputs/`` (by sha256)."""
+    from limner.generation.editing import EditImage, store_input
+
+    for entry in (record.init_image, record.mask):
+        if entry:
+            store_input(EditImage(None, entry["sha256"], Path(entry["source"])), out_dir)
+
+
 def regenerate(record: GenerationRecord, *, run: str | None = None, device: str = "cpu",
-               callback: ProgressCallback | None = None) -> GeneratedImage:
+               callback: ProgressCallback | None = None, inputs: list[Path] | None = None) -> GeneratedImage:
     """Replay a record: the same forward batch (seeds) and settings, returning image ``index``.
-    ``callback`` sees every sampler step of that batch (``limner explain RUN filmstrip``)."""
+    ``callback`` sees every sampler step of that batch (``limner explain RUN filmstrip``).
+    An edit's init image and mask are found by their sha256 in ``inputs`` folders (each
+    searched with its ``inputs/`` store; the folder of the replayed PNG is the usual one)."""
+    edit_files = {}
+    for name in ("init_image", "mask"):
+        entry = getattr(record, name)
+        if entry:
+            from limner.generation.editing import find_stored
+
+            edit_files[name] = str(find_stored(entry["sha256"], entry["name"], list(inputs or []),
+                                               field=name, source=entry.get("source")))
     request = GenerationRequest(
         run=run or record.run_path,
         prompt=record.prompt,
@@ -288,6 +373,9 @@ def regenerate(record: GenerationRecord, *, run: str | None = None, device: str 
         step=record.step,
         batch_size=len(record.batch_seeds),
         precision=_precision_of(record.dtype),
+        strength=record.strength if edit_files else None,
+        resample=record.resample,
+        **edit_files,
     )
     loaded = load_run(request.run, step=record.step, device=device)
     if loaded.model_hash != record.model_hash:

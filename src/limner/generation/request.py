@@ -66,6 +66,11 @@ class GenerationRequest:
     step: int | str | None = None  # a step, "best", or None = newest
     batch_size: int = 16
     precision: Precision = "fp32"
+    # image-to-image and inpainting (families declaring img2img / inpaint)
+    init_image: str | None = None  # input image file; SDEdit from it
+    strength: float | None = None  # fraction of the schedule run from the input (default 0.6; 1 with a mask)
+    mask: str | None = None  # mask image file: white = regenerate, black = keep bitwise
+    resample: int | None = None  # RePaint passes per step when inpainting (default 3)
 
 
 @dataclass
@@ -100,6 +105,11 @@ class GenerationRecord:
     sigma_max: float | None = None  # as requested (None = the run's); absent from older records
     cpu_kernels: str | None = None  # limner.nn.conv.cpu_kernel_setting() on CPU; None elsewhere and in older records
     options: dict[str, Any] = field(default_factory=dict)  # further family options as requested (temperature, ...)
+    # image-to-image / inpainting inputs: {"sha256", "name" (in the inputs/ store), "source"}
+    init_image: dict[str, str] | None = None
+    mask: dict[str, str] | None = None
+    strength: float | None = None
+    resample: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = RECORD_SCHEMA
 

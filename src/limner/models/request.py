@@ -28,3 +28,11 @@ class BatchRequest:
     mix_prompts: list[str] | None = None
     mix_labels: list[int] | None = None
     mix_weights: list[float] | None = None
+    # Image-to-image / inpainting (families declaring Capability.img2img / inpaint): the input
+    # image uint8 [B, C, H, W] at the run's resolution, the fraction of the schedule to run
+    # (SDEdit strength), and a mask bool [B, 1, H, W] (True = regenerate) with the number of
+    # RePaint resampling passes per step.
+    init: Any = None
+    strength: float = 1.0
+    mask: Any = None
+    resample: int = 1

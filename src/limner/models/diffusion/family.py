@@ -48,7 +48,8 @@ class DiffusionFamily:
     declaration: ClassVar[FamilyDeclaration] = FamilyDeclaration(
         summary="EDM diffusion in pixel space (Karras et al. 2022), U-Net or DiT backbone",
         options=DIFFUSION_OPTIONS,
-        capabilities=frozenset({Capability.negative_prompt, Capability.interpolate}),
+        capabilities=frozenset({Capability.negative_prompt, Capability.interpolate,
+                                Capability.img2img, Capability.inpaint}),
     )
     # Config fields that follow from the data or another option; ``overrides`` may not set them.
     fixed_settings: ClassVar[dict[str, str]] = {
@@ -209,16 +210,33 @@ class DiffusionFamily:
         was_training = self.model.training
         self.model.eval()
         try:
-            x = sample(
-                denoiser, noise, cond,
-                sampler=request.sampler or cfg.sampler,
-                steps=request.steps or cfg.steps,
-                sigma_min=cfg.sigma_min, sigma_max=sampling_sigma_max(cfg, request), schedule=cfg.schedule,
-                generator=gens, callback=callback,
-            )
+            if getattr(request, "init", None) is not None:  # image-to-image / inpainting
+                x = self.edit(denoiser, cond, request, request.init.to(device).float() / 127.5 - 1.0,
+                              request.mask, gens, callback)
+            else:
+                x = sample(
+                    denoiser, noise, cond,
+                    sampler=request.sampler or cfg.sampler,
+                    steps=request.steps or cfg.steps,
+                    sigma_min=cfg.sigma_min, sigma_max=sampling_sigma_max(cfg, request), schedule=cfg.schedule,
+                    generator=gens, callback=callback,
+                )
         finally:
             self.model.train(was_training)
         return GenerationOutput(images=to_uint8(x), seeds=list(request.seeds))
+
+    def edit(self, denoiser, cond, request, x0: Tensor, mask: Tensor | None, gens, callback) -> Tensor:
+        """SDEdit from ``x0`` (the input in this model's space), RePaint inside ``mask``
+        (limner.samplers.editing)."""
+        from limner.samplers.editing import edit_sample
+
+        cfg = self.config
+        return edit_sample(
+            denoiser, x0, cond, sampler=request.sampler or cfg.sampler, steps=request.steps or cfg.steps,
+            sigma_min=cfg.sigma_min, sigma_max=sampling_sigma_max(cfg, request), schedule=cfg.schedule,
+            strength=request.strength, mask=None if mask is None else mask.to(x0.device),
+            resample=request.resample, generator=gens, callback=callback,
+        )
 
     def _encode_request(self, request, B: int, device: torch.device):
         if self.cond_kind == CondKind.none:

@@ -111,7 +111,8 @@ class LatentDiffusionFamily:
         needs=(RunNeed("vae", "vae", "a VAE run trained with --cond none: its latent space is learned "
                        "and its weights are copied into the new run",
                        train_args=("--preset", "{size}", "--cond", "none"), provenance="vae_run"),),
-        capabilities=frozenset({Capability.negative_prompt, Capability.interpolate}),
+        capabilities=frozenset({Capability.negative_prompt, Capability.interpolate,
+                                Capability.img2img, Capability.inpaint}),
     )
     # Config fields ``overrides`` may not set (``diffusion.*`` it may, see ``create``).
     fixed_settings: ClassVar[dict[str, str]] = {
@@ -296,6 +297,8 @@ class LatentDiffusionFamily:
         was_training = model.training
         model.eval()
         try:
+            if getattr(request, "init", None) is not None:  # image-to-image / inpainting
+                return self._edit_latents(denoiser, cond, request, gens, callback)
             return sample(
                 denoiser, noise, cond,
                 sampler=request.sampler or cfg.sampler, steps=request.steps or cfg.steps,
@@ -304,6 +307,19 @@ class LatentDiffusionFamily:
             )
         finally:
             model.train(was_training)
+
+    def _edit_latents(self, denoiser, cond, request, gens, callback) -> Tensor:
+        """The input encoded and scaled, then the pixel family's SDEdit/RePaint on the latents;
+        the mask is max-pooled to the latent grid (the final pixel composite is the caller's)."""
+        from limner.samplers.editing import latent_mask
+
+        device = next(self.diffusion.model.parameters()).device
+        scale = self.latent_space.current_scale().to(device)
+        z0 = self.autoencoder.encode(request.init.to(device).float() / 127.5 - 1.0) * scale
+        mask = request.mask
+        if mask is not None:
+            mask = latent_mask(mask.to(device), request.init.shape[-1] // z0.shape[-1])
+        return self.diffusion.edit(denoiser, cond, request, z0, mask, gens, callback)
 
     def _pixel_callback(self, callback: ProgressCallback | None, scale: Tensor
                         ) -> ProgressCallback | None:
