@@ -106,6 +106,10 @@ def _target(args: argparse.Namespace):
     from limner.evaluation.evaluate import EvalTarget
     from limner.workflows import resolve_device
 
+    from limner.bundled import resolve_run
+
+    if args.run_dir is not None:
+        args.run_dir = resolve_run(args.run_dir)  # a bundled model's name ("emoji") works too
     for name in ("data", "inception", "alignment", "prompts", "images", "run_dir"):
         path = getattr(args, name)
         if path is not None and not path.exists():
