@@ -54,3 +54,5 @@ def test_diffusion_dynamics_loss_per_noise_level(fixture, request, explain_cache
     result = compute_view(request.getfixturevalue(fixture), "dynamics", cache_dir=explain_cache)
     assert len(result.data["loss"]) == len(result.data["sigmas"])
     assert all(v > 0 for v in result.data["loss"])
+    # a text run's dynamics carry its attention maps, a run without text does not
+    assert ("attention" in result.images) == (fixture == "text_run")

@@ -311,7 +311,18 @@ def diffusion_dynamics(run: ExplainRun, step=None, count: int = 8, seed: int = 0
                                              "sigmas": list(SIGMAS), "loss": losses,
                                              "indices": idx.tolist()})
     result.images["dynamics"] = render.vstack([grid, chart])
+    _add_attention(run, family, result, step=loaded.step, seed=seed)
     return result
+
+
+def _add_attention(run: ExplainRun, family: Any, result: ExplainResult, **params: Any) -> None:
+    """Text runs: the per-token attention maps (view "attention") join the dynamics."""
+    from limner.explain.attention import attention_view, cross_attention_blocks
+
+    if cross_attention_blocks(family.modules()):
+        attention = attention_view(run, **params)
+        result.images["attention"] = attention.images["attention"]
+        result.data["attention"] = attention.data
 
 
 def _batch_condition(family: Any, batch, model) -> Any:
