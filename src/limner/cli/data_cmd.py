@@ -10,7 +10,8 @@ from limner.errors import UsageError
 
 CHECK_DESCRIPTION = """\
 Decode every image in DATA with the same rules training uses and report: usable and skipped
-files (each skipped file with its path and the reason), caption coverage, class counts and a
+files (each skipped file with its path and the reason), image files in a metadata.jsonl folder
+that it does not list (ignored; the first few named), caption coverage, class counts and a
 histogram of image sizes. DATA is a folder (Hugging Face imagefolder with metadata.jsonl,
 images with sidecar .txt captions, one subfolder per class, or plain images), a Fashion-MNIST
 IDX images file or folder, or an .npz file. Exit code 0 when at least one image is usable,

@@ -3,8 +3,9 @@
 The validator is the loader (autolume#20): ``check_dataset`` lists the source with
 ``scan_source`` and judges every file with ``dataset.decode_file``, the same function
 ``load_dataset`` uses, so a file is reported usable here exactly when training would use it.
-It reports usable/skipped counts (each skipped file with its escaped path and reason), caption
-coverage and caption problems, class counts, and a histogram of original image sizes.
+It reports usable/skipped counts (each skipped file with its escaped path and reason), image
+files that a ``metadata.jsonl`` leaves out (ignored), caption coverage and caption problems,
+class counts, and a histogram of original image sizes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from limner.data.arrays import ArraySource
 from limner.data.dataset import decode_file
 from limner.data.display import escape_path
-from limner.data.sources import FolderSource, SkippedFile, scan_source
+from limner.data.sources import UNLISTED_SHOWN, FolderSource, SkippedFile, scan_source, unlisted_summary
 
 _SIZE_ROWS = 8
 _BAR_WIDTH = 30
@@ -42,6 +43,7 @@ class CheckReport:
     sizes: Counter = field(default_factory=Counter)  # (width, height) of usable images -> count
     resolution: int | None = None
     smaller: int = 0  # usable images whose shorter side is below ``resolution`` (upscaled)
+    unlisted: list[str] = field(default_factory=list)  # image files metadata.jsonl leaves out
 
     @property
     def usable(self) -> int:
@@ -74,7 +76,7 @@ def _check_folder(src: FolderSource, progress: bool) -> CheckReport:
     """Decode every listed file (no resize) and tally the results."""
     report = CheckReport(
         src.root, src.kind, len(src.items) + len(src.skipped), [], list(src.skipped),
-        has_captions=src.has_captions, caption_issues=list(src.caption_issues),
+        has_captions=src.has_captions, caption_issues=list(src.caption_issues), unlisted=list(src.unlisted),
     )
     per_class: Counter = Counter()
     bar = tqdm(src.items, desc="checking", unit="img", file=sys.stderr, disable=not progress, leave=False)
@@ -156,6 +158,11 @@ def format_report(report: CheckReport, *, max_listed: int | None = 50) -> str:
         f"dataset: {escape_path(report.path)} ({report.source_kind})",
         f"usable: {report.usable} of {report.total} {_unit(report)} ({len(report.skipped)} skipped)",
     ]
+    if report.unlisted:
+        lines.append(f"{unlisted_summary(report.unlisted)}:")
+        lines += [f"  {escape_path(p)}" for p in report.unlisted[:UNLISTED_SHOWN]]
+        if len(report.unlisted) > UNLISTED_SHOWN:
+            lines.append(f"  ... and {len(report.unlisted) - UNLISTED_SHOWN} more")
     if report.has_captions:
         pct = 100.0 * report.captioned / report.usable if report.usable else 0.0
         lines.append(f"captions: {report.captioned} of {report.usable} usable images captioned ({pct:.1f}%)")

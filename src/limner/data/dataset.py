@@ -26,7 +26,7 @@ from limner.data import cache
 from limner.data.arrays import ArraySource
 from limner.data.decode import decode_image, read_image_file
 from limner.data.display import escape_path
-from limner.data.sources import FileItem, FolderSource, SkippedFile, scan_source
+from limner.data.sources import UNLISTED_SHOWN, FileItem, FolderSource, SkippedFile, scan_source, unlisted_summary
 from limner.data.transforms import fit_array, resize_center_crop
 from limner.errors import DataError, ImageDecodeError, UsageError
 
@@ -199,6 +199,10 @@ def _assemble_folder(
     captions = [it.caption or "" for it in keep] if src.has_captions else None
     labels = np.array([it.label for it in keep], dtype=np.int64) if src.kind == "classes" else None
     _warn_skipped(src.root, len(src.items) + len(src.skipped), skipped)
+    if src.unlisted:
+        shown = ", ".join(escape_path(p) for p in src.unlisted[:UNLISTED_SHOWN])
+        more = f" and {len(src.unlisted) - UNLISTED_SHOWN} more" if len(src.unlisted) > UNLISTED_SHOWN else ""
+        log.warning("%s: %s (%s%s)", escape_path(src.root), unlisted_summary(src.unlisted), shown, more)
     return ImageDataset(
         images=entry.images, captions=captions, labels=labels, class_names=src.class_names,
         paths=[it.path for it in keep], skipped=skipped,

@@ -5,7 +5,8 @@ Detection for a directory (first rule that matches wins):
 1. ``metadata.jsonl`` at the top -> ``imagefolder`` (the Hugging Face ``imagefolder`` layout:
    one JSON object a line with ``file_name``, a path relative to the folder, and ``text``).
    Only the listed files are used; a ``file_name`` that is absolute, contains ``..`` or resolves
-   (through symlinks) outside the folder is skipped with a reason naming its line.
+   (through symlinks) outside the folder is skipped with a reason naming its line. Image files
+   in the folder that no line names are ignored, and listed as such (``FolderSource.unlisted``).
 2. Fashion-MNIST style IDX files in it (``*-images-idx3-ubyte[.gz]``) -> ``idx`` (train split).
 3. Any image with a sidecar ``<stem>.txt`` beside it -> ``captions``; images without a sidecar
    get caption "" (uncaptioned).
@@ -51,6 +52,8 @@ _TEXT_SUFFIXES = frozenset({
     ".log", ".html", ".htm", ".rst", ".npz", ".npy",
 })
 _TEXT_STEMS = frozenset({"license", "readme", "notice", "copying", "authors"})
+# what counts as an image file that metadata.jsonl leaves out (a hint: formats are judged by content)
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
 
 
 @dataclass
@@ -81,6 +84,7 @@ class FolderSource:
     class_names: list[str] | None = None
     skipped: list[SkippedFile] = field(default_factory=list)  # refused while listing
     caption_issues: list[SkippedFile] = field(default_factory=list)  # caption replaced by ""
+    unlisted: list[str] = field(default_factory=list)  # imagefolder: image files no line names (ignored)
 
     @property
     def has_captions(self) -> bool:
@@ -281,7 +285,7 @@ def _read_metadata_lines(root: str) -> list[str]:
 def _scan_imagefolder(root: str, limit: int | None) -> FolderSource:
     """List the files named by metadata.jsonl, with their ``text`` captions."""
     src = FolderSource(root, "imagefolder", [])
-    root_real, seen = os.path.realpath(root), {}
+    root_real, seen, named = os.path.realpath(root), {}, set()
     for lineno, line in enumerate(_read_metadata_lines(root), 1):
         if not line.strip():
             continue
@@ -295,6 +299,7 @@ def _scan_imagefolder(root: str, limit: int | None) -> FolderSource:
         if not isinstance(name, str):
             src.skipped.append(SkippedFile(where, "no file_name string"))
             continue
+        named.add(PurePosixPath(name).as_posix())
         full = _member_path(root, root_real, name)
         if full is None:
             src.skipped.append(SkippedFile(name, f"{where}: file_name escapes the dataset folder"))
@@ -308,6 +313,9 @@ def _scan_imagefolder(root: str, limit: int | None) -> FolderSource:
             src.items.append(FileItem(PurePosixPath(name).as_posix(), full, caption=caption))
         if limit is not None and len(src.items) >= limit:
             break
+    else:  # every line read: any other image file in the folder is ignored, say which
+        src.unlisted = [path for rel, path in _walk(root)[0]
+                        if rel not in named and os.path.splitext(rel)[1].lower() in _IMAGE_SUFFIXES]
     return src
 
 
@@ -323,6 +331,15 @@ def _row_caption(src: FolderSource, path: str, row: dict) -> str:
     if issue:
         src.caption_issues.append(SkippedFile(path, issue))
     return caption
+
+
+UNLISTED_SHOWN = 5  # unlisted image files named by data check and the training warning
+
+
+def unlisted_summary(unlisted: list[str]) -> str:
+    """The sentence for image files that metadata.jsonl does not name (data check and training)."""
+    files = "file is" if len(unlisted) == 1 else "files are"
+    return f"not in {METADATA_NAME}: {len(unlisted)} image {files} in the folder but not listed, so ignored"
 
 
 def count_items(src: FolderSource | arrays.ArraySource) -> int:
