@@ -68,3 +68,18 @@ def test_a_damaged_database_file_is_refused_and_kept(tmp_path):
     with pytest.raises(StoreError, match="not an SQLite database"):
         Store.open(None, home=tmp_path)
     assert db.read_bytes().startswith(b"this is not")
+
+
+def test_pending_migration_backs_up_the_gallery_first(tmp_path):
+    store = Store.open(None, home=tmp_path)
+    store.create_user("alice", None)
+    with store.engine.begin() as conn:  # pretend the gallery was made by another limner release
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
+    store.close()
+    with pytest.raises(StoreError, match="'0000'.*newer limner"):  # unknown here: refused, data untouched
+        Store.open(None, home=tmp_path)
+    backup = tmp_path / "gallery.db.pre-0000.bak"
+    assert backup.is_file()
+    check = sqlite3.connect(backup)
+    assert check.execute("SELECT username FROM users").fetchall() == [("alice",)]
+    check.close()

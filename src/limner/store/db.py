@@ -104,9 +104,11 @@ def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (a no-op when it is already there)."""
     from alembic import command
     from alembic.config import Config
+    from alembic.util.exc import CommandError
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    _backup_before_upgrade(engine, cfg)
     with engine.connect().execution_options(limner_write=True) as conn:
         if conn.dialect.name == "postgresql":
             # Two processes opening one fresh database at once: the second waits here.
@@ -115,10 +117,43 @@ def migrate(engine: Engine) -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
             conn.commit()
+        except CommandError as e:  # e.g. a database migrated by a newer limner
+            raise StoreError(f"{redact(str(engine.url))}: cannot migrate the gallery database ({e}); "
+                             "it may come from a newer limner: upgrade limner") from None
         finally:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SELECT pg_advisory_unlock(7254190)")
                 conn.commit()
+
+
+def _backup_before_upgrade(engine: Engine, cfg) -> Path | None:  # noqa: ANN001 - alembic Config
+    """Copy an SQLite gallery that has pending migrations to ``gallery.db.pre-<rev>.bak`` first
+    (SQLite's online backup, consistent while others read). Migrations run in one transaction
+    on both backends, so an interrupted one rolls back; the copy is for a migration that
+    completes but is wrong. PostgreSQL backups are the server operator's (pg_dump)."""
+    if engine.dialect.name != "sqlite" or not engine.url.database:
+        return None
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    if current is None or current == head:
+        return None
+    target = Path(engine.url.database).with_name(f"{Path(engine.url.database).name}.pre-{current}.bak")
+    raw = engine.raw_connection()
+    try:
+        import sqlite3
+
+        dest = sqlite3.connect(target)
+        try:
+            raw.driver_connection.backup(dest)
+        finally:
+            dest.close()
+    finally:
+        raw.close()
+    return target
 
 
 def check_sqlite_file(path: Path) -> None:
