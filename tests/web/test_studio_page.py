@@ -170,6 +170,29 @@ def generate_in_page_after_recall(page, image_id: int) -> int:
     return int(page.locator("li.result").first.get_attribute("data-image-id"))
 
 
+def test_rate_filter_delete_and_undo(open_page, studio, heart, face):
+    page = open_page()
+    login(page, studio)
+    page.goto("/#/gallery")
+    card = page.locator(f".gallery-card[data-image-id='{face}']")
+    with page.expect_response(lambda r: r.request.method == "PATCH"):
+        card.get_by_role("button", name="Rate 4 stars").click()
+    assert studio.api("GET", f"/api/images/{face}", user="alice")["rating"] == 4
+    page.get_by_text("Filters", exact=True).click()
+    page.get_by_label("Rating at least").select_option("4")
+    page.wait_for_function("() => document.querySelectorAll('.gallery-card').length === 1")
+    page.get_by_role("button", name="Clear filters").click()
+    page.locator(f".gallery-card[data-image-id='{heart['id']}']").wait_for()
+    card.locator(".thumb").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    card.wait_for(state="detached")
+    ids = [i["id"] for i in studio.api("GET", "/api/images", user="alice")["items"]]
+    assert face not in ids  # deleted for real, not only hidden
+    page.get_by_role("button", name="Undo").click()
+    card.wait_for()
+    assert not studio.api("GET", f"/api/images/{face}", user="alice")["deleted"]
+
+
 def test_user_text_is_never_run_as_html(open_page, studio, heart):
     page = open_page()
     login(page, studio)
@@ -282,6 +305,23 @@ def test_learn_shows_how_the_run_learns(open_page, studio):
     screenshot(page, "studio-learn-step-desktop")
 
 
+def test_the_keyboard_reaches_generate_with_a_visible_focus(open_page, studio):
+    page = open_page()
+    login(page, studio)
+    page.goto("/#/generate")
+    page.locator("#page-generate select[name=model] option").first.wait_for(state="attached")
+    seen = []
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        seen.append(page.evaluate("(document.activeElement.getAttribute('aria-label') || document.activeElement.textContent || document.activeElement.name || '').trim()"))
+        if seen[-1] == "Generate" and page.evaluate("document.activeElement.type") == "submit":
+            break
+    else:
+        raise AssertionError(f"Tab never reached the Generate button; it visited: {seen}")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    assert {"Prompt", "Random seed"} & set(seen) or "prompt" in seen
+
+
 PAGES = ["generate", "gallery", "train", "learn", "account"]
 
 
@@ -301,4 +341,9 @@ def test_every_page_at_phone_and_desktop_width(open_page, studio, heart):
                     .filter((el) => el.offsetParent && el.getBoundingClientRect().height < 36)
                     .map((el) => el.outerHTML.slice(0, 80))""")
                 assert not small, f"{p}: controls under 36 px tall at phone width: {small}"
+            unlabelled = page.evaluate("""() => [...document.querySelectorAll('main input, main select, main textarea, main button')]
+                .filter((el) => el.offsetParent && !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                        && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+                .map((el) => el.outerHTML.slice(0, 80))""")
+            assert not unlabelled, f"{p}: controls without a label: {unlabelled}"
             screenshot(page, f"studio-{p}-{name}")

@@ -16,7 +16,7 @@ export function mount(section, ctx) {
   S.mode = field("Search mode", "select", { name: "mode" });
   // "" lets the server choose: words + meaning, or words alone where it has no embedder.
   setOptions(S.mode.input, [{ value: "", label: "words + meaning" }, { value: "text", label: "words only" }, { value: "semantic", label: "meaning only" }]);
-  S.model = field("Model", "select", { name: "model" });
+  S.family = field("Family", "select", { name: "family" });
   S.seed = field("Seed", "number", { name: "seed", min: 0, inputmode: "numeric" });
   S.sampler = field("Sampler", "text", { name: "sampler", autocomplete: "off" });
   S.rating = field("Rating at least", "select", { name: "rating_min" });
@@ -24,8 +24,10 @@ export function mount(section, ctx) {
   S.board = field("Board", "select", { name: "board" });
   S.since = field("From", "date", { name: "since" });
   S.until = field("To", "date", { name: "until" });
+  S.trash = field("Show deleted images (trash)", "checkbox", { name: "deleted" });
   const filters = h("details", { class: "filters" }, h("summary", { text: "Filters" }),
-    h("div", { class: "grid2" }, S.mode.wrap, S.model.wrap, S.seed.wrap, S.sampler.wrap, S.rating.wrap, S.board.wrap, S.since.wrap, S.until.wrap),
+    h("div", { class: "grid2" }, S.mode.wrap, S.family.wrap, S.seed.wrap, S.sampler.wrap, S.rating.wrap, S.board.wrap, S.since.wrap, S.until.wrap),
+    S.trash.wrap,
     h("button", { type: "button", class: "secondary", text: "Clear filters", onclick: clearFilters }));
   S.form = h("form", { class: "card search", role: "search", onsubmit: (e) => { e.preventDefault(); reload(); } },
     h("h2", { id: "gallery-title", text: "Gallery" }),
@@ -62,17 +64,25 @@ export async function show(params) {
 async function loadChoices() {
   try {
     const [models, boards] = await Promise.all([S.ctx.models(), S.ctx.boards(true)]);
-    setOptions(S.model.input, [{ value: "", label: "any" }, ...models.map((m) => ({ value: m.name, label: m.name }))]);
+    const families = [...new Set(models.map((m) => m.family).filter(Boolean))];
+    setOptions(S.family.input, [{ value: "", label: "any" }, ...families]);
     renderBoards(boards);
   } catch (err) { S.status.error(err); }
+}
+
+/** A date input's day as epoch seconds: its first second, or (end) the first of the next day. */
+function epoch(input, end = false) {
+  if (!input.value) return "";
+  const [y, m, d] = input.value.split("-").map(Number);
+  return String(new Date(y, m - 1, d + (end ? 1 : 0)).getTime() / 1000);
 }
 
 function filters() {
   return {
     q: S.q.input.value.trim(), mode: S.q.input.value.trim() ? S.mode.input.value : "",
-    model: S.model.input.value, seed: S.seed.input.value, sampler: S.sampler.input.value.trim(),
+    family: S.family.input.value, seed: S.seed.input.value, sampler: S.sampler.input.value.trim(),
     rating_min: S.rating.input.value, board: S.board.input.value,
-    since: S.since.input.value, until: S.until.input.value,
+    since: epoch(S.since.input), until: epoch(S.until.input, true), deleted: S.trash.input.checked ? "true" : "",
   };
 }
 
@@ -82,7 +92,8 @@ function filtered() {
 }
 
 function clearFilters() {
-  for (const f of [S.model, S.seed, S.sampler, S.rating, S.board, S.since, S.until]) f.input.value = "";
+  for (const f of [S.family, S.seed, S.sampler, S.rating, S.board, S.since, S.until]) f.input.value = "";
+  S.trash.input.checked = false;
   reload();
 }
 
@@ -152,7 +163,7 @@ function card(image) {
       onclick: () => openDetail(image.id) },
     h("img", { src: safeSrc(image.thumb_url || image.file_url), alt: "", loading: "lazy", width: 128, height: 128 })),
     h("p", { class: "prompt", text: image.prompt || "(no prompt)" }),
-    stars(image));
+    image.deleted ? h("button", { type: "button", class: "secondary small", text: "Restore", onclick: () => restore(image) }) : stars(image));
 }
 
 function onNewImage(image) {
@@ -312,6 +323,14 @@ async function regenerate(image, status) {
   } catch (err) { status.error(err); }
 }
 
+async function restore(image) {
+  try {
+    await post(`/api/images/${image.id}/restore`);
+    toast(`Restored image ${image.id}.`);
+    reload();
+  } catch (err) { toast(`Could not restore: ${err.message}`, { kind: "error" }); }
+}
+
 async function remove(image) {
   const el = S.grid.querySelector(`[data-image-id="${image.id}"]`);
   try {
@@ -319,11 +338,5 @@ async function remove(image) {
   } catch (err) { toast(`Not deleted: ${err.message}`, { kind: "error" }); return; }
   if (el) el.remove();
   S.seen.delete(image.id);
-  toast(`Deleted image ${image.id}.`, { action: "Undo", timeout: 10000, onAction: async () => {
-    try {
-      await post(`/api/images/${image.id}/restore`);
-      toast(`Restored image ${image.id}.`);
-      reload();
-    } catch (err) { toast(`Could not restore: ${err.message}`, { kind: "error" }); }
-  } });
+  toast(`Deleted image ${image.id}.`, { action: "Undo", timeout: 10000, onAction: () => restore(image) });
 }

@@ -140,11 +140,27 @@ function optionValue({ input, spec }) {
   return input.value;
 }
 
-function buildImageInput(model) {
-  const img2img = declares(model, "img2img");
-  const inpaint = declares(model, "inpaint");
+/** Whether this server's generate route takes start images (its OpenAPI schema names the field). */
+let serverTakesImages = null;
+async function acceptsImages() {
+  if (serverTakesImages === null) {
+    serverTakesImages = fetch("/openapi.json", { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((spec) => Boolean(spec && JSON.stringify(spec.components?.schemas?.GenerateBody?.properties || {}).includes("init_image_id")))
+      .catch(() => false);
+  }
+  return serverTakesImages;
+}
+
+async function buildImageInput(model) {
   S.sketch = null;
   S.initFile = null;
+  S.strength = null;
+  S.imageInput.hidden = true;
+  const takes = await acceptsImages();
+  if (S.model !== model) return;
+  const img2img = takes && declares(model, "img2img");
+  const inpaint = takes && declares(model, "inpaint");
   S.imageInput.hidden = !(img2img || inpaint);
   if (S.imageInput.hidden) { replace(S.imageInput); return; }
   const size = Math.max(64, Math.min(512, (model.resolution || 64) * 4));
@@ -303,7 +319,7 @@ function addResult(image, entry) {
     h("img", { src: safeSrc(image.file_url || image.thumb_url), alt: image.prompt || `Image ${image.id}`, loading: "lazy",
       width: image.width || 64, height: image.height || 64 }),
     h("p", { class: "muted", text: `seed ${image.seed}` }),
-    h("div", { class: "row wrap" },
+    h("div", { class: "actions" },
       h("button", { type: "button", class: "secondary", text: "Vary seed", onclick: () => varySeed(image.id, cardStatus) }),
       h("button", { type: "button", class: "secondary", text: "Regenerate", onclick: () => regenerate(image.id, req, cardStatus) }),
       h("button", { type: "button", class: "secondary", text: "Open in gallery", onclick: () => S.ctx.go("gallery", { image: image.id }) })),
