@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
+import subprocess
 import sys
 from typing import Any
 
-__all__ = ["describe"]
+__all__ = ["cpu_model", "describe"]
 
 # Optional extras and what they enable (pyproject's [project.optional-dependencies]).
 EXTRAS = {
@@ -28,6 +30,42 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+# /proc/cpuinfo keys that name the processor: x86 ("model name"), POWER ("cpu"), s390 and some
+# ARM kernels ("Model", "Hardware", "Processor")
+_CPUINFO_KEYS = ("model name", "cpu model", "cpu", "Model", "Hardware", "Processor")
+
+
+def _model_from_cpuinfo(text: str) -> str | None:
+    """The processor name in /proc/cpuinfo text (the first key of ``_CPUINFO_KEYS`` present)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and value.strip():
+            fields.setdefault(key.strip(), " ".join(value.split()))
+    return next((fields[k] for k in _CPUINFO_KEYS if k in fields), None)
+
+
+def _model_from_lscpu() -> str | None:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                             env={**os.environ, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^Model name:\s*(.+)$", out, re.MULTILINE)
+    return " ".join(match.group(1).split()) if match else None
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (speed figures depend on it): from /proc/cpuinfo, else ``lscpu``,
+    else the platform module; "unknown" when none says."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            model = _model_from_cpuinfo(f.read())
+    except OSError:
+        model = None
+    return model or _model_from_lscpu() or platform.processor() or "unknown"
 
 
 def describe() -> dict[str, Any]:
@@ -47,6 +85,7 @@ def describe() -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "cpu": {
+            "model": cpu_model(),
             "logical_cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "capability": torch.backends.cpu.get_cpu_capability(),

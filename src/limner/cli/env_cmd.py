@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "env", help="show versions, devices, extras and compiled kernels (for bug reports)",
         description=("Print what limner runs on: limner, Python, PyTorch and platform versions, CPU "
-                     "threads and instruction set, CUDA devices, optional extras and whether the "
+                     "model, threads and instruction set, CUDA devices, optional extras and whether the "
                      "compiled CPU kernels are in use (building them on first use). Paste it into "
                      "bug reports."),
     )

@@ -1,0 +1,45 @@
+"""``limner env`` names the CPU model, which every speed figure depends on (issue 20)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from limner import environment
+
+INTEL = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R)  Platinum 8481C CPU @ 2.70GHz
+cpu MHz\t\t: 2699.998
+"""
+POWER = "processor\t: 0\ncpu\t\t: POWER9 (architected), altivec supported\nclock\t\t: 2200.000000MHz\n"
+ARM = "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
+
+
+def test_model_from_cpuinfo_text(tmp_path, monkeypatch):
+    for text, want in ((INTEL, "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"),
+                       (POWER, "POWER9 (architected), altivec supported")):
+        (tmp_path / "cpuinfo").write_text(text)
+        assert environment.cpu_model(str(tmp_path / "cpuinfo")) == want
+    # no model line (ARM kernels): lscpu's "Model name", then the platform module
+    (tmp_path / "cpuinfo").write_text(ARM)
+    monkeypatch.setattr(environment, "_model_from_lscpu", lambda: "Neoverse-N1")
+    assert environment.cpu_model(str(tmp_path / "cpuinfo")) == "Neoverse-N1"
+    monkeypatch.setattr(environment, "_model_from_lscpu", lambda: None)
+    monkeypatch.setattr(environment.platform, "processor", lambda: "")
+    assert environment.cpu_model(str(tmp_path / "absent")) == "unknown"
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="needs /proc/cpuinfo")
+def test_env_prints_this_machines_cpu_model(cli, tmp_path):
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")]
+    if not names:
+        pytest.skip("this kernel's /proc/cpuinfo has no model name line")
+    want = " ".join(names[0].split())
+    assert json.loads(cli("env", "--json", cache=tmp_path).stdout)["cpu"]["model"] == want
+    assert f"  model{' ' * 18}{want}" in cli("env", cache=tmp_path).stdout.splitlines()
