@@ -46,19 +46,20 @@ def run_dir(home: Path, user_id: int, name: str) -> Path:
 
 
 def bundled_models() -> dict[str, Path]:
-    """Bundled model name -> run folder (issue 18's ``limner.bundled``), {} when none ship."""
+    """Bundled model name -> run folder (``limner.bundled.list_bundled``), {} when none ship."""
     try:
-        from limner import bundled
+        from limner.bundled import list_bundled
     except ImportError:
         return {}
-    fn = getattr(bundled, "bundled_models", None)
-    if callable(fn):
-        return {str(k): Path(v) for k, v in fn().items()}
-    out: dict[str, Path] = {}
-    for root in getattr(bundled, "__path__", []):
-        for p in sorted(Path(root).glob("*/config.json")):
-            out.setdefault(p.parent.name, p.parent)
-    return out
+    return {m.name: m.path for m in list_bundled()}
+
+
+def bundled_description(name: str) -> str | None:
+    try:
+        from limner.bundled import DESCRIPTIONS
+    except ImportError:
+        return None
+    return DESCRIPTIONS.get(name)
 
 
 def resolve_model(home: Path, user_id: int, name: str) -> tuple[Path, str]:

@@ -195,6 +195,8 @@ class ModelOut(BaseModel):
     cond: str | None = None
     resolution: int | None = None
     step: int | None = None
+    summary: str | None = None
+    description: str | None = None
     options: dict[str, Any] = {}
     capabilities: list[str] = []
 
