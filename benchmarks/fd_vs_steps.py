@@ -69,10 +69,13 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def write(rows: list[dict], args: argparse.Namespace, extractor_note: str) -> None:
+    from machine import machine_description  # the sampling seconds depend on the CPU
+
     from limner.visualization.plots import line_chart
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"run": str(args.run), "num": args.num, "rows": rows,
+    (args.out / "results.json").write_text(json.dumps({"machine": machine_description(args.threads),
+                                                       "run": str(args.run), "num": args.num, "rows": rows,
                                                        "extractor": extractor_note}, indent=2))
     series: dict[str, tuple[list[float], list[float]]] = {}
     for r in rows:
