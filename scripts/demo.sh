@@ -3,5 +3,5 @@
 # text-to-image diffusion model on the bundled emoji subset (32 px) and write a labelled grid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh minilm,studio
 exec .venv/bin/limner demo "$@"
