@@ -60,9 +60,6 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.5)
-        for i, prompt in enumerate(GALLERY_PROMPTS):
-            job = call(url, "POST", "/api/generate", {"model": "emoji", "prompt": prompt, "seed": 10 + i, "num": 2})
-            wait_job(url, job["job"]["id"])
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900}, base_url=url)
@@ -78,6 +75,9 @@ def main() -> None:
             page.wait_for_timeout(500)
             args.out.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(args.out / "studio-generate.png"))
+            for i, prompt in enumerate(GALLERY_PROMPTS):
+                job = call(url, "POST", "/api/generate", {"model": "emoji", "prompt": prompt, "seed": 10 + i, "num": 2})
+                wait_job(url, job["job"]["id"])
             phone = browser.new_page(viewport={"width": 375, "height": 760}, base_url=url, device_scale_factor=2)
             phone.goto("/#/gallery")
             phone.locator(".gallery-card").nth(7).wait_for()

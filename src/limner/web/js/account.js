@@ -51,7 +51,7 @@ export function mount(section, ctx) {
     h("h2", { id: "users-title", text: "Users" }), S.users, S.usersStatus.el, userForm);
   replace(section,
     h("div", { class: "card" }, h("h2", { id: "account-title", text: "Account" }), S.who,
-      h("button", { type: "button", class: "secondary", text: "Sign out", onclick: () => ctx.logout() })),
+      S.signOut = h("button", { type: "button", class: "secondary", text: "Sign out", onclick: () => ctx.logout() })),
     h("div", { class: "card", "aria-labelledby": "keys-title" }, h("h2", { id: "keys-title", text: "API keys" }),
       h("p", { class: "muted", text: "For scripts and limner.client: send it as Authorization: Bearer <key>." }),
       S.keys, S.keysStatus.el, keyForm, S.newKey),
@@ -60,7 +60,10 @@ export function mount(section, ctx) {
 
 export function show(params, ctx) {
   const me = ctx.me || {};
-  S.who.textContent = `Signed in as ${me.username} (${me.role}).`;
+  S.who.textContent = me.implicit
+    ? "No accounts yet: on this machine you are the local admin. Adding the first user (an admin) below turns sign-in on."
+    : `Signed in as ${me.username} (${me.role}).`;
+  S.signOut.hidden = Boolean(me.implicit);
   S.adminCard.hidden = me.role !== "admin";
   loadKeys();
   if (me.role === "admin") loadUsers();

@@ -326,7 +326,10 @@ function addResult(image, entry) {
     h("div", { class: "row" }, boardSelect,
       h("button", { type: "button", class: "secondary", text: "Send to board", onclick: () => sendToBoard(image.id, boardSelect.value, cardStatus) })),
     cardStatus.el);
-  S.results.prepend(card);
+  // Newest job first; within a job, its images in seed order.
+  if (entry.last && entry.last.isConnected) entry.last.after(card);
+  else S.results.prepend(card);
+  entry.last = card;
 }
 
 /** The same settings with a new seed: a new version of the image (its parent_id is this one). */

@@ -325,23 +325,41 @@ function renderMetrics(info, rows) {
   const evals = (rows || []).filter((r) => Object.keys(r).some((k) => /fid|kid|precision|recall|psnr|clip|score/i.test(k)));
   const latest = (info && (info.metrics || info.latest_metrics)) || evals[evals.length - 1] || null;
   const evalStatus = new Status();
-  const num = field("Images", "number", { min: 1, step: 1, value: 200, inputmode: "numeric" });
+  const num = field("Images", "number", { min: 10, step: 1, value: 200, inputmode: "numeric" });
   const button = h("button", { type: "button", class: "secondary", text: "Evaluate", onclick: async () => {
     evalStatus.loading("Queuing evaluation…");
     try {
       const res = await post("/api/eval", { run: S.run, num: parseInt(num.input.value, 10) }, { headers: { "Idempotency-Key": idempotencyKey() } });
-      evalStatus.ok(`Evaluation job ${(res.job || res).id} queued; results show here when done.`);
+      const job = res.job || res;
+      evalStatus.loading(`Evaluating (job ${job.id})…`);
+      for (;;) {
+        await new Promise((r) => setTimeout(r, 1500));
+        const now = await get(`/api/jobs/${job.id}`);
+        if (now.state === "done") {
+          evalStatus.ok("Evaluation done.");
+          S.metrics.prepend(h("h4", { text: "Evaluation" }), metricList((now.result && now.result.metrics) || {}));
+          return;
+        }
+        if (now.state === "failed" || now.state === "cancelled") { evalStatus.error(`Evaluation ${now.state}${now.error ? `: ${now.error}` : ""}`); return; }
+        const p = now.progress && now.progress.total ? `, ${now.progress.step} of ${now.progress.total}` : "";
+        evalStatus.loading(`Evaluating (job ${job.id}: ${now.state}${p})…`);
+      }
     } catch (err) { evalStatus.error(err); }
   } });
-  const table = latest && Object.keys(latest).length ? h("dl", { class: "record" },
-    Object.entries(latest).filter(([, v]) => typeof v !== "object").map(([k, v]) => [h("dt", { text: k }),
-      h("dd", { text: typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v) })]))
-    : h("p", { class: "muted", text: "No evaluation metrics yet." });
+  const table = latest && Object.keys(latest).length ? [h("h4", { text: "Latest logged metrics" }), metricList(latest)]
+    : h("p", { class: "muted", text: "No metrics yet." });
   const checkpoints = (info && info.checkpoints) || [];
   replace(S.metrics, table,
     checkpoints.length ? h("p", { class: "muted", text: `Checkpoints: ${checkpoints.map((c) => (typeof c === "object" ? c.step : c)).join(", ")}` }) : null,
     info && info.created ? h("p", { class: "muted", text: `Created ${when(info.created)}` }) : null,
     h("div", { class: "row" }, num.wrap, button), evalStatus.el);
+}
+
+function metricList(values) {
+  const rows = Object.entries(values).filter(([, v]) => v === null || typeof v !== "object");
+  if (!rows.length) return h("p", { class: "muted", text: "No numbers." });
+  return h("dl", { class: "record" }, rows.map(([k, v]) => [h("dt", { text: k }),
+    h("dd", { text: typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v) })]));
 }
 
 async function stopRun() {
