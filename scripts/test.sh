@@ -8,4 +8,5 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 [[ -x /usr/bin/chromium ]] || echo "note: no /usr/bin/chromium: the studio page's browser tests (tests/web) skip (apt-get install chromium)"
 # Build the compiled CPU kernels once before the workers start, and say whether they are used.
 .venv/bin/python -c "from limner.nn import kernels; print('limner kernels:', kernels.status())"
-exec .venv/bin/python -m pytest -n 2 --durations=15 "$@"
+# --dist loadgroup: tests marked xdist_group (the studio page's browser journeys) share one worker.
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup --durations=15 "$@"
