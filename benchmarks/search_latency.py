@@ -103,6 +103,7 @@ def run_queries(store, user, n_queries: int) -> dict[str, tuple[float, float]]:
     rng = random.Random(1)
     both = TEXT_QUERIES + SEMANTIC_QUERIES
     kinds = {
+        "(query embedding alone)": lambda: store.embedder([rng.choice(SEMANTIC_QUERIES)]),
         "text": lambda: store.search(user, rng.choice(TEXT_QUERIES), mode="text"),
         "semantic": lambda: store.search(user, rng.choice(SEMANTIC_QUERIES), mode="semantic"),
         "hybrid": lambda: store.search(user, rng.choice(both), mode="hybrid"),
@@ -152,7 +153,8 @@ def main() -> int:
 
     backends = [("SQLite", None)] + ([("PostgreSQL", args.pg)] if args.pg else [])
     print(f"# {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
-          f"{args.images:,} images, {args.queries} queries per kind")
+          f"{args.images:,} images ({args.prompts:,} distinct prompts), {args.queries} queries per kind, "
+          f"load average at start {os.getloadavg()[0]:.1f}")
     for label, url in backends:
         home = Path(tempfile.mkdtemp(prefix="limner-bench-"))
         schema = None

@@ -15,8 +15,12 @@
   and ownership apply to every mode.
 - Keyset pagination: the cursor carries the last (score, id) and the newest id the first page
   could see; later pages exclude newer ids, so images added meanwhile never shift or repeat
-  items (they appear on a fresh search). Ranked scores depend only on the query and the
-  image, never on how many images exist, so pages stay stable.
+  items (they appear on a fresh search). Within that snapshot every score is fixed (cosine
+  similarity depends only on the query and the image; the fused rank of an image depends only
+  on the snapshot's rows, and text hits rank newest first rather than by corpus statistics
+  such as BM25's, which new rows would shift), so a (score, id) cursor never skips or repeats.
+  Hybrid fuses the top ``RRF_WINDOW`` (200) of each ranking: its pages end after at most 400
+  images; semantic and text pages go on to the last match.
 """
 
 from __future__ import annotations
