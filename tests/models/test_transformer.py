@@ -234,3 +234,15 @@ def test_vq_run_checks_name_the_option(tmp_path):
     with pytest.raises(UsageError) as exc:
         AutoregressiveFamily.create("tiny", DataInfo(resolution=16, channels=3), "none", vq=tmp_path)
     assert str(exc.value).startswith("--vq:")
+
+
+def test_img2img_keeps_a_seeded_share_of_the_init_tokens():
+    fam = family(MaskGITFamily, cond="none")
+    init = (torch.rand(2, 3, 16, 16) * 255).to(torch.uint8)
+    req = BatchRequest(seeds=[3, 4])
+    req.init, req.strength = init, 0.25  # as limner.generation.pipeline.EditInputs sets them
+    keep = fam._kept_tokens(req, None, 0.25)
+    assert (keep.sum(dim=1) == fam.num_tokens - math.ceil(0.25 * fam.num_tokens)).all()
+    assert not torch.equal(keep[0], keep[1])  # each seed picks its own tokens
+    out = fam.generate(req)
+    assert out.extra["regenerated_tokens"] == int((~keep).sum()) and out.images.shape == (2, 3, 16, 16)

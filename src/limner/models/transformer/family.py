@@ -4,7 +4,10 @@
   (CVPR 2022). Training masks a share gamma(r) = cos(pi/2 r), r ~ U(0, 1), of the tokens and
   predicts them (cross-entropy on the masked positions, label smoothing 0.1); sampling unmasks
   the most confident tokens over a few steps (``limner.samplers.maskgit``). Inpainting falls out
-  of it: the known tokens are given, the rest is unmasked (``TokenFamily.inpaint``).
+  of it: the known tokens are given, the rest is unmasked (``MaskGITFamily.inpaint``, and
+  ``limner sample --init-image --mask``: a token is regenerated when its patch holds a masked
+  pixel). Image-to-image (``--init-image --strength s``) keeps a share 1 - s of the init image's
+  tokens, chosen by the seed, and unmasks the rest.
 * ``autoregressive``: the transformer of VQGAN (Esser et al. 2021) / LlamaGen (Sun et al. 2024),
   causal in raster order, trained with next-token cross-entropy and sampled one token at a time
   with a KV cache, temperature, top-k and top-p (``limner.samplers.autoregressive``).
@@ -22,6 +25,7 @@ digest, each image on its own so its tokens do not depend on the batch it came i
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -291,8 +295,38 @@ class MaskGITFamily(TokenFamily):
             CFG_OPTION,
         ),
         needs=(VQ_NEED,),
-        capabilities=frozenset({Capability.negative_prompt, Capability.interpolate, Capability.inpaint}),
+        capabilities=frozenset({Capability.negative_prompt, Capability.interpolate, Capability.img2img,
+                                Capability.inpaint}),
     )
+
+    @torch.no_grad()
+    def generate(self, request, *, callback: ProgressCallback | None = None) -> GenerationOutput:
+        """Sample a batch (see ``TokenFamily.generate``); with an init image (the pipeline's
+        ``request.init`` uint8 [B, C, H, W], ``mask`` [B, 1, H, W] bool, ``strength``) only the
+        tokens to regenerate are unmasked."""
+        init = getattr(request, "init", None)
+        if init is None:
+            return super().generate(request, callback=callback)
+        keep = self._kept_tokens(request, getattr(request, "mask", None), getattr(request, "strength", None))
+        tokens = self.sample_tokens(request, callback=callback, known=self._tokens_of(init), known_mask=keep)
+        return GenerationOutput(images=to_uint8(self.decode(tokens)), seeds=list(request.seeds),
+                                extra={"regenerated_tokens": int((~keep).sum())})
+
+    def _tokens_of(self, images: Tensor) -> Tensor:
+        """Code indices [B, N] of uint8 images [B, C, H, W]."""
+        x = images.to(self.device, torch.float32) / 127.5 - 1
+        return self.tokenizer.encode_tokens(x).reshape(len(x), -1).to(self.device)
+
+    def _kept_tokens(self, request, mask: Tensor | None, strength: float | None) -> Tensor:
+        """[B, N] bool, True where the init image's token stays: outside the mask's patches, or
+        (no mask) all but a share ``strength`` picked by each image's seeded noise."""
+        g, B, N = self.config.grid, len(request.seeds), self.num_tokens
+        if mask is not None:
+            masked = F.adaptive_max_pool2d(mask.to(self.device, torch.float32), (g, g)) > 0
+            return ~masked.reshape(B, -1)
+        count = math.ceil((0.6 if strength is None else float(strength)) * N)
+        order = self._noise(request)[..., -1].argsort(dim=1, stable=True).argsort(dim=1)  # seeded ranks
+        return (order >= count).to(self.device)
 
     def loss(self, net: nn.Module, tokens: Tensor, inputs, drop, gen) -> Tensor:
         """Mask ceil(gamma(r) N) tokens, r ~ U(0, 1), and predict them (Chang et al. 2022, 3.2)."""
@@ -330,13 +364,10 @@ class MaskGITFamily(TokenFamily):
     def inpaint(self, images: Tensor, mask: Tensor, request) -> GenerationOutput:
         """Regenerate the masked part of ``images``: uint8 [B, C, H, W] and ``mask`` [B, 1, H, W]
         bool (True = regenerate). A token is regenerated when any pixel of its patch is masked;
-        the others are the images' own codes. Same request fields and seeds as ``generate``."""
-        g = self.config.grid
-        x = images.to(self.device, torch.float32) / 127.5 - 1
-        known = self.tokenizer.encode_tokens(x).reshape(len(x), -1).to(self.device)
-        patch_masked = F.adaptive_max_pool2d(mask.to(self.device, torch.float32), (g, g)) > 0
-        keep = ~patch_masked.reshape(len(x), -1)
-        tokens = self.sample_tokens(request, known=known, known_mask=keep)
+        the others are the images' own codes. Same request fields and seeds as ``generate``
+        (the pipeline then copies the unmasked pixels back bitwise)."""
+        keep = self._kept_tokens(request, mask, None)
+        tokens = self.sample_tokens(request, known=self._tokens_of(images), known_mask=keep)
         return GenerationOutput(images=to_uint8(self.decode(tokens)), seeds=list(request.seeds),
                                 extra={"regenerated_tokens": int((~keep).sum())})
 
