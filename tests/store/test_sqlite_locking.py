@@ -83,3 +83,38 @@ def test_pending_migration_backs_up_the_gallery_first(tmp_path):
     check = sqlite3.connect(backup)
     assert check.execute("SELECT username FROM users").fetchall() == [("alice",)]
     check.close()
+
+
+def test_two_processes_write_one_gallery(tmp_path):
+    """Two processes (two studios, or a studio and a worker) submit and claim jobs on one
+    SQLite file at once: no "database is locked" reaches them and no job is claimed twice."""
+    import subprocess
+    import sys
+    import textwrap
+
+    Store.open(None, home=tmp_path).close()
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from limner.store import Store
+        store = Store.open(None, home=Path({str(tmp_path)!r}))
+        me = sys.argv[1]
+        try:
+            user = store.create_user(me, None)
+        except Exception:
+            user = store.user_by_name(me)
+        claimed = []
+        for i in range(40):
+            store.submit_job(user, "generate", {{"i": i}})
+            lease = store.claim_job(me, ["generate"])
+            if lease is not None:
+                assert store.complete_job(lease, {{"by": me}})
+                claimed.append(lease.job.id)
+        print(" ".join(claimed))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, name], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name in ("p1", "p2")]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    claimed = [j for out, _ in outs for j in out.split()]
+    assert len(claimed) == len(set(claimed)) == 80

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import sqlalchemy as sa
 
@@ -14,6 +15,7 @@ from limner.store.tables import api_keys, sessions, users
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SESSION_SECONDS = 14 * 24 * 3600
+LAST_USED_EVERY_S = 60.0  # resolution of an API key's last_used time
 LOCAL_USER = "local"  # the implicit admin of a loopback studio with no accounts
 
 
@@ -181,14 +183,16 @@ class AccountsPart:
         """The user a live API key belongs to, or ``AuthError``."""
         with self._read() as conn:
             row = conn.execute(
-                sa.select(users, api_keys.c.id.label("key_id"))
+                sa.select(users, api_keys.c.id.label("key_id"), api_keys.c.last_used)
                 .join(api_keys, api_keys.c.user_id == users.c.id)
                 .where(api_keys.c.key_hash == auth.token_hash(key), api_keys.c.revoked.is_(None))
             ).first()
         if row is None or row.disabled:
             raise AuthError("unknown or revoked API key")
-        with self._write() as conn:
-            conn.execute(api_keys.update().where(api_keys.c.id == row.key_id).values(last_used=db.now(conn)))
+        if row.last_used is None or time.time() - row.last_used > LAST_USED_EVERY_S:
+            # Not on every request: on SQLite each update takes the database's write lock.
+            with self._write() as conn:
+                conn.execute(api_keys.update().where(api_keys.c.id == row.key_id).values(last_used=db.now(conn)))
         return _user(row)
 
 
