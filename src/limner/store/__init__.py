@@ -6,8 +6,8 @@ SQLite at ``<home>/gallery.db`` by default, PostgreSQL with ``postgresql+psycopg
 the same Alembic migrations (``limner/store/migrations``) run at open on both.
 
 Semantic search needs a prompt embedder: pass ``embedder=`` (a callable texts -> float32
-[N, D] unit rows), for example ``limner.conditioning.prompt_embed.minilm_prompt_embedder()``,
-which loads MiniLM (and torch) lazily, outside this package.
+[N, D] unit rows), for example ``limner.conditioning.prompt_embed.embed_prompts``, which
+loads MiniLM (and torch) on its first call, outside this package.
 """
 
 from __future__ import annotations

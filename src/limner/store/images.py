@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CRASH_ENV = "LIMNER_STORE_CRASH_AT"  # fault-injection hook for the crash tests (see _crash_point)
 MAX_TAGS, MAX_TAG_LEN = 64, 64
 IMAGE_DIR, THUMB_DIR, QUARANTINE_DIR = "images", "thumbs", "quarantine"
+UNSET = object()  # "not given", where None is a value (clearing a rating)
 
 # Record field -> denormalised column.
 _RECORD_COLUMNS = {"run_id": "model", "family": "family", "seed": "seed", "sampler": "sampler",
@@ -259,11 +260,12 @@ class ImagesPart:
             raise NotFound(f"image {image_id}: file {rel} is missing")
         return path
 
-    def update_image(self, user: User, image_id: int, *, rating: int | None | type(...) = ...,
+    def update_image(self, user: User, image_id: int, *, rating: int | None | object = UNSET,
                      tags: list[str] | None = None, scores: dict[str, Any] | None = None) -> Image:
-        """Set rating (0-5 or None to clear), tags (replaces the list) and/or scores."""
+        """Set rating (0-5, or None to clear; left alone when not given), tags (replaces the
+        list) and/or scores."""
         values: dict[str, Any] = {}
-        if rating is not ...:
+        if rating is not UNSET:
             if rating is not None and (not isinstance(rating, int) or isinstance(rating, bool)
                                        or not 0 <= rating <= 5):
                 raise UsageError("rating: an integer from 0 to 5, or null")

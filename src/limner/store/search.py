@@ -37,7 +37,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from limner.errors import UsageError
-from limner.store.errors import SearchUnavailable
+from limner.store.errors import NotFound, SearchUnavailable
 from limner.store.images import _SUMMARY, row_to_image, visible_clause
 from limner.store.models import Image, Page, SearchMode, User
 from limner.store.tables import board_images, board_members, boards, images, users
@@ -173,8 +173,6 @@ class SearchPart:
         return where
 
     def _board_visible(self, conn: sa.Connection, user: User, board_id: int) -> None:
-        from limner.store.errors import NotFound
-
         q = sa.select(boards.c.id).where(boards.c.id == board_id)
         if not user.is_admin:
             q = q.where(sa.or_(boards.c.owner_id == user.id, boards.c.id.in_(
