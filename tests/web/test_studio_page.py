@@ -284,6 +284,9 @@ def test_train_a_tiny_run_with_a_live_loss_curve_and_timeline(open_page, studio,
     train.locator(".frame-holder img").wait_for(timeout=JOB_TIMEOUT * 1000)
     assert train.locator("polyline.chart-raw").count() == 1
     train.get_by_text(re.compile(r"Job \S+: done")).wait_for(timeout=JOB_TIMEOUT * 1000)
+    assert not train.get_by_role("button", name="Stop (saves first)").is_visible()
+    train.get_by_text("step 16 (2 of 2)").wait_for()  # the final frame joins the timeline
+    assert train.locator(".status.error").count() == 0, train.locator(".status.error").all_text_contents()
     screenshot(page, "studio-train-desktop")
 
 

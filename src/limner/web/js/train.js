@@ -200,25 +200,37 @@ async function selectRun(name, job = null) {
     h("div", { class: "card" }, h("h3", { text: "Compare two checkpoints" }), S.compare),
     h("div", { class: "card" }, h("h3", { text: "Evaluation" }), S.metrics));
   lineChart(S.chart, [], { title: "Training loss" });
-  status.loading("Loading the run…");
-  try {
-    const [info, metrics, frames] = await Promise.all([
-      get(`/api/runs/${encodeURIComponent(name)}`), get(`/api/runs/${encodeURIComponent(name)}/metrics`).catch(() => []),
-      get(`/api/runs/${encodeURIComponent(name)}/samples`).catch(() => [])]);
-    if (S.run !== name) return;
-    status.clear();
-    S.info = info;
-    S.loss = lossPoints(metrics);
-    lineChart(S.chart, S.loss, { title: "Training loss" });
-    renderFrames(frames);
-    renderMetrics(info, metrics);
-  } catch (err) { status.error(err); }
+  S.info = null;
+  S.frames = [];
   try {
     S.job = job || await activeJob(name);
     showJob(S.job);
   } catch (err) { status.error(err); }
+  await loadRunData(name);
   clearInterval(S.poll);
   S.poll = setInterval(() => refreshLive(name), 2500);
+}
+
+const isLive = (job) => Boolean(job && ["queued", "running"].includes(job.state));
+
+/** The run's config, metrics and timeline; a run that a just-started job has not written yet is waited for. */
+async function loadRunData(name) {
+  const enc = encodeURIComponent(name);
+  if (!S.info) S.runStatus.loading("Loading the run…");
+  try {
+    const [info, metrics, frames] = await Promise.all([get(`/api/runs/${enc}`), get(`/api/runs/${enc}/metrics`),
+      get(`/api/runs/${enc}/samples`)]);
+    if (S.run !== name) return;
+    S.runStatus.clear();
+    S.info = info;
+    S.loss = lossPoints(metrics);
+    lineChart(S.chart, S.loss, { title: "Training loss" });
+    if (frames.length !== S.frames.length || !S.frames.length) renderFrames(frames);
+    renderMetrics(info, metrics);
+  } catch (err) {
+    if (err.status === 404 && isLive(S.job)) S.runStatus.loading("Waiting for the run's first files…");
+    else S.runStatus.error(err);
+  }
 }
 
 function lossPoints(rows) {
@@ -236,18 +248,17 @@ function showJob(job) {
 
 /** While a run trains: the loss curve and timeline follow the metrics file and samples list. */
 async function refreshLive(name) {
-  if (S.run !== name || document.getElementById("page-train").hidden) return;
-  const live = S.job && ["queued", "running"].includes(S.job.state);
-  if (!live) return;
+  if (S.run !== name || document.getElementById("page-train").hidden || !isLive(S.job)) return;
   try {
     S.job = await get(`/api/jobs/${S.job.id}`);
     showJob(S.job);
-    const metrics = await get(`/api/runs/${encodeURIComponent(name)}/metrics`);
-    const points = lossPoints(metrics);
+    if (!isLive(S.job)) { loadRuns(); await loadRunData(name); return; }
+    if (!S.info) { await loadRunData(name); return; }
+    const enc = encodeURIComponent(name);
+    const points = lossPoints(await get(`/api/runs/${enc}/metrics`));
     if (points.length >= S.loss.length) { S.loss = points; lineChart(S.chart, S.loss, { title: "Training loss" }); }
-    const frames = await get(`/api/runs/${encodeURIComponent(name)}/samples`);
+    const frames = await get(`/api/runs/${enc}/samples`);
     if (frames.length !== S.frames.length) renderFrames(frames);
-    if (!["queued", "running"].includes(S.job.state)) { loadRuns(); renderMetrics(await get(`/api/runs/${encodeURIComponent(name)}`), metrics); }
   } catch (err) { S.runStatus.error(err); }
 }
 
@@ -269,9 +280,10 @@ async function onCheckpoint(m) {
 
 function onJob(job) {
   if (!S || !job || !S.job || job.id !== S.job.id) return;
+  const was = isLive(S.job);
   S.job = job;
   showJob(job);
-  if (!["queued", "running"].includes(job.state)) loadRuns();
+  if (was && !isLive(job)) { loadRuns(); loadRunData(S.run); }
 }
 
 function frameImg(frame, label) {
