@@ -325,6 +325,27 @@ def test_the_keyboard_reaches_generate_with_a_visible_focus(open_page, studio):
     assert {"Prompt", "Random seed"} & set(seen) or "prompt" in seen
 
 
+def test_an_api_key_is_shown_once_and_can_be_revoked(open_page, studio):
+    page = open_page()
+    login(page, studio)
+    page.goto("/#/account")
+    page.get_by_label("Key name").fill("laptop script")
+    page.get_by_role("button", name="Create key").click()
+    key = page.get_by_label("New API key").input_value()
+    assert len(key) > 20
+    anon = open_page().request  # another browser context: no session cookie, only the key
+    assert anon.get("/api/me").status == 401
+    me = anon.get("/api/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.ok and me.json()["username"] == "alice"
+    page.reload()
+    page.get_by_text(re.compile("^laptop script")).wait_for()
+    assert key not in page.content()  # shown once: not after a reload
+    page.get_by_role("button", name="Revoke key laptop script").click()
+    page.get_by_role("dialog").get_by_role("button", name="Revoke").click()
+    page.get_by_text("No keys.").wait_for()
+    assert anon.get("/api/me", headers={"Authorization": f"Bearer {key}"}).status == 401
+
+
 PAGES = ["generate", "gallery", "train", "learn", "account"]
 
 

@@ -16,7 +16,7 @@ let subscribed = false;
 export function mount(section, ctx) {
   S = { ctx, dirty: false, models: [], model: null, optionInputs: new Map(), jobs: new Map() };
   S.status = new Status();
-  S.modelSelect = field("Model", "select", { name: "model" });
+  S.modelSelect = field("Model", "select", { name: "model" }, " ");
   S.prompt = field("Prompt", "textarea", { name: "prompt", rows: 3, placeholder: "a red heart", maxlength: 2000 });
   S.negative = field("Negative prompt", "textarea", { name: "negative", rows: 2, placeholder: "what to avoid", maxlength: 2000 });
   S.seed = field("Seed", "number", { name: "seed", min: 0, max: MAX_SEED, step: 1, placeholder: "random", inputmode: "numeric" });
@@ -95,6 +95,7 @@ function selectModel(name) {
   if (!model) return;
   S.model = model;
   S.modelSelect.input.value = name;
+  S.modelSelect.wrap.querySelector(".help").textContent = model.description || model.summary || "";
   S.prompt.wrap.hidden = model.cond === "none";
   S.negative.wrap.hidden = !declares(model, "negative", "negative_prompt");
   S.optionInputs.clear();
