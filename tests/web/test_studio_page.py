@@ -346,6 +346,41 @@ def test_an_api_key_is_shown_once_and_can_be_revoked(open_page, studio):
     assert anon.get("/api/me", headers={"Authorization": f"Bearer {key}"}).status == 401
 
 
+def test_the_sketch_canvas_exports_the_drawing_and_a_black_and_white_mask(open_page, studio):
+    """The drawing/mask component behind image-to-image and inpainting (shown only where the
+    server's generate route takes a start image), driven with real pointer events."""
+    page = open_page()
+    login(page, studio)
+    result = page.evaluate("""async () => {
+        const { Sketch } = await import('/js/sketch.js');
+        const sketch = new Sketch(64, { mask: true });
+        document.querySelector('main').append(sketch.el);
+        const stroke = (target, y) => {
+            const r = target.getBoundingClientRect();
+            const at = (x) => ({ clientX: r.left + x * r.width / 64, clientY: r.top + y * r.height / 64, pointerId: 1, bubbles: true });
+            target.dispatchEvent(new PointerEvent('pointerdown', at(8)));
+            target.dispatchEvent(new PointerEvent('pointermove', at(56)));
+            target.dispatchEvent(new PointerEvent('pointerup', at(56)));
+        };
+        stroke(sketch.mask, 16);                       // Draw mode: paints the picture
+        sketch.el.querySelector('button[aria-pressed=false]').click();  // Paint mask
+        stroke(sketch.mask, 48);
+        const pixels = async (blob) => {
+            const bmp = await createImageBitmap(blob);
+            const c = new OffscreenCanvas(bmp.width, bmp.height);
+            const ctx = c.getContext('2d');
+            ctx.drawImage(bmp, 0, 0);
+            return (x, y) => Array.from(ctx.getImageData(x, y, 1, 1).data);
+        };
+        const img = await pixels(await sketch.imageBlob()), mask = await pixels(await sketch.maskBlob());
+        return { hasImage: sketch.hasImage(), hasMask: sketch.hasMask(),
+                 imgStroke: img(32, 16), imgBlank: img(32, 48), maskStroke: mask(32, 48), maskBlank: mask(32, 16) };
+    }""")
+    assert result["hasImage"] and result["hasMask"]
+    assert result["imgStroke"][:3] == [0xd0, 0x30, 0x30] and result["imgBlank"][:3] == [255, 255, 255]
+    assert result["maskStroke"][:3] == [255, 255, 255] and result["maskBlank"][:3] == [0, 0, 0]
+
+
 PAGES = ["generate", "gallery", "train", "learn", "account"]
 
 
