@@ -13,6 +13,8 @@ from limner.errors import UsageError
 from limner.store import Filters, SearchUnavailable, Store
 from limner.store.search import fts5_query, query_words
 
+from .conftest import make_record
+
 PROMPTS = [
     "a red heart on white",
     "a blue heart, glowing",
@@ -170,3 +172,20 @@ def test_bad_cursor_limit_and_mode_name_the_field(store, alice, gallery):
         store.search(alice, limit=0)
     with pytest.raises(UsageError, match="mode"):
         store.search(alice, "x", mode="fuzzy")
+
+
+def test_semantic_filters_reach_past_the_first_candidates(store, alice):
+    """A filter no probe candidate passes (only a few far-off images rated) still finds them."""
+    from .conftest import fake_embedder
+
+    prompts = [f"red heart {i}" for i in range(300)] + ["blue whale deep sea"] * 3
+    entries = [{"path": f"images/bulk/{i}.png", "record": make_record(p, seed=i), "content_hash": f"h{i}",
+                "vector": fake_embedder([p])[0]} for i, p in enumerate(prompts)]
+    ids = store.bulk_add(alice, entries)
+    for i in ids[-3:]:
+        store.update_image(alice, i, rating=5)
+    for mode in ("semantic", "hybrid"):
+        page = store.search(alice, "red heart", mode=mode, filters=Filters(rating_min=4))
+        assert sorted(i.id for i in page.items) == sorted(ids[-3:]), mode
+    page = store.search(alice, "red heart", mode="semantic", limit=200)
+    assert len(page.items) == 200 and all(i.prompt.startswith("red heart") for i in page.items)

@@ -143,7 +143,7 @@ class SearchPart:
             if mode == "text":
                 page, last = self._text_page(conn, q, where, state, limit)
             else:
-                page, last = self._ranked_page(conn, q, mode, where, state, limit)
+                page, last = self._ranked_page(conn, q, mode, where, state, limit, _narrow(filters))
         nxt = _encode_cursor({"f": fp, "x": snapshot, **last}) if last else None
         return Page(items=page, next_cursor=nxt)
 
@@ -218,11 +218,11 @@ class SearchPart:
     # ---- semantic and hybrid -------------------------------------------------------------
 
     def _ranked_page(self, conn: sa.Connection, q: str, mode: str, where: list, state: dict | None,
-                     limit: int) -> tuple[list[Image], dict | None]:
+                     limit: int, narrow: bool) -> tuple[list[Image], dict | None]:
         if mode == "semantic":
-            ids, scores = self._semantic_scores(conn, q, where, limit + 1, after=state)
+            ids, scores = self._semantic_scores(conn, q, where, limit + 1, narrow, after=state)
         else:
-            sem_ids, _ = self._semantic_scores(conn, q, where, RRF_WINDOW)
+            sem_ids, _ = self._semantic_scores(conn, q, where, RRF_WINDOW, narrow)
             ids, scores = _rrf([self._text_ranking(conn, q, where), sem_ids[:RRF_WINDOW]])
             if state:
                 ids, scores = _after(ids, scores, state)
@@ -235,21 +235,22 @@ class SearchPart:
         more = len(ids) > limit
         return items, ({"s": float(scores[limit - 1]), "i": int(ids[limit - 1])} if more else None)
 
-    def _semantic_scores(self, conn: sa.Connection, q: str, where: list, window: int,
+    def _semantic_scores(self, conn: sa.Connection, q: str, where: list, window: int, narrow: bool,
                          after: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, cosine) of the images passing ``where`` (and after the cursor ``after``), best
-        first: at least the best ``window`` of them, or all when fewer pass."""
+        first: at least the best ``window`` of them, or all when fewer pass. ``narrow``: the
+        filters probably pass few images, so fetch those ids at once instead of probing."""
         all_ids, sims = self.vectors.refresh(conn).scores(self._query_vector(q))
         if len(all_ids) == 0:
             return all_ids, sims
         if after:
             all_ids, sims = _after(all_ids, sims, after)
-        # First try: the best candidates by score, checked against the filters in a few queries.
-        probe = _top(all_ids, sims, max(4 * window, 200))
-        passing = self._passing(conn, where, all_ids[probe])
-        keep = probe[np.isin(all_ids[probe], passing)]
-        if len(keep) >= window or len(probe) == len(all_ids):
-            return all_ids[keep], sims[keep]
+        if not narrow:  # first try: the best candidates by score, checked in one query
+            probe = _top(all_ids, sims, max(4 * window, 200))
+            passing = self._passing(conn, where, all_ids[probe])
+            keep = probe[np.isin(all_ids[probe], passing)]
+            if len(keep) >= window or len(probe) == len(all_ids):
+                return all_ids[keep], sims[keep]
         # Otherwise ask for every id passing the filters (selective filters make this small).
         passing = np.asarray(conn.execute(sa.select(images.c.id).where(*where)).scalars().all(), dtype=np.int64)
         mask = np.isin(all_ids, passing)
@@ -299,6 +300,12 @@ def _rrf(rankings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.fromiter(fused.keys(), dtype=np.int64, count=len(fused))
     scores = np.fromiter(fused.values(), dtype=np.float64, count=len(fused))
     return ids, scores
+
+
+def _narrow(f: Filters) -> bool:
+    """Whether an equality filter is set (those usually keep a small part of a gallery)."""
+    return any(v is not None for v in (f.model, f.family, f.seed, f.sampler, f.steps, f.cfg, f.board,
+                                        f.owner, f.parent_id))
 
 
 def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
