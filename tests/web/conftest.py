@@ -165,7 +165,7 @@ def open_page(browser, studio, request):
 
     def make(viewport=DESKTOP):
         context = browser.new_context(viewport=viewport, base_url=studio.url, accept_downloads=True)
-        context.set_default_timeout(20_000)
+        context.set_default_timeout(45_000)
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))

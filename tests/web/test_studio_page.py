@@ -19,7 +19,7 @@ from .conftest import DESKTOP, PHONE, RUN, login, screenshot
 pytestmark = pytest.mark.xdist_group("studio_page")  # one studio, one browser (scripts/test.sh: --dist loadgroup)
 
 XSS = '<img src=x onerror="window.__xss=1">'
-JOB_TIMEOUT = 90
+JOB_TIMEOUT = 180  # generous: CI shares 2 cores between two test workers, a studio and a browser
 
 
 def wait_job(studio, job_id: int, user: str = "alice") -> dict:
