@@ -51,6 +51,7 @@ def generate_in_page(page, prompt: str, seed: int, steps: int = 4) -> int:
 def heart(browser, studio):
     """alice generates "a red heart" in the page; what the preview area saw along the way."""
     context = browser.new_context(viewport=DESKTOP, base_url=studio.url)
+    context.set_default_timeout(45_000)
     page = context.new_page()
     login(page, studio)
     page.goto("/#/generate")
