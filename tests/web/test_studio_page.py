@@ -407,3 +407,20 @@ def test_every_page_at_phone_and_desktop_width(open_page, studio, heart):
                 .map((el) => el.outerHTML.slice(0, 80))""")
             assert not unlabelled, f"{p}: controls without a label: {unlabelled}"
             screenshot(page, f"studio-{p}-{name}")
+
+
+def test_the_gallery_loads_the_next_page_as_you_scroll(open_page, studio, heart):
+    # Last in the file: it adds enough images for a second page (the page asks for 40 at a time).
+    res = studio.api("POST", "/api/generate", {"model": RUN, "prompt": "a small blue square", "seed": 100,
+                                               "num": 45, "steps": 1}, user="alice")
+    wait_job(studio, (res.get("job") or res)["id"])
+    total = len(studio.api("GET", "/api/images?limit=200", user="alice")["items"])
+    assert total > 45
+    page = open_page()
+    login(page, studio)
+    page.goto("/#/gallery")
+    page.get_by_text("40 images so far.").wait_for()
+    page.locator(".gallery-card").nth(39).scroll_into_view_if_needed()
+    page.get_by_text(f"{total} images.").wait_for()
+    ids = page.evaluate("[...document.querySelectorAll('.gallery-card')].map((c) => c.dataset.imageId)")
+    assert len(ids) == len(set(ids)) == total  # the cursor neither repeats nor skips an image
