@@ -2,7 +2,7 @@
 
 Forward hooks on each level of the network the family's hooks name (the denoiser U-Net, D for
 a GAN, the VAE's encoder) capture its feature maps for one input image; each level shows its
-strongest channels (by their peak activation), from the first layers' edges and colours to
+strongest channels (by their mean positive activation), from the first layers' edges and colours to
 deeper layers' parts. For one chosen channel, the training images are searched for the patches
 that excite it most, cropped around the peak at the size of the level's stride. This is the
 analysis of Zeiler & Fergus (2014, "Visualizing and Understanding Convolutional Networks"),
@@ -97,7 +97,9 @@ def features(run: ExplainRun, image: str | Path | None = None, index: int | None
     level = level or _default_level(names)
     if level not in acts:
         raise UsageError(f"level: {level!r} is not one of {', '.join(names)}")
-    peaks = {n: a[0].flatten(1).max(1).values for n, a in acts.items()}  # [C] per level
+    # strength of a channel: its mean positive activation over the image (a lone spike does not
+    # make a channel "strong")
+    peaks = {n: a[0].clamp(min=0).flatten(1).mean(1) for n, a in acts.items()}  # [C] per level
     tops = {n: peaks[n].argsort(descending=True)[:top].tolist() for n in names}
     if channel is None:
         channel = tops[level][0]
@@ -107,7 +109,7 @@ def features(run: ExplainRun, image: str | Path | None = None, index: int | None
     result = ExplainResult("features", data={
         "input": source, "step": loaded.step, "network": probe.what,
         "levels": [{"name": n, "shape": list(acts[n].shape[1:]), "top_channels": tops[n],
-                    "peaks": [float(peaks[n][c]) for c in tops[n]]} for n in names],
+                    "mean_activation": [float(peaks[n][c]) for c in tops[n]]} for n in names],
         "channel": {"level": level, "channel": channel, "patches": found["rows"]},
     })
     result.images["features"] = render.hstack([
@@ -127,13 +129,12 @@ def _default_level(names: list[str]) -> str:
 
 def hierarchy_image(x: Tensor, acts: dict[str, Tensor], tops: dict[str, list[int]], what: str,
                     size: int = 56) -> Image.Image:
-    """Rows = levels; the input, then each level's strongest channels (heat, one scale a row)."""
+    """Rows = levels: each level's strongest channels (heat maps, each on its own scale)."""
     rows, labels = [], []
     for name, a in acts.items():
         chans = tops[name]
-        vmax = float(a[0, chans].clamp(min=0).max()) if chans else 1.0
-        cells = [render.caption(render.cell(render.heat(a[0, c].clamp(min=0), vmax), size), f"ch {c}", 11)
-                 for c in chans]
+        cells = [render.caption(render.cell(render.heat(a[0, c].clamp(min=0)), size), f"ch {c}", 11)
+                 for c in chans]  # each map on its own scale: where the channel fires
         rows.append(cells)
         labels.append(f"{name} ({a.shape[1]} ch)")
     maps = render.grid(rows, row_labels=labels, title=f"strongest feature maps per level: {what}")
