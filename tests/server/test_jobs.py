@@ -136,3 +136,27 @@ def test_training_job_stops_with_a_checkpoint(studio_factory, tiny_data):
     assert done["state"] == "cancelled"
     run = c.run("long")
     assert run["checkpoints"] and run["checkpoints"][-1] >= 2  # stop = save first
+
+
+def test_events_of_a_worker_in_another_process_reach_the_socket(studio_factory, tiny_run):
+    """A worker without this studio's event hub (as `limner worker` is) still reaches the
+    owner's socket: state, progress, the preview and the image come through the store relay."""
+    import threading
+
+    from limner.jobs.worker import Worker
+
+    s = studio_factory(workers=0)
+    install_run(s.home, local_id(s), tiny_run)
+    c = s.client()
+    remote = Worker(s.store, s.home, hub=None)
+    with s.http.websocket_connect("/api/events") as ws:
+        job = c.generate(model="tiny", prompt="far away", steps=3, seed=11)
+        threading.Thread(target=remote.run_once, daemon=True).start()
+        kinds = []
+        while True:
+            msg = ws.receive_json()
+            kinds.append(msg["type"])
+            if msg["type"] == "job" and msg["job"]["state"] == "done":
+                break
+    assert "image" in kinds and kinds.index("image") < len(kinds) - 1
+    assert c.job(job["id"])["state"] == "done"
