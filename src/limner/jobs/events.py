@@ -17,13 +17,13 @@ import base64
 import io
 import itertools
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 EVENT_TYPES = ("job", "progress", "preview", "image", "checkpoint", "board_image")
 PREVIEW_SIDE = 64  # previews are upscaled (nearest) or downscaled to at most this side
-SEEN_KEYS = 20_000  # event keys remembered for de-duplication
+SEEN_KEYS = 5_000  # event keys remembered for de-duplication
 SUBSCRIBER_QUEUE = 256  # events buffered per socket; a slow client loses old previews first
 
 
@@ -98,14 +98,13 @@ class EventHub:
     """In-process fan-out of events to the subscriptions of given users (thread-safe publish).
 
     ``publish`` may be called from worker threads; delivery happens on each subscriber's event
-    loop. A short history per user lets tests and late subscribers see recent events.
+    loop. Only the keys of recent events are kept (bounded), for de-duplication.
     """
 
-    def __init__(self, history: int = 512) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: dict[int, set[Subscription]] = {}
         self._seq = itertools.count(1)
-        self.history: deque[tuple[int, dict[str, Any]]] = deque(maxlen=history)
         self._seen: OrderedDict[tuple, None] = OrderedDict()  # event keys already delivered
 
     def subscribe(self, user_id: int, loop: asyncio.AbstractEventLoop | None = None) -> Subscription:
@@ -151,7 +150,6 @@ class EventHub:
                 while len(self._seen) > SEEN_KEYS:
                     self._seen.popitem(last=False)
             for uid in dict.fromkeys(user_ids):
-                self.history.append((uid, event))
                 targets.extend(self._subs.get(uid, ()))
         for sub in targets:
             try:
