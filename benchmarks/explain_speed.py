@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -43,17 +44,26 @@ def sample_png(run: Path, out: Path) -> Path:
     from limner.generation.request import GenerationRequest
 
     shutil.rmtree(out, ignore_errors=True)
-    images = generate(GenerationRequest(run=str(run), prompt="red heart", seed=1, num=1))
+    prompt = "red heart" if _has_text(run) else None
+    images = generate(GenerationRequest(run=str(run), prompt=prompt, seed=1, num=1))
     return save_images(images, out)[0]
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
+def _has_text(run: Path) -> bool:
+    return json.loads((run / "config.json").read_text())["family"]["config"].get("encoder", {}).get("kind") == "text"
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds of this process (all its threads). On a busy
+    machine the CPU seconds are the better measure: with the cores to itself the wall time
+    is at most that."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -63,48 +73,62 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/limner-explain-speed"))
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "explain_speed")
+    p.add_argument("--runs", nargs="*", metavar="NAME=RUN_DIR",
+                   help="time these existing runs instead of training new ones")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from limner.explain import compute_view
     from machine import machine_description
 
     w, cache = args.work_dir, args.work_dir / "cache"
-    runs = {
-        "diffusion (text)": train(w / "diffusion", "diffusion", cache, args.steps),
-        "gan (text)": train(w / "gan", "gan", cache, args.steps),
-        "vae": train(w / "vae", "vae", cache, args.steps, cond="none"),
-    }
-    runs["latent-diffusion"] = train(w / "ldm", "latent-diffusion", cache, args.steps, cond="none",
-                                     family_options={"vae": runs["vae"]})
+    if args.runs:  # existing small-preset runs: NAME=RUN_DIR
+        runs = {name: Path(path) for name, _, path in (r.partition("=") for r in args.runs)}
+        cache = None
+    else:
+        runs = {
+            "diffusion (text)": train(w / "diffusion", "diffusion", cache, args.steps),
+            "gan (text)": train(w / "gan", "gan", cache, args.steps),
+            "vae": train(w / "vae", "vae", cache, args.steps, cond="none"),
+        }
+        runs["latent-diffusion"] = train(w / "ldm", "latent-diffusion", cache, args.steps, cond="none",
+                                         family_options={"vae": runs["vae"]})
     views = {
         "timeline": dict(generate_missing=False),
         "timeline (regenerated)": "timeline",
         "step": {}, "features": {}, "filmstrip": None, "dynamics": {}, "attention": dict(prompt="red heart"),
     }
-    table: dict[str, dict[str, float | None]] = {}
+    table: dict[str, dict[str, tuple[float, float] | None]] = {}
     for name, run in runs.items():
         png = sample_png(run, w / f"png-{run.name}")
         table[name] = {}
         for view, params in views.items():
-            if view == "attention" and "text" not in name:
+            if view == "attention" and not _has_text(run):
                 table[name][view] = None
                 continue
             if params == "timeline":
+                if args.runs:  # never delete a given run's frames: regenerate them all instead
+                    table[name][view] = None
+                    continue
                 shutil.rmtree(run / "explain" / "timeline", ignore_errors=True)
                 real, params = "timeline", {}
             else:
                 real = view
             params = dict(image=str(png)) if view == "filmstrip" else params
             table[name][view] = timed(lambda: compute_view(run, real, cache_dir=cache, **params), args.repeats)
-            print(f"{name:18s} {view:24s} {table[name][view]:.2f} s", flush=True)
+            wall, cpu = table[name][view]
+            print(f"{name:18s} {view:24s} {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_description(args.threads)
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "seconds": table}, indent=1))
-    print(machine)
+    load = os.getloadavg()[0]
+    (args.out / "results.json").write_text(json.dumps(
+        {"machine": machine, "load_average_1min": load, "seconds_wall_cpu": table}, indent=1))
+    print(f"{machine}; 1-min load average at the end {load:.1f}")
     cols = list(views)
+    print("seconds, wall / CPU")
     print("| run | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
     for name, row in table.items():
-        print(f"| {name} | " + " | ".join("-" if row[c] is None else f"{row[c]:.2f}" for c in cols) + " |")
+        print(f"| {name} | " + " | ".join("-" if row[c] is None else f"{row[c][0]:.1f} / {row[c][1]:.1f}"
+                                          for c in cols) + " |")
 
 
 if __name__ == "__main__":
