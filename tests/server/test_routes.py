@@ -186,12 +186,17 @@ def test_keys_and_users(studio):
     c.delete_key(created["id"])
     c.delete_key(created["id"])  # idempotent
     assert c.keys()[0]["revoked"] is not None
+    local_key = c.create_key("made without a login")["key"]
+    assert studio.client(api_key=local_key).me()["username"] == "local"
     with pytest.raises(StudioError) as e:  # the first account must be able to administer
         c.create_user("carol", "correct horse battery", role="user")
     assert e.value.status == 422 and e.value.field == "role"
     assert c.create_user("carol", "correct horse battery", role="admin")["role"] == "admin"
     with pytest.raises(StudioError) as e:  # accounts are on now: the implicit local admin is gone
         c.users()
+    assert e.value.status == 401
+    with pytest.raises(StudioError) as e:  # and so are the keys it made without a login
+        studio.client(api_key=local_key).me()
     assert e.value.status == 401
     c.login("carol", "correct horse battery")
     assert c.me()["username"] == "carol"

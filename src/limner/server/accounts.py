@@ -37,15 +37,19 @@ def local_user(studio: Any) -> Any:
 
 
 def user_for_credential(studio: Any, kind: str, value: str) -> Any | None:
-    """The user of a session cookie or API key; None when it is unknown, expired or revoked."""
+    """The user of a session cookie or API key; None when it is unknown, expired or revoked.
+    Keys the implicit local admin made while accounts were off stop working once they are on
+    (they were made without a login; a studio opened to the network must not honour them)."""
+    from limner.store.accounts import LOCAL_USER
     from limner.store.errors import AuthError
 
     try:
-        if kind == "session":
-            return studio.store.session_user(value)
-        return studio.store.api_key_user(value)
+        user = studio.store.session_user(value) if kind == "session" else studio.store.api_key_user(value)
     except AuthError:
         return None
+    if user.username == LOCAL_USER and accounts_on(studio):
+        return None
+    return user
 
 
 def add_user(store: Any, username: str, password: str, role: str = "user") -> tuple[Any, bool]:
