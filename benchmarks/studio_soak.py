@@ -36,7 +36,7 @@ def main() -> None:
             ids = [c.generate(model="bench", prompt=f"soak {done + i}", steps=2, seed=done + i)["id"]
                    for i in range(min(20, args.jobs - done))]
             for job_id in ids:
-                state = c.wait(job_id, timeout=300, poll=0.02)["state"]
+                state = c.wait(job_id, timeout=600, poll=0.1)["state"]
                 if state != "done":
                     raise SystemExit(f"job {job_id} {state}")
             done += len(ids)
