@@ -44,8 +44,9 @@ def sample_png(run: Path, out: Path) -> Path:
     from limner.generation.request import GenerationRequest
 
     shutil.rmtree(out, ignore_errors=True)
-    prompt = "red heart" if _has_text(run) else None
-    images = generate(GenerationRequest(run=str(run), prompt=prompt, seed=1, num=1))
+    kind = json.loads((run / "config.json").read_text())["family"]["config"].get("encoder", {}).get("kind")
+    images = generate(GenerationRequest(run=str(run), prompt="red heart" if kind == "text" else None,
+                                        label=0 if kind == "class" else None, seed=1, num=1))
     return save_images(images, out)[0]
 
 
