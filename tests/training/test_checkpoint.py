@@ -56,7 +56,7 @@ def test_layout_and_manifest(trained):
     manifest = verify_checkpoint(ckpt)
     assert manifest["step"] == 12 and manifest["format"] == ck.CHECKPOINT_FORMAT
     assert set(manifest["files"]) == {"model.safetensors", "model_ema.safetensors", "state.pt"}
-    assert safetensors_metadata(ckpt / "model.safetensors")["step"] == "12"
+    assert json.loads(safetensors_metadata(ckpt / "model.safetensors")["limner"])["step"] == 12
     config = read_run_config(run_dir)
     assert config["train"]["steps"] == 12 and "limner_version" in config
     assert find_latest_valid(run_dir) == ckpt
@@ -88,6 +88,19 @@ def test_non_finite_weights_are_never_saved(tmp_path):
         write_checkpoint(tmp_path, 2, {"model": net.state_dict()}, {"step": 2})
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_000001"]
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_identical_weights_give_identical_files_and_hashes(tmp_path):
+    # safetensors writes a metadata dict in hash-map order, which varies from save to save: the
+    # checkpoint keeps one sorted-JSON key so identical weights give identical bytes (and model
+    # hashes in generation records).
+    net = ToyDenoiser()
+    digests = set()
+    for i in range(8):
+        ckpt = write_checkpoint(tmp_path / f"r{i}", 3, {"model": net.state_dict()}, {"step": 3})
+        manifest = json.loads((ckpt / "manifest.json").read_text())
+        digests.add(manifest["files"]["model.safetensors"]["sha256"])
+    assert len(digests) == 1
 
 
 @pytest.mark.parametrize("target", ["os.replace", "save_file", "torch.save"])

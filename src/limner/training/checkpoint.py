@@ -91,6 +91,13 @@ def _prepare_tensors(stem: str, state_dict: Mapping[str, Tensor]) -> dict[str, T
     return out
 
 
+def _file_metadata(step: int, stem: str) -> dict[str, str]:
+    """One metadata key holding sorted JSON: safetensors writes a metadata dict in hash-map order,
+    which changes from process to process, so several keys would give identical weights different
+    file bytes, sha256s and model hashes."""
+    return {"limner": json.dumps({"format": CHECKPOINT_FORMAT, "name": stem, "step": step}, sort_keys=True)}
+
+
 def _write_contents(tmp: Path, step: int, tensors: Mapping[str, dict[str, Tensor]],
                     state: dict[str, Any]) -> None:
     """Write weights, state and manifest into ``tmp`` and fsync them."""
@@ -99,9 +106,8 @@ def _write_contents(tmp: Path, step: int, tensors: Mapping[str, dict[str, Tensor
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    meta = {"step": str(step), "format": str(CHECKPOINT_FORMAT)}
     for stem, sd in tensors.items():
-        save_file(sd, str(tmp / f"{stem}.safetensors"), metadata={**meta, "name": stem})
+        save_file(sd, str(tmp / f"{stem}.safetensors"), metadata=_file_metadata(step, stem))
     torch.save(state, tmp / STATE_FILE)
     files = sorted(p.name for p in tmp.iterdir())
     manifest = {
