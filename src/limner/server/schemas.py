@@ -97,6 +97,15 @@ class GenerateBody(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     options: dict[str, OptionValue] = Field(default_factory=dict, max_length=32,
                                             description="further options the model's family declares")
+    init_image_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$",
+                                      description="start image: an id from POST /api/uploads (image-to-image, "
+                                                  "models declaring img2img)")
+    mask_image_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$",
+                                      description="inpainting mask (white = regenerate, black = keep): an id from "
+                                                  "POST /api/uploads; needs init_image_id (models declaring inpaint)")
+    strength: float | None = Field(None, ge=0, le=1, description="how much of the schedule runs from the start "
+                                                                 "image: 0 keeps it, 1 ignores it (default 0.6; "
+                                                                 "1 with a mask)")
 
 
 class JobOut(BaseModel):

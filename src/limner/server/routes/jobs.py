@@ -68,6 +68,7 @@ def generate(body: GenerateBody, user: UserDep, studio: StudioDep, idempotency_k
     if not request.get("options"):
         request.pop("options", None)
     check_request(folder, request)
+    edit_inputs(studio, user, folder, request)
     if request.get("seed") in (None, -1):
         # fixed now, so a job retried after its worker died makes the same pixels; with an
         # Idempotency-Key, derived from it, so a retried submit is the same request
@@ -75,6 +76,44 @@ def generate(body: GenerateBody, user: UserDep, studio: StudioDep, idempotency_k
                            else secrets.randbelow(2**32))
     request["run"] = str(folder)
     return submit(studio, user, "generate", {"model": body.model, "request": request}, idempotency_key)
+
+
+EDIT_FIELDS = {"init_image_id": ("init_image", "img2img", "start from an image"),
+               "mask_image_id": ("mask", "inpaint", "inpaint")}
+
+
+def upload_folder(home, user_id: int):
+    """A user's uploads (``POST /api/uploads``); its ``inputs/`` keeps exact copies of the inputs
+    of generated images by sha256, so a regeneration finds them after the upload is gone."""
+    return home / "uploads" / f"u{int(user_id)}"
+
+
+def edit_inputs(studio, user, folder, request: dict[str, Any]) -> None:
+    """Upload ids -> the acting user's upload files as the request's ``init_image`` / ``mask``
+    (404 for an id that is not one of theirs; 422 naming the field when the model's family does
+    not declare img2img / inpaint, or for a mask or strength without a start image)."""
+    from limner.server.errors import ApiError
+
+    ids = {name: request.pop(name, None) for name in EDIT_FIELDS}
+    if ids["init_image_id"] is None:
+        for name, value in (("mask_image_id", ids["mask_image_id"]), ("strength", request.get("strength"))):
+            if value is not None:
+                raise UsageError("needs a start image (init_image_id)", field=name)
+        return
+    family = (run_folders.read_config(folder).get("family") or {}).get("name")
+    from limner.models.registry import family_class
+
+    declaration = getattr(family_class(family), "declaration", None)
+    for name, upload_id in ids.items():
+        if upload_id is None:
+            continue
+        key, capability, verb = EDIT_FIELDS[name]
+        if declaration is None or not declaration.supports(capability):
+            raise UsageError(f"a {family} model cannot {verb}", field=name)
+        path = upload_folder(studio.settings.home, user.id) / f"{upload_id}.png"
+        if not path.is_file():
+            raise ApiError(404, f"no upload {upload_id}", field=name)
+        request[key] = str(path)
 
 
 def _key_seed(user_id: int, key: str) -> int:
@@ -99,6 +138,15 @@ def submit_regeneration(studio, user, image, overrides: dict[str, Any]) -> dict:
     }
     if record.get("options"):
         request["options"] = record["options"]
+    if record.get("init_image"):  # an edit: its inputs by sha256 from the owner's inputs store
+        from limner.generation.editing import find_stored
+
+        for name in ("init_image", "mask"):
+            entry = record.get(name)
+            if entry:
+                request[name] = str(find_stored(entry["sha256"], entry["name"],
+                                                [upload_folder(studio.settings.home, image.owner_id)], field=name))
+        request.update(strength=record.get("strength"), resample=record.get("resample"))
     if overrides:
         request.update({k: v for k, v in overrides.items()})
         request.update(num=1, batch_size=1)
