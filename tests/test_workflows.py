@@ -67,5 +67,5 @@ def test_resume_takes_the_runs_family_and_refuses_another(tmp_path, noise_images
     assert result.step == 2
     with pytest.raises(UsageError, match="--family: .* is a vae run"):
         train(TrainOptions(resume=True, family="gan", train={"steps": 3}, **common))
-    with pytest.raises(UsageError, match="--vae: .* latent-diffusion runs only"):
+    with pytest.raises(UsageError, match="--vae: .* is a vae run; --vae does not apply to it"):
         train(TrainOptions(resume=True, family_options={"vae": out}, train={"steps": 3}, **common))

@@ -96,7 +96,10 @@ def token_maps(capture: AttentionCapture, rows: int, size: int) -> Tensor:
 def token_labels(encoder: Any, prompt: str, T: int) -> list[str]:
     """A label per token position: the words of the trained tokenizer or MiniLM's pieces."""
     tok = getattr(encoder, "tokenizer", None)
-    ids = encoder.prepare(captions=[prompt], batch_size=1).token_ids[0].tolist()
+    token_ids = encoder.prepare(captions=[prompt], batch_size=1).token_ids
+    if token_ids is None:  # a frozen encoder (MiniLM) tokenizes inside: ask its own tokenizer
+        return _frozen_token_labels(prompt, T)
+    ids = token_ids[0].tolist()
     vocab = getattr(tok, "vocab", None)
     if isinstance(vocab, list):
         from limner.conditioning.tokenizer import SPECIAL_TOKENS
@@ -158,3 +161,16 @@ def attention_image(image: Tensor, maps: Tensor, labels: list[str], prompt: str,
                                     f"{label} {float(m.mean()):.0%}"))
     return render.grid([cells], title=f'where each token of "{prompt}" is attended '
                                       f"(share of attention per token)")
+
+
+def _frozen_token_labels(prompt: str, T: int) -> list[str]:
+    """MiniLM's word pieces for the prompt (its features keep one row per piece, [CLS] and
+    [SEP] included), or numbered positions when the package is not installed."""
+    try:
+        from limner.conditioning.minilm import load_frozen_minilm
+
+        tok = load_frozen_minilm().tokenizer
+        pieces = tok.convert_ids_to_tokens(tok(prompt, truncation=True, max_length=T)["input_ids"])
+    except Exception:  # noqa: BLE001 - labels are a nicety; the maps stand without them
+        pieces = []
+    return (list(pieces) + [f"token {i}" for i in range(len(pieces), T)])[:T]

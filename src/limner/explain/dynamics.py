@@ -255,8 +255,11 @@ def _reparameterisation(family: Any, image: Tensor, count: int, seed: int, promp
     sigma = (0.5 * logvar).exp()
     gen = torch.Generator().manual_seed(seed)
     draws = torch.cat([reparameterize(mu.cpu(), logvar.cpu(), gen) for _ in range(max(count - 2, 1))])
-    decoded = model.decoder(torch.cat([mu.cpu(), draws]).to(family.device), 
-                            None if vector is None else vector.expand(len(draws) + 1, -1),
+    B = len(draws) + 1  # decode(mu) and the draws share the one image's condition
+    if context is not None:
+        context = type(context)(*(None if t is None else t.expand(B, *t.shape[1:]) for t in context))
+    decoded = model.decoder(torch.cat([mu.cpu(), draws]).to(family.device),
+                            None if vector is None else vector.expand(B, -1),
                             context).clamp(-1, 1).cpu()
     size = 64
     row = [render.caption(render.cell(render.image_rgb(image[0].cpu()), size), "x"),
