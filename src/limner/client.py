@@ -111,10 +111,18 @@ class StudioClient:
     def models(self) -> list[dict]:
         return self.request("GET", "/api/models")
 
-    def generate(self, *, model: str, idempotency_key: str | None = None, **request: Any) -> dict:
-        """Submit a generation job (prompt, negative, seed, num, steps, cfg, sampler, ...)."""
+    def generate(self, *, model: str, idempotency_key: str | None = None, init_image_id: str | None = None,
+                 mask_image_id: str | None = None, strength: float | None = None, **request: Any) -> dict:
+        """Submit a generation job (prompt, negative, seed, num, steps, cfg, sampler, ...).
+
+        Image-to-image and inpainting: ``init_image_id`` and ``mask_image_id`` are ids from
+        :meth:`upload` (white mask pixels are regenerated, black ones kept); ``strength`` in [0, 1]
+        (default 0.6; 1 with a mask). The model must declare ``img2img`` / ``inpaint``."""
+        edit = {k: v for k, v in (("init_image_id", init_image_id), ("mask_image_id", mask_image_id),
+                                  ("strength", strength)) if v is not None}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return self.request("POST", "/api/generate", json_body={"model": model, **request}, headers=headers)["job"]
+        return self.request("POST", "/api/generate", json_body={"model": model, **request, **edit},
+                            headers=headers)["job"]
 
     def jobs(self, state: str | None = None, kind: str | None = None) -> list[dict]:
         return self.request("GET", "/api/jobs", params={"state": state, "kind": kind})

@@ -381,6 +381,29 @@ def test_the_sketch_canvas_exports_the_drawing_and_a_black_and_white_mask(open_p
     assert result["imgStroke"][:3] == [0xd0, 0x30, 0x30] and result["imgBlank"][:3] == [255, 255, 255]
     assert result["maskStroke"][:3] == [255, 255, 255] and result["maskBlank"][:3] == [0, 0, 0]
 
+    # On the generate page (the server's schema names init_image_id) a drawing becomes an upload
+    # sent as the start image, and the server queues the job.
+    page.goto("/#/generate")
+    page.get_by_label("Model").select_option("tiny")
+    page.get_by_text("Image to image and inpainting").wait_for()
+    page.wait_for_load_state("networkidle")
+    form = page.get_by_role("form", name="Generate")
+    canvas = form.get_by_role("img", name="Drawing canvas with an inpainting mask layer")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 10, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 10, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    form.get_by_label("Prompt", exact=True).fill("a sketched start image")
+    with page.expect_response(lambda r: r.url.endswith("/api/generate")) as answer:
+        form.get_by_role("button", name="Generate").click()
+    body = answer.value.request.post_data_json
+    assert answer.value.status == 202, answer.value.text()
+    assert len(body["init_image_id"]) == 32 and body["strength"] == 0.6 and "mask_image_id" not in body
+    job = wait_job(studio, answer.value.json()["job"]["id"])
+    assert job["state"] == "done", job["error"]
+
 
 PAGES = ["generate", "gallery", "train", "learn", "account"]
 
