@@ -8,13 +8,13 @@ is checked to stay inside its folder (real paths, so a symlink cannot lead out).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from limner.errors import UsageError
+from limner.errors import CheckpointError, UsageError
+from limner.runs import newest_checkpoint_step, read_run_config
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -77,22 +77,11 @@ def resolve_model(home: Path, user_id: int, name: str) -> tuple[Path, str]:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
+    """The run's config.json, or {} when it is missing or unreadable."""
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_run_config(folder)
+    except CheckpointError:
         return {}
-
-
-def newest_step(folder: Path) -> int | None:
-    """The step of the newest checkpoint folder (by name; the loader verifies it when used)."""
-    steps = []
-    root = folder / "checkpoints"
-    if root.is_dir():
-        for d in root.iterdir():
-            m = re.fullmatch(r"step_(\d+)", d.name)
-            if m and (d / "manifest.json").is_file():
-                steps.append(int(m.group(1)))
-    return max(steps) if steps else None
 
 
 def describe(folder: Path, name: str, kind: str) -> dict[str, Any]:
@@ -103,7 +92,7 @@ def describe(folder: Path, name: str, kind: str) -> dict[str, Any]:
     encoder = fam_cfg.get("encoder") or {}
     out = {"name": name, "kind": kind, "family": family, "cond": encoder.get("kind"),
            "resolution": (cfg.get("data") or {}).get("resolution") or fam_cfg.get("resolution"),
-           "step": newest_step(folder), "options": {}, "capabilities": []}
+           "step": newest_checkpoint_step(folder), "options": {}, "capabilities": []}
     if family:
         try:
             from limner.models.registry import family_class

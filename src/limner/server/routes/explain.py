@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from limner.errors import UsageError
+from limner.runs import newest_checkpoint_step
 from limner.server import runs as run_folders
 from limner.server.deps import StudioDep, UserDep
 from limner.server.errors import ApiError
@@ -71,7 +72,7 @@ def explain(name: str, view: str, request: Request, user: UserDep, studio: Studi
     if view not in VIEWS:
         raise UsageError(f"unknown view {view!r}; views: {', '.join(VIEWS)}", field="view")
     options = _options(VIEWS[view], dict(request.query_params))
-    key = hashlib.sha256(json.dumps([view, options, run_folders.newest_step(folder)], sort_keys=True,
+    key = hashlib.sha256(json.dumps([view, options, newest_checkpoint_step(folder)], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
     out = _explain_dir(studio, user, name) / f"{view}-{key}"
     data_file = out / f"{view}.json"

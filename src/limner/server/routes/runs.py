@@ -9,16 +9,16 @@ Stopping a training job is cancelling it: the trainer saves a checkpoint first, 
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, UploadFile
+from fastapi import APIRouter, Query, UploadFile
 from fastapi.responses import FileResponse
 
 from limner.errors import UsageError
+from limner.runs import checkpoint_dirs, checkpoint_step, read_metrics, sample_grids
 from limner.server import runs as run_folders
 from limner.server.deps import StudioDep, UserDep
 from limner.server.errors import ApiError
@@ -57,57 +57,31 @@ def get_run(name: str, user: UserDep, studio: StudioDep) -> dict[str, Any]:
     """A run's config, checkpoints (steps) and latest metrics."""
     folder = _run(studio, user, name)
     info = run_folders.describe(folder, name, "run")
-    root = folder / "checkpoints"
-    steps = sorted(int(d.name[5:]) for d in root.glob("step_*") if d.name[5:].isdigit()) if root.is_dir() else []
-    rows = _metrics(folder, limit=1)
+    steps = [checkpoint_step(d) for d in checkpoint_dirs(folder)]
+    rows = read_metrics(folder, limit=1)
     return {**info, "config": run_folders.read_config(folder), "checkpoints": steps,
             "metrics": rows[-1] if rows else None}
-
-
-def _metrics(folder: Path, limit: int = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:  # a line being written right now
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows[-limit:]
 
 
 @router.get("/runs/{name}/metrics", response_model=list[dict[str, Any]])
 def run_metrics(name: str, user: UserDep, studio: StudioDep,
                 limit: Annotated[int, Query(ge=1, le=MAX_METRIC_ROWS)] = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
     """Rows of the run's metrics.jsonl (the last ``limit``)."""
-    return _metrics(_run(studio, user, name), limit)
-
-
-def _sample_files(folder: Path) -> dict[int, Path]:
-    out = {}
-    for p in (folder / "samples").glob("*.png") if (folder / "samples").is_dir() else ():
-        digits = "".join(ch for ch in p.stem if ch.isdigit())
-        if digits and not p.is_symlink():
-            out[int(digits)] = p
-    return dict(sorted(out.items()))
+    return read_metrics(_run(studio, user, name), limit)
 
 
 @router.get("/runs/{name}/samples", response_model=list[dict[str, Any]])
 def run_samples(name: str, user: UserDep, studio: StudioDep) -> list[dict[str, Any]]:
     """The fixed-seed sample grids written during training (a timeline), oldest first."""
     folder = _run(studio, user, name)
-    return [{"step": step, "url": f"/api/runs/{name}/samples/{step}"} for step in _sample_files(folder)]
+    return [{"step": step, "url": f"/api/runs/{name}/samples/{step}"} for step in sample_grids(folder)]
 
 
 @router.get("/runs/{name}/samples/{step}", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}}})
 def run_sample(name: str, step: Step, user: UserDep, studio: StudioDep) -> FileResponse:
     folder = _run(studio, user, name)
-    path = _sample_files(folder).get(step)
+    path = sample_grids(folder).get(step)
     if path is None:
         raise ApiError(404, f"run {name!r} has no sample grid for step {step}")
     real = path.resolve()
