@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from limner.errors import UsageError
-from limner.store import AuthError, Conflict, Forbidden, NotFound
+from limner.store import AuthError, Conflict, Filters, Forbidden, NotFound
 
 
 def test_password_login_and_hash_at_rest(store):
@@ -95,3 +95,42 @@ def test_admin_only_user_management(store):
                   lambda: store.authenticate("alice", "password-1")):
         with pytest.raises(AuthError):
             check()
+
+
+def test_first_admin_adopts_what_the_local_user_made_once(store, add, caplog):
+    """Turning accounts on moves the local user's images, boards (with their images and
+    members) and jobs to the first admin, in one transaction, once, with a log line."""
+    import logging
+
+    local = store.ensure_local_user()
+    images = [add(local, f"local picture {i}", seed=i) for i in range(3)]
+    board = store.create_board(local, "mine")
+    store.add_to_board(local, board.id, images[0])
+    job, _ = store.submit_job(local, "generate", {"prompt": "queued before accounts"}, idempotency_key="k")
+    # a user without admin rights does not turn the studio's ownership over
+    bob = store.create_user("bob", "password-bob", "user")
+    store.share_board(local, board.id, "bob", "viewer")
+    with caplog.at_level(logging.WARNING, logger="limner.store.accounts"):
+        alice, adopted = store.create_user_adopting("alice", "password-alice", "admin")
+    assert (adopted.images, adopted.boards, adopted.jobs) == (3, 1, 1)
+    assert any("accounts turned on" in r.getMessage() and "'alice'" in r.getMessage() for r in caplog.records)
+    assert {i.id for i in store.search(alice, filters=Filters(owner="alice")).items} == set(images)
+    assert store.search(alice, filters=Filters(owner="local")).items == []
+    assert [b.id for b in store.list_boards(alice)] == [board.id] and store.get_board(alice, board.id).role == "owner"
+    assert store.board_members(alice, board.id) == [("alice", "owner"), ("bob", "viewer")]
+    assert [i.id for i in store.search(bob, filters=Filters(board=board.id)).items] == [images[0]]
+    assert [j.id for j in store.list_jobs(alice)] == [job.id] and store.list_jobs(local) == []
+    # the idempotency key moved with the job: a retried submit finds it under the new owner
+    assert store.submit_job(alice, "generate", {"prompt": "queued before accounts"}, idempotency_key="k")[0].id == job.id
+    # once: another admin adopts nothing, and what local makes later stays local's
+    later = add(local, "made after", seed=9)
+    carol, again = store.create_user_adopting("carol", "password-carol", "admin")
+    assert again is None
+    assert store.get_image(alice, later).owner_id == local.id
+    assert store.search(carol, filters=Filters(owner="carol")).items == []
+
+
+def test_first_admin_without_a_local_user_adopts_nothing(store):
+    alice, adopted = store.create_user_adopting("alice", "password-alice", "admin")
+    assert adopted is not None and adopted.total == 0
+    assert store.create_user_adopting("bob", None, "admin")[1] is None  # no password: accounts stay off

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from limner.errors import UsageError
-from limner.store import IdempotencyMismatch, NotFound, QueueFull
+from limner.store import Beat, IdempotencyMismatch, NotFound, QueueFull
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_submit_claim_complete(store, alice):
     lease = store.claim_job("w1", ["generate"], lease_s=30)
     assert lease.job.id == job.id and lease.job.state == "running" and lease.job.attempts == 1
     assert store.claim_job("w2", ["generate"]) is None  # nothing else queued
-    assert store.heartbeat(lease, progress={"step": 3, "total": 8})
+    assert store.heartbeat(lease, progress={"step": 3, "total": 8}) is Beat.OK
     assert store.get_job(alice, job.id).progress == {"step": 3, "total": 8}
     assert store.complete_job(lease, {"image_ids": [1, 2]})
     done = store.get_job(alice, job.id)
@@ -55,10 +55,50 @@ def test_expired_lease_requeues_and_old_holder_cannot_complete(store, alice):
     assert store.requeue_expired() == [job.id]
     second = store.claim_job("w2", ["generate"], lease_s=30)
     assert second.job.id == job.id and second.job.attempts == 2
-    assert not store.heartbeat(first)  # the dead worker woke up: its lease is gone
+    assert store.heartbeat(first) is Beat.LEASE_LOST  # the dead worker woke up: its lease is gone
     assert not store.complete_job(first, {"by": "dead"})
     assert store.complete_job(second, {"by": "w2"})
     assert store.get_job(alice, job.id).result == {"by": "w2"}
+
+
+def _expire(store, job_id: str) -> None:
+    """Make a running job's lease run out now (as if its worker stopped beating long ago)."""
+    from limner.store.tables import jobs
+
+    with store.engine.begin() as conn:
+        conn.execute(jobs.update().where(jobs.c.id == job_id).values(lease_expires=jobs.c.lease_expires - 10_000))
+
+
+def test_heartbeat_tells_a_lost_lease_from_a_cancel_request(store, alice):
+    job, _ = store.submit_job(alice, "generate", {})
+    lease = store.claim_job("w1", ["generate"], lease_s=30)
+    assert store.heartbeat(lease, lease_s=30, progress={"step": 1, "total": 4}) is Beat.OK
+    # cancel: the beat says so, and still extends the lease so the worker can record the stop
+    store.cancel_job(alice, job.id)
+    before = store.get_job(alice, job.id).lease_expires
+    time.sleep(0.01)
+    beat = store.heartbeat(lease, lease_s=30, progress={"step": 2, "total": 4})
+    assert beat is Beat.CANCEL_REQUESTED and not beat
+    after = store.get_job(alice, job.id)
+    assert after.lease_expires > before and after.progress == {"step": 2, "total": 4}
+    assert store.finish_cancelled(lease) and store.get_job(alice, job.id).state == "cancelled"
+    # a finished job: the old lease is lost, and beating it writes nothing
+    assert store.heartbeat(lease, progress={"step": 3, "total": 4}) is Beat.LEASE_LOST
+    assert store.get_job(alice, job.id).progress == {"step": 2, "total": 4}
+
+    # lost: the lease ran out and the job went back to the queue, then to another worker
+    other, _ = store.submit_job(alice, "generate", {"n": 2})
+    first = store.claim_job("w1", ["generate"], lease_s=30)
+    _expire(store, other.id)
+    assert store.requeue_expired() == [other.id]
+    assert store.heartbeat(first, progress={"step": 9, "total": 9}) is Beat.LEASE_LOST  # queued again
+    second = store.claim_job("w2", ["generate"], lease_s=30)
+    store.cancel_job(alice, other.id)  # a cancel of the new claim is not news for the old one
+    assert store.heartbeat(first, progress={"step": 9, "total": 9}) is Beat.LEASE_LOST
+    assert store.heartbeat(second) is Beat.CANCEL_REQUESTED
+    row = store.get_job(alice, other.id)
+    assert row.lease_owner == "w2" and row.progress is None  # the lost holder wrote nothing
+    assert [b.value for b in Beat] == ["ok", "lease_lost", "cancel_requested"] and bool(Beat.OK)
 
 
 def test_job_lost_too_often_fails_with_reason(store, alice):
@@ -121,7 +161,7 @@ def test_cancel_is_idempotent_and_owner_only(store, alice, bob):
     lease = store.claim_job("w", ["generate"])
     assert lease.job.id == running.id
     assert store.cancel_job(alice, running.id).cancel_requested
-    assert not store.heartbeat(lease)  # the worker is told to stop
+    assert store.heartbeat(lease) is Beat.CANCEL_REQUESTED  # the worker is told to stop
     assert store.finish_cancelled(lease)
     assert store.get_job(alice, running.id).state == "cancelled"
     done, _ = store.submit_job(alice, "generate", {"a": 3})

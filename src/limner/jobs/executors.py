@@ -24,7 +24,13 @@ LOADED_RUNS = 2  # loaded models kept per worker (LRU), so repeated prompts skip
 
 
 class JobCancelled(Exception):
-    """The job's owner cancelled it; raised inside the executor at the next step."""
+    """The job's owner cancelled it (or the worker lost its lease, or is stopping); raised
+    inside the executor at the next step."""
+
+
+class LeaseLost(JobCancelled):
+    """The worker lost the job's lease: stop without writing anything more for the job (another
+    worker may be running it)."""
 
 
 class JobContext(Protocol):
@@ -38,6 +44,7 @@ class JobContext(Protocol):
     def preview(self, step: int, total: int, image: str) -> None: ...
     def emit(self, event: dict[str, Any]) -> None: ...
     def cancel_requested(self) -> bool: ...
+    def lease_lost(self) -> bool: ...
     def save_image(self, generated: Any, parent_id: int | None) -> dict[str, Any]: ...
 
 
@@ -140,13 +147,17 @@ def run_generate(payload: dict[str, Any], ctx: JobContext, runs: RunCache) -> di
 
 
 def _train_callback(ctx: JobContext, run_name: str, total: int):
-    """A trainer callback: progress with loss every step, checkpoint events, stop on cancel."""
+    """A trainer callback: progress with loss every step, checkpoint events, stop on cancel
+    (saving a checkpoint first); on a lost lease stop at once without saving (another worker
+    may be writing the run now)."""
     from limner.training.callbacks import Callback
 
     class JobProgress(Callback):
         def on_step_end(self, trainer, step: int, metrics: dict[str, float]) -> None:
             loss = metrics.get("loss")
             ctx.progress(step, total, float(loss) if loss is not None else None)
+            if ctx.lease_lost():
+                raise LeaseLost(f"job {ctx.job_id}: lease lost at step {step}; stopped without saving")
             if ctx.cancel_requested():
                 trainer.request_stop()  # saves a checkpoint at this step, then stops
 

@@ -12,6 +12,10 @@ the database half, see ``limner.store``):
 - finishing is conditional on the lease token, so a job whose lease was lost and re-claimed is
   never completed twice; its images are stored under their content hash, so a retried job
   writes the same files and rows instead of duplicates (seeds are fixed at submit time);
+- the heartbeat tells a lost lease from a cancel request (``limner.store.Beat``): on a lost
+  lease the worker stops at the executor's next step and writes nothing more for the job (no
+  image, no checkpoint, no final state: another worker may own it now); on a cancel request it
+  stops at the next step and records the job as cancelled;
 - an executor that raises (out of memory included) fails only its own job, with the reason kept.
 
 The lease/heartbeat scheme is the one of Google's Chubby and of most SQL job queues
@@ -32,7 +36,8 @@ from typing import Any, Callable
 
 from limner.jobs.events import EventHub, image_event, job_event, preview_event, progress_event
 from limner.jobs.views import image_summary, job_summary
-from limner.jobs.executors import EXECUTORS, JobCancelled, RunCache, failure_reason, run_generate
+from limner.jobs.executors import EXECUTORS, JobCancelled, LeaseLost, RunCache, failure_reason, run_generate
+from limner.store.models import Beat
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +53,23 @@ def worker_id() -> str:
 
 @dataclass
 class RunningJob:
-    """The job a worker holds, and what the executor reports while it runs (a JobContext)."""
+    """The job a worker holds, and what the executor reports while it runs (a JobContext).
+
+    ``cancel_flag`` is set when the job's owner cancelled it, ``lost_flag`` when a heartbeat
+    found the lease lost; either makes ``cancel_requested`` true, so the executor stops at its
+    next step, and the worker then records the end only in the first case."""
 
     worker: "Worker"
     lease: Any  # limner.store.models.Lease
     device: str
     progress_state: dict[str, Any] = field(default_factory=dict)
     cancel_flag: threading.Event = field(default_factory=threading.Event)
+    lost_flag: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     beat_lock: threading.Lock = field(default_factory=threading.Lock)
     last_write: float = 0.0
     saved: int = 0
+    owner: int | None = None  # the job's owner now (accounts turned on can move it)
 
     @property
     def job(self) -> Any:
@@ -70,7 +81,7 @@ class RunningJob:
 
     @property
     def owner_id(self) -> int:
-        return int(self.lease.job.owner_id)
+        return int(self.owner if self.owner is not None else self.lease.job.owner_id)
 
     def progress(self, step: int, total: int, loss: float | None = None) -> None:
         self.progress_state.update(step=step, total=total)
@@ -84,13 +95,19 @@ class RunningJob:
         self.emit(preview_event(self.job_id, step, total, image))
 
     def emit(self, event: dict[str, Any]) -> None:
-        if self.worker.hub is not None:
+        if self.worker.hub is not None and not self.lease_lost():
             self.worker.hub.publish([self.owner_id], event)
 
     def cancel_requested(self) -> bool:
-        return self.cancel_flag.is_set() or self.worker.stopping.is_set()
+        return self.cancel_flag.is_set() or self.lost_flag.is_set() or self.worker.stopping.is_set()
+
+    def lease_lost(self) -> bool:
+        """Whether this worker lost the job's lease (it must write nothing more for the job)."""
+        return self.lost_flag.is_set()
 
     def save_image(self, generated: Any, parent_id: int | None) -> dict[str, Any]:
+        if self.lease_lost():
+            raise LeaseLost(f"job {self.job_id}: lease lost; image not stored")
         summary = self.worker.save_image(self, generated, parent_id)
         self.emit(image_event(self.job_id, summary))
         return summary
@@ -198,39 +215,60 @@ class Worker:
             else:
                 raise ValueError(f"this worker cannot run {job.kind!r} jobs")
         except JobCancelled:
-            if self.stopping.is_set() and not running.cancel_flag.is_set():
+            if running.lease_lost():
+                self._abandon(running)
+            elif self.stopping.is_set() and not running.cancel_flag.is_set():
                 self.store.fail_job(lease, "the worker stopped; queued again", retry=True)
             elif not self.store.finish_cancelled(lease):
                 log.warning("job %s: lease lost while stopping", job.id)
             return
         except BaseException as exc:  # noqa: BLE001 - a job fails alone, whatever it raised
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                self.store.fail_job(lease, "the worker stopped; queued again", retry=True)
+                if not running.lease_lost():
+                    self.store.fail_job(lease, "the worker stopped; queued again", retry=True)
                 raise
+            if running.lease_lost():  # the failure may come from stopping half way: not the job's
+                self._abandon(running)
+                _free_memory()
+                return
             log.warning("job %s failed: %s", job.id, exc, exc_info=not _is_user_error(exc))
             self.store.fail_job(lease, failure_reason(exc))
             _free_memory()
             return
-        running._write_progress(force=True)  # the last step's progress, before the final state
-        if self.store.complete_job(lease, result):
+        if not running.lease_lost():
+            running._write_progress(force=True)  # the last step's progress, before the final state
+        if running.lease_lost():
+            self._abandon(running)
+        elif self.store.complete_job(lease, result):
             self.completed += 1
         else:
             log.warning("job %s: lease lost before completion; another worker owns it", job.id)
+
+    def _abandon(self, running: RunningJob) -> None:
+        """A lost lease: the job is not ours any more; leave its row to whoever holds it."""
+        log.warning("job %s: lease lost (the job was queued again and may run on another worker); "
+                    "stopped without recording a result", running.job_id)
 
     def _heartbeat(self, running: RunningJob) -> None:
         while not running.done.wait(self.lease_s / 3):
             self.beat(running)
 
     def beat(self, running: RunningJob) -> None:
-        """Extend the lease and store progress; a refused beat means the job was cancelled or
-        its lease lost: the executor stops at its next step either way."""
+        """Extend the lease and store progress. A cancel request stops the executor at its
+        next step and the job is recorded as cancelled; a lost lease stops it too, and nothing
+        more is written for the job (``Beat``)."""
+        if running.lease_lost():
+            return
         with running.beat_lock:
             try:
-                ok = self.store.heartbeat(running.lease, lease_s=self.lease_s, progress=dict(running.progress_state))
+                beat = self.store.heartbeat(running.lease, lease_s=self.lease_s,
+                                            progress=dict(running.progress_state))
             except Exception:  # transient database error: the next beat retries
                 log.exception("job %s: heartbeat failed", running.job_id)
                 return
-        if not ok:
+        if beat is Beat.LEASE_LOST:
+            running.lost_flag.set()
+        elif beat is Beat.CANCEL_REQUESTED:
             running.cancel_flag.set()
 
     # ------------------------------------------------------------------ images
@@ -240,6 +278,9 @@ class Worker:
         from limner.jobs.images import store_generated
 
         running.saved += 1
+        current = self.store.job_owner(running.job_id)
+        if current is not None:
+            running.owner = int(current)  # turning accounts on moves the local user's jobs
         owner = self.store.user_by_id(running.owner_id)
         image = store_generated(self.store, owner, generated, parent_id=parent_id,
                                 stem=f"{running.job_id}-{running.saved - 1}")

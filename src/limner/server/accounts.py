@@ -52,6 +52,8 @@ def user_for_credential(studio: Any, kind: str, value: str) -> Any | None:
     return user
 
 
-def add_user(store: Any, username: str, password: str, role: str = "user") -> tuple[Any, bool]:
-    """Create an account (``limner user add``); returns (user, adopted=False)."""
-    return store.create_user(username, password, role), False
+def add_user(store: Any, username: str, password: str, role: str = "user") -> tuple[Any, Any]:
+    """Create an account (``limner user add``, ``POST /api/users``); returns (user, adoption):
+    the first admin takes over what the implicit local user owned, and ``adoption``
+    (``limner.store.accounts.Adoption``) says how much moved; None for every other account."""
+    return store.create_user_adopting(username, password, role)

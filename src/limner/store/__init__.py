@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from limner.store.errors import (AuthError, Conflict, Forbidden, IdempotencyMismatch, NotFound,
                                  QueueFull, SearchUnavailable, StoreError)
-from limner.store.models import ApiKey, Board, Image, Job, Lease, Page, User
+from limner.store.models import ApiKey, Beat, Board, Image, Job, Lease, Page, User
 from limner.store.reconcile import ReconcileReport
 from limner.store.search import Filters
 from limner.store.store import Embedder, Store
 
 __all__ = ["Store", "Embedder", "Filters", "ReconcileReport", "User", "ApiKey", "Image", "Board",
-           "Job", "Lease", "Page", "AuthError", "Conflict", "Forbidden", "IdempotencyMismatch",
+           "Job", "Lease", "Beat", "Page", "AuthError", "Conflict", "Forbidden", "IdempotencyMismatch",
            "NotFound", "QueueFull", "SearchUnavailable", "StoreError"]

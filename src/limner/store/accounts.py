@@ -1,9 +1,18 @@
-"""Users, login sessions and API keys (the ``users``, ``sessions`` and ``api_keys`` tables)."""
+"""Users, login sessions and API keys (the ``users``, ``sessions`` and ``api_keys`` tables).
+
+A studio without accounts acts as the implicit ``local`` admin, which cannot log in. Creating
+the first admin with a password turns accounts on; in the same transaction everything ``local``
+owns (images, boards and board memberships, jobs) moves to that admin, so a user who turns
+accounts on finds their gallery, boards and jobs under their new login instead of under an
+account nobody can use. It happens once: later admins adopt nothing.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -11,12 +20,29 @@ from limner.errors import UsageError
 from limner.store import auth, db
 from limner.store.errors import AuthError, Conflict, Forbidden, NotFound
 from limner.store.models import ApiKey, Role, User
-from limner.store.tables import api_keys, sessions, users
+from limner.store.tables import api_keys, board_images, board_members, boards, images, jobs, sessions, users
+
+log = logging.getLogger(__name__)
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SESSION_SECONDS = 14 * 24 * 3600
 LAST_USED_EVERY_S = 60.0  # resolution of an API key's last_used time
 LOCAL_USER = "local"  # the implicit admin of a loopback studio with no accounts
+_ACCOUNTS_LOCK = 7254192  # pg advisory lock id serialising the first admin's creation
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What moved from the implicit local user to the first admin when accounts were turned on."""
+
+    images: int = 0
+    boards: int = 0
+    memberships: int = 0
+    jobs: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.images + self.boards + self.memberships + self.jobs
 
 
 def _user(row: sa.Row) -> User:
@@ -30,7 +56,14 @@ class AccountsPart:
     # ---- users ---------------------------------------------------------------------------
 
     def create_user(self, username: str, password: str | None, role: Role = "user") -> User:
-        """A new user; ``password`` None makes an account that cannot log in (the local user)."""
+        """A new user; ``password`` None makes an account that cannot log in (the local user).
+        The first admin with a password adopts what the local user owns (see the module)."""
+        return self.create_user_adopting(username, password, role)[0]
+
+    def create_user_adopting(self, username: str, password: str | None,
+                             role: Role = "user") -> tuple[User, Adoption | None]:
+        """``create_user``, also returning what the new user adopted from the implicit local
+        user: an ``Adoption`` when this is the first admin with a password, else None."""
         if not USERNAME_RE.match(username or ""):
             raise UsageError("username: 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
         if role not in ("admin", "user"):
@@ -39,12 +72,24 @@ class AccountsPart:
             raise UsageError("password: at least 8 characters")
         hashed = auth.hash_password(password) if password is not None else None
         with self._write() as conn:
+            if conn.dialect.name == "postgresql" and hashed is not None and role == "admin":
+                # Two first admins created at once: the second waits, then sees the first.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ACCOUNTS_LOCK})
             if conn.execute(sa.select(users.c.id).where(users.c.username == username)).first():
                 raise Conflict(f"user {username!r} already exists")
+            first_admin = hashed is not None and role == "admin" and conn.execute(
+                sa.select(users.c.id).where(users.c.role == "admin", users.c.password_hash.is_not(None)).limit(1)
+            ).first() is None
             uid = conn.execute(users.insert().values(
                 username=username, password_hash=hashed, role=role, created=db.now(conn),
             ).returning(users.c.id)).scalar_one()
-            return _user(conn.execute(sa.select(users).where(users.c.id == uid)).one())
+            adopted = _adopt_local(conn, uid) if first_admin else None
+            user = _user(conn.execute(sa.select(users).where(users.c.id == uid)).one())
+        if adopted is not None and adopted.total:
+            log.warning("accounts turned on: %d images, %d boards, %d board memberships and %d jobs of the "
+                        "implicit %r user now belong to the first admin %r", adopted.images, adopted.boards,
+                        adopted.memberships, adopted.jobs, LOCAL_USER, username)
+        return user, adopted
 
     def ensure_local_user(self) -> User:
         """The implicit local admin (created on first use) for a studio without accounts."""
@@ -194,6 +239,22 @@ class AccountsPart:
             with self._write() as conn:
                 conn.execute(api_keys.update().where(api_keys.c.id == row.key_id).values(last_used=db.now(conn)))
         return _user(row)
+
+
+def _adopt_local(conn: sa.Connection, admin_id: int) -> Adoption:
+    """Move the implicit local user's images, boards, board memberships and jobs to
+    ``admin_id`` (a user created in this transaction, so it owns nothing that could clash)."""
+    local = conn.execute(sa.select(users.c.id).where(users.c.username == LOCAL_USER)).scalar()
+    if local is None:
+        return Adoption()
+
+    def move(table: sa.Table, column: str = "owner_id") -> int:
+        return conn.execute(table.update().where(table.c[column] == local).values({column: admin_id})).rowcount
+
+    moved = Adoption(images=move(images), boards=move(boards), memberships=move(board_members, "user_id"),
+                     jobs=move(jobs))
+    move(board_images, "added_by")
+    return moved
 
 
 def _key(row: sa.Row) -> ApiKey:

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from limner.errors import UsageError
 from limner.store import db
 from limner.store.errors import IdempotencyMismatch, NotFound, QueueFull
-from limner.store.models import Job, JobState, Lease, User
+from limner.store.models import Beat, Job, JobState, Lease, User
 from limner.store.tables import jobs
 
 ACTIVE = ("queued", "running")
@@ -118,6 +118,12 @@ class JobsPart:
             raise NotFound(f"no job {job_id}")
         return _job(row)
 
+    def job_owner(self, job_id: str) -> int | None:
+        """The id of the user who owns a job now (None when there is no such job). Workers ask
+        before storing a job's images: ownership moves when accounts are turned on."""
+        with self._read() as conn:
+            return conn.execute(sa.select(jobs.c.owner_id).where(jobs.c.id == job_id)).scalar()
+
     def list_jobs(self, user: User, *, state: JobState | None = None, kind: str | None = None,
                   limit: int = 100) -> list[Job]:
         """``user``'s jobs, newest first."""
@@ -157,7 +163,8 @@ class JobsPart:
             t = db.now(conn)
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(
                 state="running", lease_owner=worker_id, lease_token=token, lease_expires=t + lease_s,
-                heartbeat=t, attempts=jobs.c.attempts + 1, started=t))
+                heartbeat=t, attempts=jobs.c.attempts + 1, started=t,
+                progress=None))  # a re-claimed job starts over: the lost run's progress is stale
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one()
         return Lease(job=_job(row), worker_id=worker_id, token=token, expires=row.lease_expires)
 
@@ -166,17 +173,24 @@ class JobsPart:
                        jobs.c.lease_token == lease.token)
 
     def heartbeat(self, lease: Lease, lease_s: float = 60.0,
-                  progress: dict[str, Any] | None = None) -> bool:
-        """Extend the lease (and record progress). Returns False when the lease is lost or
-        the job's cancellation was requested: the worker should stop (``finish_cancelled``)."""
+                  progress: dict[str, Any] | None = None) -> Beat:
+        """Extend the lease (and record progress) and say whether the worker should go on.
+
+        Returns ``Beat.OK``; ``Beat.CANCEL_REQUESTED`` when the owner cancelled the job (the
+        lease is still extended, so the worker has time to stop and call ``finish_cancelled``);
+        or ``Beat.LEASE_LOST`` when this claim no longer holds the job (its lease expired and
+        ``requeue_expired`` put it back, another worker may run it now, or it finished): the
+        worker must stop without writing anything for it. Nothing is written on a lost lease.
+        """
         with self._write() as conn:
             t = db.now(conn)
             values: dict[str, Any] = {"heartbeat": t, "lease_expires": t + lease_s}
             if progress is not None:
                 values["progress"] = json.dumps(progress)
             if not conn.execute(jobs.update().where(self._holder(lease)).values(**values)).rowcount:
-                return False
-            return not conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == lease.job.id)).scalar_one()
+                return Beat.LEASE_LOST
+            cancel = conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == lease.job.id)).scalar_one()
+            return Beat.CANCEL_REQUESTED if cancel else Beat.OK
 
     def complete_job(self, lease: Lease, result: dict[str, Any]) -> bool:
         """Mark done with ``result``; False (nothing changed) unless ``lease`` is current."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Literal
 
 Role = Literal["admin", "user"]
@@ -103,6 +104,27 @@ class Lease:
     worker_id: str
     token: str
     expires: float
+
+
+class Beat(str, Enum):
+    """What a heartbeat found (``Store.heartbeat``); the worker acts differently on each.
+
+    - ``OK``: the lease was extended; keep going.
+    - ``LEASE_LOST``: this claim no longer holds the job (its lease expired and the job was
+      queued again, perhaps claimed by another worker, or it was finished): stop at once and
+      write nothing for it: no images, no final state.
+    - ``CANCEL_REQUESTED``: the lease was extended, but the owner cancelled the job: stop at the
+      next step and record it with ``finish_cancelled``.
+
+    Only ``OK`` is truthy, so ``if not beat`` still reads "stop"; compare with ``is`` to know why.
+    """
+
+    OK = "ok"
+    LEASE_LOST = "lease_lost"
+    CANCEL_REQUESTED = "cancel_requested"
+
+    def __bool__(self) -> bool:
+        return self is Beat.OK
 
 
 @dataclass(frozen=True)
