@@ -142,12 +142,14 @@ class FamilyDeclaration:
         options: the generation options it accepts, in display order.
         needs: other runs it is built on.
         capabilities: what it can do besides plain sampling.
+        presets: the ``--preset`` names it takes, each with one line saying what it is.
     """
 
     summary: str
     options: tuple[OptionSpec, ...] = ()
     needs: tuple[RunNeed, ...] = ()
     capabilities: frozenset[Capability] = field(default_factory=frozenset)
+    presets: tuple[tuple[str, str], ...] = ()
 
     def option(self, name: str) -> OptionSpec | None:
         return next((o for o in self.options if o.name == name), None)
@@ -173,7 +175,13 @@ class FamilyDeclaration:
     def to_json(self) -> dict[str, Any]:
         return {"summary": self.summary, "options": [o.to_json() for o in self.options],
                 "needs": [n.to_json() for n in self.needs],
-                "capabilities": sorted(c.value for c in self.capabilities)}
+                "capabilities": sorted(c.value for c in self.capabilities),
+                "presets": [{"name": n, "description": d} for n, d in self.presets]}
+
+
+def preset_lines(presets: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(name, description) of a family's preset table (values with a ``description``)."""
+    return tuple((name, getattr(p, "description", "")) for name, p in presets.items())
 
 
 def request_options(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,8 @@ def is_run_folder(path: str | Path) -> bool:
 
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
-    """{name, family, cond, resolution, step, created} of a run (CheckpointError if not a run)."""
+    """{name, run_id, family, cond, resolution, step, created} of a run (CheckpointError if not a
+    run). ``run_id`` is the id generation records carry (the config's, else the folder's name)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     family = config.get("family") if isinstance(config.get("family"), dict) else {}
@@ -37,6 +38,7 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     return {
         "name": run_dir.name,
+        "run_id": str(config.get("run_id") or run_dir.name),
         "family": family.get("name"),
         "cond": encoder.get("kind"),
         "resolution": data.get("resolution") or fam_cfg.get("resolution"),

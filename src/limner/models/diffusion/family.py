@@ -21,8 +21,8 @@ from limner.conditioning.encoders import EncoderConfig
 from limner.data.batch import Batch
 from limner.errors import UsageError
 from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
-from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec
-from limner.models.diffusion.config import BACKBONES, DiffusionConfig, get_preset
+from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec, preset_lines
+from limner.models.diffusion.config import BACKBONES, PRESETS, DiffusionConfig, get_preset
 from limner.models.diffusion.dit import DiT, DiTConfig, dit_config
 from limner.models.diffusion.losses import EDMLoss
 from limner.models.diffusion.precond import EDMPrecond
@@ -50,6 +50,7 @@ class DiffusionFamily:
         options=DIFFUSION_OPTIONS,
         capabilities=frozenset({Capability.negative_prompt, Capability.interpolate,
                                 Capability.img2img, Capability.inpaint}),
+        presets=preset_lines(PRESETS),
     )
     # Config fields that follow from the data or another option; ``overrides`` may not set them.
     fixed_settings: ClassVar[dict[str, str]] = {

@@ -39,10 +39,10 @@ from limner.models.base import (
     ProgressCallback,
     StepContext,
 )
-from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec
+from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec, preset_lines
 from limner.models.diffusion.family import to_uint8
 from limner.models.gan.augment import AdaptiveProbability, DiffAugment
-from limner.models.gan.config import GANConfig, get_preset
+from limner.models.gan.config import PRESETS, GANConfig, get_preset
 from limner.models.gan.discriminator import Discriminator, DiscriminatorConfig
 from limner.models.gan.generator import Generator, GeneratorConfig
 from limner.models.gan.losses import R1Penalty
@@ -59,6 +59,7 @@ class GANFamily:
         options=(OptionSpec("truncation", float, "truncation psi: 1 = none, 0 = the average image "
                             "(default: 1)", min=0),),
         capabilities=frozenset({Capability.interpolate}),
+        presets=preset_lines(PRESETS),
     )
     # Config fields that follow from the data or another option; ``overrides`` may not set them.
     fixed_settings: ClassVar[dict[str, str]] = {

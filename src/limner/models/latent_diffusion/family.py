@@ -42,8 +42,8 @@ from limner.conditioning import CondKind
 from limner.data.batch import Batch
 from limner.errors import CheckpointError, UsageError
 from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
-from limner.models.diffusion.config import DiffusionConfig, get_preset
-from limner.models.declaration import Capability, FamilyDeclaration, RunNeed
+from limner.models.diffusion.config import PRESETS, DiffusionConfig, get_preset
+from limner.models.declaration import Capability, FamilyDeclaration, RunNeed, preset_lines
 from limner.models.diffusion.family import DIFFUSION_OPTIONS, DiffusionFamily, sampling_sigma_max, to_uint8
 from limner.models.latent_diffusion.config import LATENT_SIGMA_DATA, LatentDiffusionConfig
 from limner.models.vae.family import VAEFamily
@@ -113,6 +113,7 @@ class LatentDiffusionFamily:
                        train_args=("--preset", "{size}", "--cond", "none"), provenance="vae_run"),),
         capabilities=frozenset({Capability.negative_prompt, Capability.interpolate,
                                 Capability.img2img, Capability.inpaint}),
+        presets=preset_lines(PRESETS),
     )
     # Config fields ``overrides`` may not set (``diffusion.*`` it may, see ``create``).
     fixed_settings: ClassVar[dict[str, str]] = {

@@ -39,9 +39,9 @@ from limner.conditioning.encoders import EncoderConfig
 from limner.data.batch import Batch
 from limner.errors import CheckpointError, UsageError
 from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
-from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec, RunNeed
+from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec, RunNeed, preset_lines
 from limner.models.diffusion.family import to_uint8
-from limner.models.transformer.config import TransformerConfig, get_preset
+from limner.models.transformer.config import PRESETS, TransformerConfig, get_preset
 from limner.models.transformer.model import KVCache, TokenModel, TokenNetConfig, TokenTransformer
 from limner.models.vae.family import VAEFamily
 from limner.overrides import merge_overrides
@@ -297,6 +297,7 @@ class MaskGITFamily(TokenFamily):
         needs=(VQ_NEED,),
         capabilities=frozenset({Capability.negative_prompt, Capability.interpolate, Capability.img2img,
                                 Capability.inpaint}),
+        presets=preset_lines(PRESETS),
     )
 
     @torch.no_grad()
@@ -389,6 +390,7 @@ class AutoregressiveFamily(TokenFamily):
         ),
         needs=(VQ_NEED,),
         capabilities=frozenset({Capability.negative_prompt, Capability.interpolate}),
+        presets=preset_lines(PRESETS),
     )
     use_cache: bool = True  # sampling with the KV cache (tests compare it with uncached sampling)
 

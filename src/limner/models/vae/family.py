@@ -37,7 +37,7 @@ from limner.data.batch import Batch
 from limner.errors import UsageError
 from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
 from limner.models.diffusion.family import to_uint8
-from limner.models.vae.config import VAEConfig, get_preset
+from limner.models.vae.config import PRESETS, SIZES, VAEConfig, get_preset
 from limner.models.vae.decoder import Decoder
 from limner.models.vae.encoder import Encoder
 from limner.models.vae.prior import FittedGaussianPrior
@@ -50,7 +50,7 @@ from limner.models.vae.losses import (
     kl_divergence,
     psnr,
 )
-from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec
+from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec, preset_lines
 from limner.models.vae.quantizer import QuantizerOutput, VectorQuantizer, codebook_usage, perplexity
 from limner.nn import TokenContext, prepare_tokens
 from limner.overrides import merge_overrides
@@ -189,6 +189,8 @@ class VAEFamily:
         options=(OptionSpec("truncation", float, "prior temperature: 1 = the prior, 0 = its mode "
                             "(default: the run's)", min=0),),
         capabilities=frozenset({Capability.interpolate, Capability.reconstruct}),
+        presets=tuple((p, ("vector-quantized (VQ-VAE), " if p.startswith("vq-") else "")
+                       + SIZES[p.removeprefix("vq-")].description) for p in PRESETS),
     )
     # Config fields that follow from the data or another option; ``overrides`` may not set them.
     fixed_settings: ClassVar[dict[str, str]] = {
