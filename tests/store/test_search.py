@@ -189,3 +189,37 @@ def test_semantic_filters_reach_past_the_first_candidates(store, alice):
         assert sorted(i.id for i in page.items) == sorted(ids[-3:]), mode
     page = store.search(alice, "red heart", mode="semantic", limit=200)
     assert len(page.items) == 200 and all(i.prompt.startswith("red heart") for i in page.items)
+
+
+def test_hybrid_pages_go_past_the_fused_window_to_the_last_match(store, alice, add):
+    """More than 2 x RRF_WINDOW matches: hybrid pages reach every text hit and every image with
+    an embedding, once each, in the same order whatever the page size, while images arrive."""
+    from limner.store.search import RRF_WINDOW
+
+    from .conftest import fake_embedder
+
+    prompts = ([f"red heart {i}" for i in range(300)] + [f"a red kite over hills {i}" for i in range(250)]
+               + [f"blue whale {i}" for i in range(300)])
+    entries = [{"path": f"images/bulk/{i}.png", "record": make_record(p, seed=i), "content_hash": f"h{i}",
+                "vector": fake_embedder([p])[0]} for i, p in enumerate(prompts)]
+    # text hits without an embedding (stored while no embedder was configured) count too
+    entries += [{"path": f"images/bulk/plain{i}.png", "record": make_record(f"red heart plain {i}", seed=i),
+                 "content_hash": f"p{i}"} for i in range(40)]
+    every = set(store.bulk_add(alice, entries))
+    assert len(every) > 2 * RRF_WINDOW
+    q = "red heart"
+    whole = _all_pages(store, alice, q, "hybrid", limit=200)
+    assert len(whole) == len(set(whole)) and set(whole) == every
+    first = store.search(alice, q, mode="hybrid", limit=50)
+    assert all("heart" in (i.prompt or "") for i in first.items[:10])  # still ranked by both lists
+
+    seen, cursor, n = [], None, 0
+    while True:
+        page = store.search(alice, q, mode="hybrid", cursor=cursor, limit=37)
+        seen += ids(page)
+        add(alice, f"a red heart arriving {n}", seed=5000 + n)  # new matches meanwhile
+        n += 1
+        if not (cursor := page.next_cursor):
+            break
+    assert seen == whole  # no duplicates, no gaps, same order as with pages of 200
+    assert n > 2 * RRF_WINDOW // 37

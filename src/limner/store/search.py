@@ -10,7 +10,13 @@
   (all-MiniLM-L6-v2; Reimers & Gurevych 2019), exact, over an in-memory copy
   (``vectors.VectorCache``).
 - Hybrid: reciprocal rank fusion of the text and semantic rankings (Cormack, Clarke & Buettcher
-  2009, k = 60) over the top ``RRF_WINDOW`` of each.
+  2009, k = 60) over the top ``RRF_WINDOW`` (200) of each. Paging goes on past that window in
+  phases: phase p fuses the top ``RRF_WINDOW * RRF_GROWTH**p`` of each ranking and lists only
+  the images that the previous, smaller window did not contain (windows are prefixes of the
+  same two rankings, so phases never overlap), ordered by their fused score in that window. The
+  last phase's window covers both rankings whole, so a hybrid search pages to its last match:
+  every text hit and every image with a prompt embedding. The first page costs what a single
+  fusion costs; only the rare deep page pays for a wide window.
 - Filters (run, family, seed, sampler, steps, cfg, date range, rating, board, owner, deleted)
   and ownership apply to every mode.
 - Keyset pagination: the cursor carries the last (score, id) and the newest id the first page
@@ -19,8 +25,7 @@
   similarity depends only on the query and the image; the fused rank of an image depends only
   on the snapshot's rows, and text hits rank newest first rather than by corpus statistics
   such as BM25's, which new rows would shift), so a (score, id) cursor never skips or repeats.
-  Hybrid fuses the top ``RRF_WINDOW`` (200) of each ranking: its pages end after at most 400
-  images; semantic and text pages go on to the last match.
+  A hybrid cursor also carries its phase: (phase, fused score, id) is a total order.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ MAX_LIMIT = 200
 MAX_TERMS = 64  # words of a text query used (bounds the query's cost)
 RRF_K = 60
 RRF_WINDOW = 200
+RRF_GROWTH = 4  # each hybrid phase fuses a window this many times wider than the one before
+MAX_PHASE = 16  # far beyond any gallery (200 * 4**16 images); bounds what a cursor may ask for
 QUERY_CACHE = 256  # query embeddings kept
 _WORD = re.compile(r"[^\W_]+")
 
@@ -95,8 +102,9 @@ def _decode_cursor(cursor: str, fingerprint: str) -> dict[str, Any]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
         ok = isinstance(data, dict) and isinstance(data.get("i"), int) and isinstance(data.get("x"), int)
-        score = data.get("s")
+        score, phase = data.get("s"), data.get("p", 0)
         ok = ok and (score is None or isinstance(score, (int, float)))
+        ok = ok and isinstance(phase, int) and 0 <= phase <= MAX_PHASE
     except (ValueError, TypeError):
         ok = False
     if not ok:
@@ -206,13 +214,13 @@ class SearchPart:
         items = [row_to_image(r) for r in rows[:limit]]
         return items, ({"i": items[-1].id} if more else None)
 
-    def _text_ranking(self, conn: sa.Connection, q: str, where: list) -> np.ndarray:
-        """Ids of text hits, best first (newest first), at most RRF_WINDOW."""
+    def _text_ranking(self, conn: sa.Connection, q: str, where: list, window: int = RRF_WINDOW) -> np.ndarray:
+        """Ids of text hits, best first (newest first), at most ``window``."""
         words = query_words(q)
         if not words:
             return np.zeros(0, dtype=np.int64)
         rows = conn.execute(sa.select(images.c.id).where(*where, self._text_clause(words))
-                            .order_by(images.c.id.desc()).limit(RRF_WINDOW)).scalars().all()
+                            .order_by(images.c.id.desc()).limit(window)).scalars().all()
         return np.asarray(rows, dtype=np.int64)
 
     # ---- semantic and hybrid -------------------------------------------------------------
@@ -221,19 +229,56 @@ class SearchPart:
                      limit: int, narrow: bool) -> tuple[list[Image], dict | None]:
         if mode == "semantic":
             ids, scores = self._semantic_scores(conn, q, where, limit + 1, narrow, after=state)
+            # Ties broken by id, newest first: (score desc, id desc) is a total order.
+            order = np.lexsort((-ids, -scores))[: limit + 1]
+            ids, scores, phases = ids[order], scores[order], np.zeros(len(order), dtype=np.int64)
         else:
-            sem_ids, _ = self._semantic_scores(conn, q, where, RRF_WINDOW, narrow)
-            ids, scores = _rrf([self._text_ranking(conn, q, where), sem_ids[:RRF_WINDOW]])
-            if state:
-                ids, scores = _after(ids, scores, state)
-        # Ties broken by id, newest first: (score desc, id desc) is a total order.
-        order = np.lexsort((-ids, -scores))[: limit + 1]
-        ids, scores = ids[order], scores[order]
+            ids, scores, phases = self._hybrid_ranking(conn, q, where, state, limit + 1, narrow)
         rows = {r.id: r for r in conn.execute(sa.select(*_SUMMARY).where(images.c.id.in_(ids[:limit].tolist())))}
         items = [row_to_image(rows[int(i)], score=float(s)) for i, s in zip(ids[:limit], scores[:limit])
                  if int(i) in rows]
-        more = len(ids) > limit
-        return items, ({"s": float(scores[limit - 1]), "i": int(ids[limit - 1])} if more else None)
+        if len(ids) <= limit:
+            return items, None
+        last = {"s": float(scores[limit - 1]), "i": int(ids[limit - 1])}
+        if mode == "hybrid":
+            last["p"] = int(phases[limit - 1])
+        return items, last
+
+    def _hybrid_ranking(self, conn: sa.Connection, q: str, where: list, state: dict | None, count: int,
+                        narrow: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next ``count`` (ids, fused scores, phases) of a hybrid search after the cursor
+        ``state``, in (phase asc, score desc, id desc) order (see the module docstring)."""
+        phase = int(state.get("p", 0)) if state else 0
+        after = state
+        got: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        have = 0
+        while True:
+            ids, scores, complete = self._hybrid_phase(conn, q, where, phase, narrow)
+            if after:
+                ids, scores = _after(ids, scores, after)
+            order = np.lexsort((-ids, -scores))[: count - have]
+            got.append((ids[order], scores[order], np.full(len(order), phase, dtype=np.int64)))
+            have += len(order)
+            if have >= count or complete or phase >= MAX_PHASE:
+                break
+            phase, after = phase + 1, None
+        return tuple(np.concatenate(parts) for parts in zip(*got))  # type: ignore[return-value]
+
+    def _hybrid_phase(self, conn: sa.Connection, q: str, where: list, phase: int,
+                      narrow: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(ids, fused scores) new in ``phase``: fused over the top ``RRF_WINDOW * RRF_GROWTH**
+        phase`` of each ranking, less what the previous phase's window held; and whether this
+        window already holds both rankings whole (no later phase has anything)."""
+        window = RRF_WINDOW * RRF_GROWTH ** phase
+        text = self._text_ranking(conn, q, where, window)
+        sem_ids, _ = self._semantic_scores(conn, q, where, window, narrow)
+        sem = sem_ids[:window]
+        ids, scores = _rrf([text, sem])
+        if phase:
+            before = window // RRF_GROWTH
+            keep = ~np.isin(ids, np.concatenate([text[:before], sem[:before]]))
+            ids, scores = ids[keep], scores[keep]
+        return ids, scores, len(text) < window and len(sem_ids) < window
 
     def _semantic_scores(self, conn: sa.Connection, q: str, where: list, window: int, narrow: bool,
                          after: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
