@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="queued jobs past which submits answer 429 (default: 100)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="another Host name the studio answers to (e.g. behind a reverse proxy); repeatable")
+    p.add_argument("--data-root", action="append", default=[], type=Path, metavar="DIR",
+                   help="a folder on this machine under which an admin may train from a dataset folder typed "
+                        "in the page (besides HOME/datasets); repeatable")
     p.set_defaults(func=run_studio)
 
     w = sub.add_parser("worker", help="run a job worker against the studio's database",
@@ -108,7 +111,8 @@ def run_studio(args: argparse.Namespace) -> int:
     from limner.server.security import is_loopback
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers, device=args.device,
-                         queue_limit=args.queue_limit, allowed_hosts=tuple(args.allowed_host) or None)
+                         queue_limit=args.queue_limit, allowed_hosts=tuple(args.allowed_host) or None,
+                         data_roots=tuple(p.expanduser().resolve() for p in args.data_root) or None)
     studio = open_studio(settings)
     if not is_loopback(settings.host) and not accounts.accounts_on(studio, fresh=True):
         raise UsageError(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from limner.errors import CheckpointError, UsageError
-from limner.runs import newest_checkpoint_step, read_run_config
+from limner.runs import read_run_config, run_summary
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -85,35 +85,69 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def describe(folder: Path, name: str, kind: str) -> dict[str, Any]:
-    """What the model list shows: family, condition, resolution, newest step, declared options."""
-    cfg = read_config(folder)
-    family = (cfg.get("family") or {}).get("name")
-    fam_cfg = (cfg.get("family") or {}).get("config") or {}
-    encoder = fam_cfg.get("encoder") or {}
-    out = {"name": name, "kind": kind, "family": family, "cond": encoder.get("kind"),
-           "resolution": (cfg.get("data") or {}).get("resolution") or fam_cfg.get("resolution"),
-           "step": newest_checkpoint_step(folder), "options": {}, "capabilities": []}
-    if family:
-        try:
-            from limner.models.registry import family_class
-
-            decl = getattr(family_class(family), "declaration", None)
-        except UsageError:
-            decl = None
-        if decl is not None:
-            data = decl.to_json()
-            out["options"] = {o["name"]: {k: v for k, v in o.items() if v is not None} for o in data["options"]}
-            out["capabilities"] = data["capabilities"]
-            out["summary"] = data.get("summary")
+    """What the model list shows: ``limner.runs.run_summary`` (id, family, condition, resolution,
+    newest step) plus the options and capabilities its family declares. A run whose config
+    cannot be read raises CheckpointError (``list_runs`` shows it as unreadable)."""
+    summary = run_summary(folder)
+    out = {**summary, "name": name, "kind": kind, "options": {}, "capabilities": []}
+    decl = family_declaration(summary["family"])
+    if decl is not None:
+        data = decl.to_json()
+        out["options"] = {o["name"]: {k: v for k, v in o.items() if v is not None} for o in data["options"]}
+        out["capabilities"] = data["capabilities"]
+        out["summary"] = data.get("summary")
     return out
 
 
+def family_declaration(family: str | None) -> Any:
+    """The registered family's declaration (``limner.models.registry``), None when unknown."""
+    if not family:
+        return None
+    from limner.models.registry import family_class
+
+    try:
+        return getattr(family_class(family), "declaration", None)
+    except UsageError:
+        return None
+
+
 def list_runs(home: Path, user_id: int) -> list[dict[str, Any]]:
+    """A user's run folders by name; one whose config cannot be read is listed as ``unreadable``
+    with the reason (not hidden, and not offered for generation)."""
     root = user_folder(home, "runs", user_id)
     out = []
     for folder in sorted(root.iterdir()):
         if folder.is_dir() and not folder.is_symlink() and (folder / "config.json").is_file():
-            info = describe(folder, folder.name, "run")
-            out.append({**info, "created": (folder / "config.json").stat().st_mtime,
-                        "state": "ready" if info["step"] is not None else "empty"})
+            try:
+                info = describe(folder, folder.name, "run")
+            except CheckpointError:
+                out.append({"name": folder.name, "kind": "run", "step": None, "state": "unreadable",
+                            "error": "config.json is not a readable run config"})
+                continue
+            out.append({**info, "state": "ready" if info["step"] is not None else "empty"})
     return out
+
+
+def dataset_path(raw: str, roots: list[Path], field: str = "data_path") -> Path:
+    """A dataset folder (or .npz/IDX file) typed by an admin: absolute, no ``..``, and its real
+    path (symlinks resolved) inside one of ``roots``; containment is checked before existence,
+    so nothing outside the roots can be probed. UsageError naming ``field`` otherwise."""
+    if "\x00" in raw:
+        raise UsageError("contains a NUL character", field=field)
+    path = Path(raw)
+    if not path.is_absolute():
+        raise UsageError(f"{raw!r} is not an absolute path (e.g. {roots[0]}/my-photos)", field=field)
+    if ".." in path.parts:
+        raise UsageError("must not contain '..'", field=field)
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if real == real_root or real_root in real.parents:
+            break
+    else:
+        allowed = ", ".join(str(r) for r in roots)
+        raise UsageError(f"{raw} is outside the dataset folders this studio allows ({allowed}); start it with "
+                         "--data-root DIR to allow another", field=field)
+    if not real.exists():
+        raise UsageError(f"no such folder: {raw}", field=field)
+    return real

@@ -106,6 +106,9 @@ class GenerateBody(Strict):
     strength: float | None = Field(None, ge=0, le=1, description="how much of the schedule runs from the start "
                                                                  "image: 0 keeps it, 1 ignores it (default 0.6; "
                                                                  "1 with a mask)")
+    resample: int | None = Field(None, ge=1, le=20, description="inpainting: RePaint resampling passes per sampler "
+                                                                "step, for coherent borders (default 3); needs "
+                                                                "mask_image_id")
 
 
 class JobOut(BaseModel):
@@ -199,6 +202,8 @@ class OptionOut(BaseModel):
 
 class ModelOut(BaseModel):
     name: str
+    run_id: str | None = Field(None, description="the id generation records carry: an image's `model`, and "
+                                                 "GET /api/images?model=RUN_ID finds the images made with it")
     kind: Literal["run", "bundled"]
     family: str | None = None
     cond: str | None = None
@@ -210,18 +215,49 @@ class ModelOut(BaseModel):
     capabilities: list[str] = []
 
 
+class PresetOut(BaseModel):
+    name: str
+    description: str = ""
+
+
+class NeedOut(BaseModel):
+    option: str = Field(description="the key in TrainBody.needs (and `limner train --OPTION`)")
+    family: str = Field(description="the family the needed run must be")
+    cond: str | None = Field(None, description="the condition the needed run must have been trained with")
+    help: str
+    train_args: list[str] = []
+
+
+class FamilyOut(BaseModel):
+    name: str
+    summary: str
+    default: bool = False
+    presets: list[PresetOut]
+    default_preset: str
+    conditions: list[str]
+    needs: list[NeedOut] = []
+    options: list[dict[str, Any]] = []
+    capabilities: list[str] = []
+
+
 class RunOut(BaseModel):
     name: str
+    run_id: str | None = None
     family: str | None = None
     cond: str | None = None
     resolution: int | None = None
     step: int | None = None
     created: float | None = None
     state: str
+    error: str | None = None  # why an ``unreadable`` run cannot be used
 
 
 class TrainBody(Strict):
-    data: str = Field(min_length=1, max_length=256, description="a dataset name from GET /api/datasets")
+    data: str | None = Field(None, min_length=1, max_length=256, description="a dataset name from GET /api/datasets "
+                                                                           "(or give data_path)")
+    data_path: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="admins (or a studio without accounts): an absolute dataset folder on "
+                                              "the studio's machine, inside one of GET /api/datasets/roots")
     name: str = Name
     family: str | None = Field(None, max_length=64)
     preset: str = Field("small", max_length=64)
@@ -231,6 +267,9 @@ class TrainBody(Strict):
     cond: Literal["text", "class", "none"] | None = None
     set: dict[str, OptionValue | list[Any] | dict[str, Any]] = Field(
         default_factory=dict, max_length=64, description="config overrides, as `limner train --set KEY=VALUE`")
+    needs: dict[str, str] = Field(default_factory=dict, max_length=8,
+                                  description="the runs the family is built on, by the option GET /api/families "
+                                              "names (e.g. {\"vae\": \"my-vae\"}): names of your runs")
 
 
 class ResumeBody(Strict):
@@ -240,6 +279,38 @@ class ResumeBody(Strict):
 class EvalBody(Strict):
     run: str = Name
     num: int = Field(200, ge=10, le=50_000)
+
+
+class DataCheckBody(Strict):
+    path: str = Field(min_length=1, max_length=4096, description="an absolute folder (or .npz/IDX file) inside "
+                                                                  "one of GET /api/datasets/roots")
+    resolution: int | None = Field(None, ge=8, le=1024, description="also count images smaller than this")
+
+
+class SkippedOut(BaseModel):
+    path: str
+    reason: str
+
+
+class DataCheckOut(BaseModel):
+    """``limner data check``'s report (``limner.data.check.check_dataset``)."""
+
+    path: str
+    kind: str
+    images: int = Field(description="usable images")
+    total: int
+    skipped: list[SkippedOut] = []
+    skipped_count: int = 0
+    captioned: int = 0
+    has_captions: bool = False
+    classes: dict[str, int] | None = None
+    unlisted: int = 0
+    smaller: int = 0
+
+
+class DataRootsOut(BaseModel):
+    allowed: bool = Field(description="whether you may train from a folder path (admins, or no accounts)")
+    roots: list[str] = []
 
 
 class DatasetOut(BaseModel):

@@ -4,7 +4,8 @@ Environment variables (all optional) follow the FastAPI template's ``core/config
 one settings object: ``LIMNER_STUDIO_ALLOWED_HOSTS`` (comma-separated extra Host names, e.g.
 a reverse proxy's), ``LIMNER_STUDIO_QUEUE_LIMIT``, ``LIMNER_STUDIO_MAX_BODY_MB``,
 ``LIMNER_STUDIO_WORKERS`` (embedded worker threads; 0 = none, use ``limner worker``),
-``LIMNER_STUDIO_DEVICE``.
+``LIMNER_STUDIO_DEVICE``, ``LIMNER_STUDIO_DATA_ROOTS`` (extra dataset folders, separated like
+``PATH``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class StudioSettings:
         login_limit / login_window: failed logins allowed per client and name per window (s).
         session_days: how long a login cookie lasts.
         secure_cookies: mark cookies Secure (behind HTTPS); default: when not on loopback.
+        data_roots: folders besides ``home/datasets`` under which an admin may train from a
+            folder path typed in the page (``limner studio --data-root DIR``).
     """
 
     home: Path = field(default_factory=default_home)
@@ -52,9 +55,17 @@ class StudioSettings:
     login_window: float = 300.0
     session_days: int = 14
     secure_cookies: bool | None = None
+    data_roots: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
+        roots = []
+        for root in self.data_roots:
+            root = Path(root).expanduser()
+            if not root.is_absolute():
+                raise UsageError(f"{root} is not an absolute path", field="data_root")
+            roots.append(root)
+        self.data_roots = tuple(roots)
         if self.queue_limit < 1:
             raise UsageError("must be at least 1", field="queue_limit")
         if self.workers < 0:
@@ -75,10 +86,16 @@ class StudioSettings:
                     values[name] = conv(env[key])
                 except ValueError:
                     raise UsageError(f"{key}={env[key]!r} is not a number", field=name) from None
+        if env.get("LIMNER_STUDIO_DATA_ROOTS"):
+            values["data_roots"] = tuple(Path(p) for p in env["LIMNER_STUDIO_DATA_ROOTS"].split(os.pathsep) if p.strip())
         if env.get("LIMNER_STUDIO_MAX_BODY_MB"):
             values["max_body"] = int(float(env["LIMNER_STUDIO_MAX_BODY_MB"]) * 1024 * 1024)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def dataset_roots(self) -> list[Path]:
+        """Where folder-path datasets may live: ``home/datasets`` (created), then ``data_roots``."""
+        return [self.folder("datasets"), *self.data_roots]
 
     def folder(self, name: str) -> Path:
         """A sub-folder of home (created): images, thumbs, runs, uploads, datasets, evals."""

@@ -91,10 +91,13 @@ def upload_folder(home, user_id: int):
 def edit_inputs(studio, user, folder, request: dict[str, Any]) -> None:
     """Upload ids -> the acting user's upload files as the request's ``init_image`` / ``mask``
     (404 for an id that is not one of theirs; 422 naming the field when the model's family does
-    not declare img2img / inpaint, or for a mask or strength without a start image)."""
+    not declare img2img / inpaint, for a mask or strength without a start image, or for
+    ``resample`` without a mask)."""
     from limner.server.errors import ApiError
 
     ids = {name: request.pop(name, None) for name in EDIT_FIELDS}
+    if request.get("resample") is not None and ids["mask_image_id"] is None:
+        raise UsageError("resampling is for inpainting: it needs a mask (mask_image_id)", field="resample")
     if ids["init_image_id"] is None:
         for name, value in (("mask_image_id", ids["mask_image_id"]), ("strength", request.get("strength"))):
             if value is not None:

@@ -17,14 +17,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, UploadFile
 from fastapi.responses import FileResponse
 
-from limner.errors import UsageError
+from limner.errors import CheckpointError, UsageError
 from limner.runs import checkpoint_dirs, checkpoint_step, read_metrics, sample_grids
 from limner.server import runs as run_folders
 from limner.server.deps import StudioDep, UserDep
 from limner.server.errors import ApiError
 from limner.server.routes.images import FILE_HEADERS
 from limner.server.routes.jobs import IdempotencyKey, submit
-from limner.server.schemas import Step, DatasetOut, EvalBody, JobAccepted, ResumeBody, RunOut, TrainBody
+from limner.server.routes import models as models_routes
+from limner.server.schemas import (DataCheckBody, DataCheckOut, DataRootsOut, DatasetOut, EvalBody, JobAccepted,
+                                   ResumeBody, RunOut, Step, TrainBody)
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -56,7 +58,10 @@ def list_runs(user: UserDep, studio: StudioDep) -> list[dict[str, Any]]:
 def get_run(name: str, user: UserDep, studio: StudioDep) -> dict[str, Any]:
     """A run's config, checkpoints (steps) and latest metrics."""
     folder = _run(studio, user, name)
-    info = run_folders.describe(folder, name, "run")
+    try:
+        info = run_folders.describe(folder, name, "run")
+    except CheckpointError:
+        raise ApiError(409, f"run {name!r}: config.json is not a readable run config", field="name") from None
     steps = [checkpoint_step(d) for d in checkpoint_dirs(folder)]
     rows = read_metrics(folder, limit=1)
     return {**info, "config": run_folders.read_config(folder), "checkpoints": steps,
@@ -102,19 +107,70 @@ def _dataset(studio, user, name: str) -> Path:
     return folder
 
 
+def _folder_dataset(studio, user, raw: str, field: str = "data_path") -> Path:
+    """A dataset folder on the studio's machine: admins only (the implicit local user of a
+    studio without accounts is one), inside the configured roots (``run_folders.dataset_path``)."""
+    if user.role != "admin":
+        raise ApiError(403, "only an admin may use a folder on the studio's machine; upload a zip instead",
+                       field=field)
+    return run_folders.dataset_path(raw, studio.settings.dataset_roots(), field)
+
+
+def _needed_runs(studio, user, family: str, given: dict[str, str]) -> dict[str, str]:
+    """The runs a family is built on (``declaration.needs``), as ``family_options`` paths: each
+    one of the user's runs, of the declared family, trained with the declared condition and
+    holding a checkpoint; a 422 naming ``needs.OPTION`` otherwise."""
+    from limner.models.registry import declaration
+    from limner.runs import run_summary
+
+    needs = {n.option: n for n in declaration(family).needs}
+    for option in given:
+        if option not in needs:
+            takes = ", ".join(needs) or "none"
+            raise UsageError(f"a {family} run is built on no {option!r} run (it needs: {takes})",
+                             field=f"needs.{option}")
+    out = {}
+    for option, need in needs.items():
+        field = f"needs.{option}"
+        name = given.get(option)
+        if not name:
+            raise UsageError(f"a {family} run is built on one of your {need.family} runs: {need.help}", field=field)
+        folder = run_folders.contained(run_folders.user_folder(studio.settings.home, "runs", user.id), name, field)
+        try:
+            info = run_summary(folder)
+        except CheckpointError:
+            raise UsageError(f"you have no readable run {name!r}", field=field) from None
+        cond = models_routes.need_condition(need)
+        if info["family"] != need.family:
+            raise UsageError(f"{name!r} is a {info['family']} run; {option} needs a {need.family} run", field=field)
+        if cond is not None and info["cond"] not in (cond, None):
+            raise UsageError(f"{name!r} was trained with --cond {info['cond']}; {option} needs --cond {cond}",
+                             field=field)
+        if info["step"] is None:
+            raise UsageError(f"{name!r} has no checkpoint yet", field=field)
+        out[option] = str(folder)
+    return out
+
+
 @router.post("/train", response_model=JobAccepted, status_code=202)
 def train(body: TrainBody, user: UserDep, studio: StudioDep, idempotency_key: IdempotencyKey = None) -> dict:
-    """Start training a new run on one of your datasets (a job; cancel it to stop and save)."""
-    from limner.models.registry import family_class
+    """Start training a new run on one of your datasets, or (admins) a dataset folder on the
+    studio's machine (``data_path``); a job: cancel it to stop and save. Families built on
+    another run (GET /api/families ``needs``) name it in ``needs``."""
+    from limner.models.registry import DEFAULT_FAMILY, family_class
     from limner.overrides import SECTIONS
     from limner.workflows import train_settings
 
-    data = _dataset(studio, user, body.data)
+    if (body.data is None) == (body.data_path is None):
+        raise UsageError("give one of data (an uploaded dataset's name) or data_path (a folder)", field="data")
+    data = (_dataset(studio, user, body.data) if body.data is not None
+            else _folder_dataset(studio, user, body.data_path))
     out = run_folders.run_dir(studio.settings.home, user.id, body.name)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"a run named {body.name!r} exists; resume it or choose another name", field="name")
     if body.family is not None:
         family_class(body.family)  # UsageError naming the families when unknown
+    family_options = _needed_runs(studio, user, body.family or DEFAULT_FAMILY, body.needs)
     for key in body.set:
         if key.split(".", 1)[0] not in SECTIONS or "." not in key:
             raise UsageError(f"settings are train.NAME or family.NAME, not {key!r}", field=f"set.{key}")
@@ -122,6 +178,8 @@ def train(body: TrainBody, user: UserDep, studio: StudioDep, idempotency_key: Id
     overrides = {k: v for k, v in (("steps", body.steps), ("batch_size", body.batch_size)) if v is not None}
     payload = {"name": body.name, "data": str(data), "out": str(out), "family": body.family, "preset": body.preset,
                "resolution": body.resolution, "cond": body.cond, "train": overrides, "set": body.set}
+    if family_options:
+        payload["family_options"] = family_options
     return submit(studio, user, "train", payload, idempotency_key)
 
 
@@ -149,6 +207,40 @@ def evaluate(body: EvalBody, user: UserDep, studio: StudioDep, idempotency_key: 
 # --------------------------------------------------------------------------------------------
 # Datasets
 # --------------------------------------------------------------------------------------------
+
+
+@router.get("/datasets/roots", response_model=DataRootsOut)
+def dataset_roots(user: UserDep, studio: StudioDep) -> dict[str, Any]:
+    """Whether you may train from a folder on the studio's machine, and under which folders."""
+    if user.role != "admin":
+        return {"allowed": False, "roots": []}
+    return {"allowed": True, "roots": [str(r) for r in studio.settings.dataset_roots()]}
+
+
+@router.post("/datasets/check", response_model=DataCheckOut)
+def check_folder(body: DataCheckBody, user: UserDep, studio: StudioDep) -> dict[str, Any]:
+    """``limner data check`` on a dataset folder on the studio's machine (admins): every image
+    decoded by the loader's own rule; usable and skipped files (with the reason), captions,
+    classes. Train from it with ``data_path``."""
+    from limner.data.check import check_dataset
+    from limner.errors import DataError
+
+    folder = _folder_dataset(studio, user, body.path, "path")
+    try:
+        report = check_dataset(folder, resolution=body.resolution)
+    except DataError as e:
+        raise UsageError(str(e), field="path") from None
+
+    def rel(p: str) -> str:
+        try:
+            return Path(p).relative_to(folder).as_posix()
+        except ValueError:
+            return p
+
+    return {"path": str(folder), "kind": report.source_kind, "images": report.usable, "total": report.total,
+            "skipped": [{"path": rel(s.path), "reason": s.reason} for s in report.skipped[:1000]],
+            "skipped_count": len(report.skipped), "captioned": report.captioned, "has_captions": report.has_captions,
+            "classes": report.class_counts, "unlisted": len(report.unlisted), "smaller": report.smaller}
 
 
 @router.get("/datasets", response_model=list[DatasetOut])
