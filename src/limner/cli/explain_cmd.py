@@ -44,7 +44,9 @@ def _epilog() -> str:
               "  limner explain runs/mine features --index 12 --set level='middle 4px' --set channel=7",
               "  limner explain runs/mine filmstrip --image out/00000-1.png",
               "  limner explain runs/mine attention --prompt 'red heart'",
-              "  limner explain runs/gan dynamics"]
+              "  limner explain runs/gan dynamics",
+              "  limner explain runs/maskgit dynamics --prompt 'red heart'",
+              "  limner explain runs/maskgit features --index 3 --set token=27"]
     return "\n".join(lines)
 
 
@@ -60,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=checkpoint_step, help="checkpoint step or 'best' (default: newest)")
     p.add_argument("--image", type=Path, help="filmstrip: a PNG generated from RUN; features: any image")
     p.add_argument("--index", type=int, help="features: the training image to look at")
-    p.add_argument("--prompt", help="attention: the prompt")
+    p.add_argument("--prompt", help="attention, dynamics (text runs): the prompt")
     p.add_argument("--seed", type=seed_int, help="seed of the images or noise the view draws")
     p.add_argument("--compare", type=int, nargs=2, metavar=("A", "B"), help="timeline: two steps side by side")
     p.add_argument("--set", dest="settings", action="append", type=view_option, default=[], metavar="NAME=VALUE",

@@ -9,6 +9,10 @@
 - Diffusion (Karras et al. 2022): the loss at each noise level on a batch of training images,
   and one image denoised from every level, which shows which noise levels the model has
   learned; text runs add the per-token attention maps (view "attention").
+- Token transformers (``token_dynamics.py``): MaskGIT's loss, accuracy and confidence against
+  the mask ratio; the autoregressive family's loss along the raster order and its top-k
+  probability mass; for both, the attention image tokens give each condition token (the text
+  enters as prefix tokens of a joint self-attention), per block.
 
 The family's hooks pick the function (``FamilyHooks.dynamics``); a family without one gets a
 readable error.
@@ -31,22 +35,31 @@ from limner.explain.hooks import hooks_for
 
 
 @register_view("dynamics", "the family's own training dynamics (GAN: D on real and fake; VAE: the "
-                           "latent map; diffusion: loss per noise level)",
+                           "latent map; diffusion: loss per noise level; MaskGIT: loss and accuracy "
+                           "per mask ratio; autoregressive: loss along the raster order; text: "
+                           "attention per prompt token)",
                params={
                    "step": "checkpoint (default: the newest)",
                    "count": "images per row of real and generated images (default 8)",
                    "points": "training images placed on the VAE's latent map (default 400)",
                    "seed": "seed for the images drawn (default 0)",
+                   "prompt": "text runs: the prompt of the attention maps (default: the first "
+                             "training caption)",
                    "live": "the cheaper settings the live training callback uses (default false)",
                })
 def dynamics_view(run: ExplainRun, step: int | str | None = None, count: int = 8, points: int = 400,
-                  seed: int = 0, live: bool = False) -> ExplainResult:
+                  seed: int = 0, prompt: str | None = None, live: bool = False) -> ExplainResult:
     """Dispatches to the family's dynamics through its hooks."""
     from limner.models.registry import family_class
 
     family = family_class(run.family_name).from_config(run.config["family"]["config"])
+    kind = getattr(family, "cond_kind", None)
+    if prompt is not None and getattr(kind, "value", None) != "text":
+        raise UsageError(f"prompt: this {run.family_name} run is not text-conditioned "
+                         f"({getattr(kind, 'value', 'no condition')})", field="prompt")
     result = hooks_for(family).dynamics(run, step=step, count=count,
-                                        points=min(points, 200) if live else points, seed=seed)
+                                        points=min(points, 200) if live else points, seed=seed,
+                                        prompt=prompt)
     if result is None:
         raise UsageError(f"view 'dynamics' has nothing for a {run.family_name!r} run yet")
     return result
@@ -279,7 +292,8 @@ SIGMAS = (0.01, 0.03, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 80.0)
 
 
 @torch.no_grad()
-def diffusion_dynamics(run: ExplainRun, step=None, count: int = 8, seed: int = 0, **_: Any) -> ExplainResult:
+def diffusion_dynamics(run: ExplainRun, step=None, count: int = 8, seed: int = 0, prompt: str | None = None,
+                       **_: Any) -> ExplainResult:
     """EDM loss per noise level on training images, and one image denoised from each level."""
     loaded = run.load(step)
     family = loaded.family
@@ -314,7 +328,7 @@ def diffusion_dynamics(run: ExplainRun, step=None, count: int = 8, seed: int = 0
                                              "sigmas": list(SIGMAS), "loss": losses,
                                              "indices": idx.tolist()})
     result.images["dynamics"] = render.vstack([grid, chart])
-    _add_attention(run, family, result, step=loaded.step, seed=seed)
+    _add_attention(run, family, result, step=loaded.step, seed=seed, prompt=prompt)
     return result
 
 

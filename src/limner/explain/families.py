@@ -1,7 +1,9 @@
-"""The explain hooks of the built-in families (diffusion, latent diffusion, GAN, VAE).
+"""The explain hooks of the built-in families (diffusion, latent diffusion, GAN, VAE, and the
+token transformers MaskGIT and autoregressive).
 
 Each reads the calls the family's real ``train_step`` made (``step_panels``), names the levels
-of its network (``feature_probe``) and points at its dynamics view. See ``hooks.py`` for the
+of its network (``feature_probe``; the token families' is in ``tokens.py``) and points at its
+dynamics view (the token families' is in ``token_dynamics.py``). See ``hooks.py`` for the
 protocol; nothing here changes how a family trains or samples.
 """
 
@@ -283,6 +285,11 @@ class TokenHooks(FamilyHooks):
     def _extra_panels(self, family: Any, inp: Tensor, size: int) -> list[Panel]:
         return []
 
+    def feature_probe(self, family: Any) -> FeatureProbe:
+        from limner.explain.tokens import token_feature_probe
+
+        return token_feature_probe(family)
+
 
 class MaskedTokenHooks(TokenHooks):
     """MaskGIT: the loss is on the masked positions; the sampler unmasks a few per step."""
@@ -303,6 +310,11 @@ class MaskedTokenHooks(TokenHooks):
         g = family.config.grid
         return (tokens == family.model.net.special).reshape(-1, g, g)
 
+    def dynamics(self, run: Any, **params: Any) -> Any:
+        from limner.explain.token_dynamics import maskgit_dynamics
+
+        return maskgit_dynamics(run, **params)
+
 
 class CausalTokenHooks(TokenHooks):
     """Autoregressive: every position predicts the next code (teacher forcing); the sampler
@@ -318,6 +330,11 @@ class CausalTokenHooks(TokenHooks):
         g = family.config.grid
         done = torch.arange(g * g, device=tokens.device) < tokens.shape[1]
         return (~done).expand(tokens.shape[0], -1).reshape(-1, g, g)
+
+    def dynamics(self, run: Any, **params: Any) -> Any:
+        from limner.explain.token_dynamics import autoregressive_dynamics
+
+        return autoregressive_dynamics(run, **params)
 
 
 register_hooks("diffusion", DiffusionHooks())

@@ -74,11 +74,23 @@ class FeatureProbe:
         levels: (name, module) in forward order; each module's output is one level's maps.
         run: runs the network on images [B, C, H, W] in [-1, 1] (the hooks capture the levels).
         what: one sentence on what network this is and how it is fed.
+        to_maps: turns a level's output into maps [B, C, h, w] (None: it already is; a token
+            transformer's hidden states [B, L, D] are laid out on its token grid).
+        default_level: the level searched for patches when none is chosen (None: the view's
+            default, the deepest encoder-side level).
+        token_grid: side of the token grid when each map position is one token of a VQ
+            tokenizer (the patches then outline the token's own patch of the image).
+        attention_blocks: (level name, block) whose self-attention the view shows for one
+            token (``limner.explain.tokens.capture_self_attention``); empty for conv nets.
     """
 
     levels: list[tuple[str, nn.Module]]
     run: Callable[[Tensor], Any]
     what: str = ""
+    to_maps: Callable[[Tensor], Tensor] | None = None
+    default_level: str | None = None
+    token_grid: int | None = None
+    attention_blocks: list[tuple[str, nn.Module]] = field(default_factory=list)
 
 
 class FamilyHooks:
