@@ -4,7 +4,8 @@ Every event is a plain dict with a ``type`` (documented in docs/studio-api.md, "
 events"). Workers build them with the constructors below; an :class:`EventHub` fans them out to
 the subscribers of one user (the job's owner, or a shared board's members) inside one studio
 process. Workers in other processes write the durable ones (job state, image, checkpoint) to
-the store, and the studio relays them; previews are best-effort and only travel in-process.
+the store, and the studio relays them, as it relays images added to boards through another
+studio process; previews are best-effort and only travel in-process.
 
 ComfyUI's previews are undocumented binary frames; here a preview is a small PNG as a data URL
 inside a documented JSON message, so any client (a browser, ``limner.client``) can show it.
@@ -55,9 +56,13 @@ def checkpoint_event(job_id: str, run: str, step: int) -> dict[str, Any]:
     return {"type": "checkpoint", "job_id": job_id, "run": run, "step": step}
 
 
-def board_image_event(board_id: int, image: dict[str, Any]) -> dict[str, Any]:
-    """An image was added to a board the receiving user can see."""
-    return {"type": "board_image", "board_id": board_id, "image": image}
+def board_image_event(board_id: int, image: dict[str, Any], added: float | None = None) -> dict[str, Any]:
+    """An image was added to a board the receiving user can see; ``added`` (epoch seconds,
+    the database's clock) tells two additions of the same image apart."""
+    event: dict[str, Any] = {"type": "board_image", "board_id": board_id, "image": image}
+    if added is not None:
+        event["added"] = added
+    return event
 
 
 def preview_data_url(denoised: Any, side: int = PREVIEW_SIDE) -> str:
@@ -171,4 +176,4 @@ def event_key(event: dict[str, Any]) -> tuple:
         return kind, event["image"]["id"]
     if kind == "checkpoint":
         return kind, event["job_id"], event["step"]
-    return kind, event["board_id"], event["image"]["id"]
+    return kind, event["board_id"], event["image"]["id"], event.get("added")

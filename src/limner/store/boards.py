@@ -2,9 +2,14 @@
 
 The owner and editors add and remove images (only images they can see themselves); viewers
 and editors see every image on the board. Only the owner (or an admin) shares or deletes it.
+``board_additions`` is what a studio process reads to show members images added through
+another process (``limner.server.relay``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
 
 import sqlalchemy as sa
 
@@ -13,6 +18,17 @@ from limner.store import db
 from limner.store.errors import Forbidden, NotFound
 from limner.store.models import Board, BoardRole, User
 from limner.store.tables import board_images, board_members, boards, users
+
+
+@dataclass(frozen=True)
+class BoardAddition:
+    """An image put on a board at ``added`` (database clock); ``audience``: the users asked
+    about who see the board (its owner and members among them)."""
+
+    board_id: int
+    image_id: int
+    added: float
+    audience: tuple[int, ...]
 
 
 class BoardsPart:
@@ -53,16 +69,20 @@ class BoardsPart:
             conn.execute(board_members.delete().where(board_members.c.board_id == board_id))
             conn.execute(boards.delete().where(boards.c.id == board_id))
 
-    def add_to_board(self, user: User, board_id: int, image_id: int) -> None:
-        """Put an image the user can see on a board they own or edit (idempotent)."""
+    def add_to_board(self, user: User, board_id: int, image_id: int) -> float | None:
+        """Put an image the user can see on a board they own or edit (idempotent). Returns the
+        time it was added (the key of its live event), None when it was on the board already."""
         with self._write() as conn:
             self._require_edit(conn, user, board_id)
             self._check_visible(conn, user, image_id)
             present = conn.execute(sa.select(board_images.c.image_id).where(
                 board_images.c.board_id == board_id, board_images.c.image_id == image_id)).first()
-            if present is None:
-                conn.execute(board_images.insert().values(board_id=board_id, image_id=image_id,
-                                                          added_by=user.id, added=db.now(conn)))
+            if present is not None:
+                return None
+            added = db.now(conn)
+            conn.execute(board_images.insert().values(board_id=board_id, image_id=image_id,
+                                                      added_by=user.id, added=added))
+            return added
 
     def remove_from_board(self, user: User, board_id: int, image_id: int) -> None:
         with self._write() as conn:
@@ -115,6 +135,33 @@ class BoardsPart:
             members = conn.execute(sa.select(board_members.c.user_id)
                                    .where(board_members.c.board_id == board_id)).scalars().all()
         return [owner, *members]
+
+    def board_additions(self, user_ids: Sequence[int], since: float, limit: int = 500) -> list[BoardAddition]:
+        """Images put at or after ``since`` (database clock, see ``clock``) on boards that any
+        of ``user_ids`` owns or is a member of: the newest ``limit``, oldest first, each with
+        the board's audience among ``user_ids``."""
+        ids = sorted({int(u) for u in user_ids})
+        if not ids:
+            return []
+        visible = sa.union(sa.select(boards.c.id).where(boards.c.owner_id.in_(ids)),
+                           sa.select(board_members.c.board_id).where(board_members.c.user_id.in_(ids)))
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(board_images.c.board_id, board_images.c.image_id, board_images.c.added)
+                .where(board_images.c.added >= since, board_images.c.board_id.in_(visible))
+                .order_by(board_images.c.added.desc(), board_images.c.board_id, board_images.c.image_id)
+                .limit(limit)).all()
+            board_ids = sorted({r.board_id for r in rows})
+            audience: dict[int, set[int]] = {b: set() for b in board_ids}
+            if board_ids:
+                for b, owner in conn.execute(sa.select(boards.c.id, boards.c.owner_id).where(boards.c.id.in_(board_ids))):
+                    audience[b].add(owner)
+                for b, member in conn.execute(sa.select(board_members.c.board_id, board_members.c.user_id)
+                                              .where(board_members.c.board_id.in_(board_ids))):
+                    audience[b].add(member)
+        wanted = set(ids)
+        return [BoardAddition(r.board_id, r.image_id, float(r.added), tuple(sorted(audience[r.board_id] & wanted)))
+                for r in reversed(rows)]
 
     def boards_of_image(self, image_id: int) -> list[int]:
         with self._read() as conn:

@@ -85,6 +85,12 @@ class Store(AccountsPart, ImagesPart, SearchPart, BoardsPart, JobsPart, Reconcil
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def clock(self) -> float:
+        """The database's time in epoch seconds (``db.now``): what the store stamps rows with,
+        so processes on several machines compare times on one clock."""
+        with self._read() as conn:
+            return db.now(conn)
+
     def close(self) -> None:
         self.engine.dispose()
 

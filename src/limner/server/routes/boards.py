@@ -1,5 +1,6 @@
 """Boards: named collections of images, shared with other users as viewers or editors. Members
-connected to ``/api/events`` see images added to a board live (``board_image`` events)."""
+connected to ``/api/events`` see images added to a board live (``board_image`` events), on
+whichever studio process they are connected to."""
 
 from __future__ import annotations
 
@@ -48,10 +49,13 @@ def delete_board(board_id: Id, user: UserDep, studio: StudioDep) -> Response:
 
 @router.post("/boards/{board_id}/images", status_code=201, response_model=dict[str, Any])
 def add_image(board_id: Id, body: BoardImageAdd, user: UserDep, studio: StudioDep) -> dict[str, Any]:
-    """Put an image you can see on a board you own or edit (idempotent); members see it live."""
-    studio.store.add_to_board(user, board_id, body.image_id)
+    """Put an image you can see on a board you own or edit (idempotent); members see it live
+    (members connected to this studio process at once, those on other processes through the
+    store relay)."""
+    added = studio.store.add_to_board(user, board_id, body.image_id)
     summary = image_summary(studio.store.get_image(user, body.image_id))
-    studio.hub.publish(studio.store.board_audience(board_id), board_image_event(board_id, summary))
+    if added is not None:
+        studio.hub.publish(studio.store.board_audience(board_id), board_image_event(board_id, summary, added))
     return {"board_id": board_id, "image": summary}
 
 
