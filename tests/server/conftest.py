@@ -85,6 +85,61 @@ def studio_factory(tmp_path):
         s.close()
 
 
+@pytest.fixture
+def accounts_studio(studio_factory, tiny_run):
+    """A studio with accounts on: admin ``alice`` and user ``bob`` (each with an API-key client
+    and a copy of the tiny run), as ``(studio, (alice, a), (bob, b))``."""
+    s = studio_factory(workers=1)
+    alice, a = s.add_user("alice", role="admin")
+    bob, b = s.add_user("bob")
+    install_run(s.home, alice.id, tiny_run)
+    install_run(s.home, bob.id, tiny_run)
+    return s, (alice, a), (bob, b)
+
+
+PG_ENV = "LIMNER_TEST_PG_URL"
+
+
+@pytest.fixture
+def pg_url():
+    """A PostgreSQL URL on a schema of this test's own (dropped afterwards), from
+    ``LIMNER_TEST_PG_URL``; skips, saying so, without it."""
+    import os
+    import uuid
+
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"this test needs PostgreSQL: set {PG_ENV} "
+                    "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    import sqlalchemy as sa
+
+    schema = f"srv_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
+def receive_json(ws, timeout: float = 10.0) -> dict:
+    """The next message of a TestClient WebSocket, or TimeoutError after ``timeout`` seconds
+    (``ws.receive_json`` would wait for ever, hanging the test instead of failing it)."""
+    import json
+
+    import anyio
+
+    async def receive():
+        with anyio.fail_after(timeout):
+            return await ws._send_rx.receive()
+
+    message = ws.portal.call(receive)
+    ws._raise_on_close(message)
+    return json.loads(message["text"] if message.get("text") is not None else message["bytes"].decode())
+
+
 def wait_job(client: StudioClient, job_id: str, timeout: float = 60) -> dict:
     return client.wait(job_id, timeout=timeout, poll=0.05)
 

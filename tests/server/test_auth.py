@@ -32,16 +32,6 @@ def api_routes(app):
     return [(sorted(getattr(r, "methods", None) or {"WS"}), r.path) for r in walk(app.routes)]
 
 
-@pytest.fixture
-def accounts_studio(studio_factory, tiny_run):
-    s = studio_factory(workers=1)
-    alice, a = s.add_user("alice", role="admin")
-    bob, b = s.add_user("bob")
-    install_run(s.home, alice.id, tiny_run)
-    install_run(s.home, bob.id, tiny_run)
-    return s, (alice, a), (bob, b)
-
-
 def test_every_route_needs_a_user(accounts_studio):
     s, _, _ = accounts_studio
     routes = api_routes(s.app)
@@ -168,3 +158,33 @@ def test_shared_board_viewer_editor_and_live_events(accounts_studio):
         b.delete_board(board["id"])
     with pytest.raises(StudioError):
         b.update_image(image_id, rating=5)
+
+
+def test_turning_accounts_on_hands_the_local_gallery_to_the_first_admin(studio_factory, tiny_run):
+    """What the implicit local admin made before accounts existed (images, boards, jobs) is the
+    first admin's afterwards, instead of staying with an account nobody can log in to."""
+    s = studio_factory(workers=1)
+    local = s.store.ensure_local_user()
+    install_run(s.home, local.id, tiny_run)
+    c = s.client()  # no accounts yet: every request acts as "local"
+    done = wait_job(c, c.generate(model="tiny", prompt="before accounts", steps=2, seed=1)["id"])
+    image_id = done["result"]["image_ids"][0]
+    board = c.create_board("early work")
+    c.add_to_board(board["id"], image_id)
+    created = c.create_user("alice", "correct horse battery", role="admin")  # turns accounts on
+    with pytest.raises(StudioError) as e:
+        c.images()
+    assert e.value.status == 401
+    alice = s.client()
+    alice.login("alice", "correct horse battery")
+    assert alice.image(image_id)["owner_id"] == created["id"]
+    assert [i["id"] for i in alice.images(owner="alice")["items"]] == [image_id]
+    assert alice.images(owner="local")["items"] == []
+    assert [(b["id"], b["role"]) for b in alice.boards()] == [(board["id"], "owner")]
+    assert [i["id"] for i in alice.images(board=board["id"])["items"]] == [image_id]
+    assert [j["id"] for j in alice.jobs()] == [done["id"]]
+    # the second admin adopts nothing
+    bob = alice.create_user("bob", "correct horse battery", role="admin")
+    b = s.client()
+    b.login("bob", "correct horse battery")
+    assert b.jobs() == [] and b.images(owner="bob")["items"] == [] and bob["id"] != created["id"]

@@ -24,18 +24,8 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def two_users(studio_factory, tiny_run):
-    s = studio_factory(workers=1)
-    alice, a = s.add_user("alice", role="admin")
-    bob, b = s.add_user("bob")
-    install_run(s.home, alice.id, tiny_run)
-    install_run(s.home, bob.id, tiny_run)
-    return s, (alice, a), (bob, b)
-
-
-def test_inpainting_keeps_unmasked_pixels_records_the_input_and_regenerates_bitwise(two_users):
-    s, (alice, a), _ = two_users
+def test_inpainting_keeps_unmasked_pixels_records_the_input_and_regenerates_bitwise(accounts_studio):
+    s, (alice, a), _ = accounts_studio
     rng = np.random.default_rng(0)
     init = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     mask = np.zeros((16, 16), np.uint8)
@@ -62,8 +52,8 @@ def test_inpainting_keeps_unmasked_pixels_records_the_input_and_regenerates_bitw
                           pixels)
 
 
-def test_another_users_upload_is_404_and_a_model_without_the_capability_422(two_users, tiny_run):
-    s, (alice, a), (bob, b) = two_users
+def test_another_users_upload_is_404_and_a_model_without_the_capability_422(accounts_studio, tiny_run):
+    s, (alice, a), (bob, b) = accounts_studio
     mine = b.upload(png_bytes(np.full((16, 16, 3), 200, np.uint8)))["id"]
     with pytest.raises(StudioError) as e:
         a.generate(model="tiny", prompt="x", steps=2, init_image_id=mine)

@@ -4,7 +4,7 @@ SIGKILLed in the middle of a job. Every job ends done exactly once, and every im
 and its row.
 
 PostgreSQL comes from ``LIMNER_TEST_PG_URL`` (``.ci/run`` sets it); the test runs in a schema of
-its own, dropped afterwards. Without the variable it skips, saying so.
+its own, dropped afterwards (the ``pg_url`` fixture). Without the variable it skips, saying so.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,28 +22,8 @@ import pytest
 from limner.client import StudioClient
 from tests.server.conftest import install_run
 
-PG_ENV = "LIMNER_TEST_PG_URL"
 JOBS = 200
 LEASE = 3.0
-
-
-@pytest.fixture
-def pg_url():
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"the scale-out test needs PostgreSQL: set {PG_ENV} "
-                    "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    import sqlalchemy as sa
-
-    schema = f"scale_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
 
 
 def free_port() -> int:
