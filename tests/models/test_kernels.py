@@ -260,13 +260,14 @@ def test_missing_compiler_falls_back_with_a_reason(tmp_path):
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_kernel_builds_once_into_its_cache_dir(tmp_path):
-    env = {**os.environ, "LIMNER_KERNEL_DIR": str(tmp_path)}
+    # one named build (choosing by timing is tests/models/test_kernel_variants.py's subject)
+    env = {**os.environ, "LIMNER_KERNEL_DIR": str(tmp_path), "LIMNER_KERNEL_VARIANT": "vl8-r6"}
     for _ in range(2):
         proc = _run_python(_PROBE, env)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("True | compiled"), proc.stdout
     built = [p.name for p in tmp_path.iterdir()]
-    assert len(built) == 1 and built[0].startswith("limner_kernels-") and built[0].endswith(".so")
+    assert len(built) == 1 and built[0].startswith("limner_kernels-vl8-r6-") and built[0].endswith(".so")
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
@@ -277,6 +278,6 @@ def test_a_killed_build_leaves_nothing_that_lasts(tmp_path):
     stale.write_bytes(b"partial")
     fresh.write_bytes(b"partial")
     os.utime(stale, (0, 0))
-    proc = _run_python(_PROBE, {**os.environ, "LIMNER_KERNEL_DIR": str(tmp_path)})
+    proc = _run_python(_PROBE, {**os.environ, "LIMNER_KERNEL_DIR": str(tmp_path), "LIMNER_KERNEL_VARIANT": "vl8-r6"})
     assert proc.returncode == 0, proc.stderr
     assert not stale.exists() and fresh.exists()

@@ -17,7 +17,7 @@
  *
  * Work is split over (sample, head) pairs with a static schedule; every sum is taken inside one
  * pair in a fixed order, so results do not depend on the thread count. The inner loops run over
- * Tk (after packing K^T and V^T per pair) or over D, in registers of 16 floats; the matrix
+ * Tk (after packing K^T and V^T per pair) or over D, in vectors of VL floats; the matrix
  * products are gemm_rows8 and the exponential exp_poly (kernel_math.h).
  */
 
@@ -59,37 +59,42 @@ static inline void rows_times_rows(const float *p, int64_t Tkp, const float *x, 
     gemm_rows8(p, Tkp, Tk, x, ts, D, out, D);
 }
 
-/* acc [Tk][D] += p^T . g for p [QB][Tkp] and g [QB][D], in tiles of 8 keys x 32. */
+/* Keys per register tile of accumulate_transposed: KT x 2 VL accumulators (16 vectors with
+ * AVX-512's 32 registers, 8 with AVX2's 16). */
+#define KT (GEMM_ROWS >= 8 ? 8 : 4)
+
+/* acc [Tk][D] += p^T . g for p [QB][Tkp] and g [QB][D], in tiles of KT keys x 2 VL (each
+ * element summed over i in order, whatever KT and VL are). */
 static void accumulate_transposed(const float *p, int64_t Tkp, const float *g, int64_t Tk, int64_t D, float *acc) {
-    for (int64_t j0 = 0; j0 < D; j0 += 32) {
-        const int wide = j0 + 32 <= D;
+    for (int64_t j0 = 0; j0 < D; j0 += 2 * VL) {
+        const int wide = j0 + 2 * VL <= D;
         int64_t t0 = 0;
-        for (; t0 + 8 <= Tk; t0 += 8) {
-            v16 c[8][2];
+        for (; t0 + KT <= Tk; t0 += KT) {
+            vfloat c[KT][2];
 #pragma GCC unroll 8
-            for (int u = 0; u < 8; u++) {
+            for (int u = 0; u < KT; u++) {
                 c[u][0] = vload(acc + (t0 + u) * D + j0);
-                c[u][1] = wide ? vload(acc + (t0 + u) * D + j0 + 16) : c[u][0];
+                c[u][1] = wide ? vload(acc + (t0 + u) * D + j0 + VL) : c[u][0];
             }
             for (int i = 0; i < QB; i++) {
-                const v16 g0 = vload(g + i * D + j0), g1 = wide ? vload(g + i * D + j0 + 16) : g0;
+                const vfloat g0 = vload(g + i * D + j0), g1 = wide ? vload(g + i * D + j0 + VL) : g0;
 #pragma GCC unroll 8
-                for (int u = 0; u < 8; u++) {
+                for (int u = 0; u < KT; u++) {
                     const float pu = p[i * Tkp + t0 + u];
                     c[u][0] += pu * g0;
                     c[u][1] += pu * g1;
                 }
             }
 #pragma GCC unroll 8
-            for (int u = 0; u < 8; u++) {
+            for (int u = 0; u < KT; u++) {
                 vstore(acc + (t0 + u) * D + j0, c[u][0]);
-                if (wide) vstore(acc + (t0 + u) * D + j0 + 16, c[u][1]);
+                if (wide) vstore(acc + (t0 + u) * D + j0 + VL, c[u][1]);
             }
         }
         for (; t0 < Tk; t0++)
             for (int i = 0; i < QB; i++) {
                 const float pt = p[i * Tkp + t0];
-                for (int64_t j = j0; j < (wide ? j0 + 32 : j0 + 16); j++) acc[t0 * D + j] += pt * g[i * D + j];
+                for (int64_t j = j0; j < (wide ? j0 + 2 * VL : j0 + VL); j++) acc[t0 * D + j] += pt * g[i * D + j];
             }
     }
 }

@@ -30,30 +30,47 @@ static inline float exp_poly(float x) {
     return p * scale;
 }
 
-/* 16 floats: one AVX-512 register, or two or four narrower ones (GCC vector extension). */
-typedef float v16 __attribute__((vector_size(64)));
+/* The build's vector width and register tile, chosen per CPU by limner/nn/kernels/__init__.py from
+ * timings of every candidate build (-DLIMNER_VL=... -DLIMNER_GEMM_ROWS=...): VL floats per vector
+ * (16: one AVX-512 register; 8: one AVX2 register, where a 16-float vector would be emulated
+ * through memory), GEMM_ROWS rows of the matrix products' register tile (8 rows x 2 vectors of
+ * accumulators fit AVX-512's 32 registers, 6 x 2 AVX2's 16). Every output element is computed by
+ * the same operations in the same order whatever VL and GEMM_ROWS are (sums over k in order,
+ * element-wise transforms), so every build gives the same bits; only the speed differs. */
+#ifndef LIMNER_VL
+#define LIMNER_VL 16
+#endif
+#ifndef LIMNER_GEMM_ROWS
+#define LIMNER_GEMM_ROWS 8
+#endif
+#define VL LIMNER_VL
+#define GEMM_ROWS LIMNER_GEMM_ROWS
+#if VL != 4 && VL != 8 && VL != 16
+#error "LIMNER_VL must be 4, 8 or 16"
+#endif
 
-static inline v16 vload(const float *p) {
-    v16 v;
+/* VL floats (GCC vector extension). Channel counts are multiples of 16, so of VL too. */
+typedef float vfloat __attribute__((vector_size(4 * VL)));
+
+static inline vfloat vload(const float *p) {
+    vfloat v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-static inline void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+static inline void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
 
-#define GEMM_ROWS 8 /* rows of gemm_rows8's register tile */
-
-/* c [8][n] = a [8][K] . b [K][n], n a multiple of 16, with row strides lda, ldb and ldc: register
- * tiles of 8 rows x 32 columns (then 8 x 16 for a last 16 columns), each output summed over k in
- * order, so the result does not depend on how callers split their work. The matrix products of
- * attention.c and winograd.c. */
+/* c [GEMM_ROWS][n] = a [GEMM_ROWS][K] . b [K][n], n a multiple of VL, with row strides lda, ldb
+ * and ldc: register tiles of GEMM_ROWS rows x 2 VL columns (then GEMM_ROWS x VL for a last VL
+ * columns), each output summed over k in order, so the result depends neither on how callers
+ * split their work nor on the tile's size. The matrix products of attention.c and winograd.c. */
 static inline void gemm_rows8(const float *a, int64_t lda, int64_t K, const float *b, int64_t ldb, int64_t n,
                               float *c, int64_t ldc) {
     int64_t j0 = 0;
-    for (; j0 + 32 <= n; j0 += 32) {
-        v16 acc[GEMM_ROWS][2] = {{{0}}};
+    for (; j0 + 2 * VL <= n; j0 += 2 * VL) {
+        vfloat acc[GEMM_ROWS][2] = {{{0}}};
         for (int64_t k = 0; k < K; k++) {
-            const v16 b0 = vload(b + k * ldb + j0), b1 = vload(b + k * ldb + j0 + 16);
+            const vfloat b0 = vload(b + k * ldb + j0), b1 = vload(b + k * ldb + j0 + VL);
 #pragma GCC unroll 8
             for (int i = 0; i < GEMM_ROWS; i++) {
                 const float s = a[i * lda + k];
@@ -64,13 +81,13 @@ static inline void gemm_rows8(const float *a, int64_t lda, int64_t K, const floa
 #pragma GCC unroll 8
         for (int i = 0; i < GEMM_ROWS; i++) {
             vstore(c + i * ldc + j0, acc[i][0]);
-            vstore(c + i * ldc + j0 + 16, acc[i][1]);
+            vstore(c + i * ldc + j0 + VL, acc[i][1]);
         }
     }
-    if (j0 < n) {
-        v16 acc[GEMM_ROWS] = {{0}};
+    for (; j0 < n; j0 += VL) {
+        vfloat acc[GEMM_ROWS] = {{0}};
         for (int64_t k = 0; k < K; k++) {
-            const v16 b0 = vload(b + k * ldb + j0);
+            const vfloat b0 = vload(b + k * ldb + j0);
 #pragma GCC unroll 8
             for (int i = 0; i < GEMM_ROWS; i++) acc[i] += a[i * lda + k] * b0;
         }

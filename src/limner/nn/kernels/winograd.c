@@ -62,8 +62,8 @@ static inline void next_tile(int m, int64_t H, int64_t W, int64_t *n, int64_t *o
 }
 
 /* B^T d B of a 4x4 patch of 16-channel vectors, stored to V + p * plane (p = 4 * row + col). */
-static inline void transform_patch(v16 d[4][4], float *out, int64_t plane) {
-    v16 r[4][4]; /* B^T d */
+static inline void transform_patch(vfloat d[4][4], float *out, int64_t plane) {
+    vfloat r[4][4]; /* B^T d */
     for (int b = 0; b < 4; b++) {
         r[0][b] = d[0][b] - d[2][b];
         r[1][b] = d[1][b] + d[2][b];
@@ -88,21 +88,21 @@ static void input_transform(const float *x, int64_t H, int64_t W, int64_t C, int
         const float *xn = x + n * H * W * C;
         if (oy >= 1 && oy + 2 < H && ox >= 1 && ox + 2 < W) { /* interior: no padding */
             const float *p0 = xn + ((oy - 1) * W + ox - 1) * C;
-            for (int64_t c = 0; c < C; c += 16) {
-                v16 d[4][4];
+            for (int64_t c = 0; c < C; c += VL) {
+                vfloat d[4][4];
                 for (int a = 0; a < 4; a++)
                     for (int b = 0; b < 4; b++) d[a][b] = vload(p0 + (a * W + b) * C + c);
                 transform_patch(d, V + i * C + c, plane);
             }
         } else {
-            for (int64_t c = 0; c < C; c += 16) {
-                v16 d[4][4];
+            for (int64_t c = 0; c < C; c += VL) {
+                vfloat d[4][4];
                 for (int a = 0; a < 4; a++) {
                     const int64_t yy = oy - 1 + a;
                     for (int b = 0; b < 4; b++) {
                         const int64_t xx = ox - 1 + b;
                         d[a][b] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? vload(xn + (yy * W + xx) * C + c)
-                                                                           : (v16){0};
+                                                                           : (vfloat){0};
                     }
                 }
                 transform_patch(d, V + i * C + c, plane);
@@ -124,16 +124,16 @@ static void output_transform(const float *M, int64_t plane, int64_t Cout, const 
     tile_origin(t0, 2, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
         float *yn = y + n * H * W * Cout;
-        for (int64_t c = 0; c < Cout; c += 16) {
-            v16 s[2][4]; /* A^T m */
+        for (int64_t c = 0; c < Cout; c += VL) {
+            vfloat s[2][4]; /* A^T m */
             for (int b = 0; b < 4; b++) {
                 const float *m = M + b * plane + i * Cout + c;
-                const v16 m0 = vload(m), m1 = vload(m + 4 * plane), m2 = vload(m + 8 * plane),
+                const vfloat m0 = vload(m), m1 = vload(m + 4 * plane), m2 = vload(m + 8 * plane),
                           m3 = vload(m + 12 * plane);
                 s[0][b] = m0 + m1 + m2;
                 s[1][b] = m1 - m2 - m3;
             }
-            const v16 bv = bias ? vload(bias + c) : (v16){0};
+            const vfloat bv = bias ? vload(bias + c) : (vfloat){0};
             for (int a = 0; a < 2; a++) { /* (A^T m) A */
                 float *out = yn + ((oy + a) * W + ox) * Cout + c;
                 vstore(out, s[a][0] + s[a][1] + s[a][2] + bv);
@@ -189,7 +189,7 @@ int limner_wino_forward(const float *x, const float *U, const float *bias, float
 }
 
 /* k [3][3] = filter (a, b .. b+15) of wt [A][3][3][B], turned by 180 degrees with rotate. */
-static inline void load_filter(const float *wt, int64_t a, int64_t b, int64_t B, int rotate, v16 k[3][3]) {
+static inline void load_filter(const float *wt, int64_t a, int64_t b, int64_t B, int rotate, vfloat k[3][3]) {
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++) {
             const int ii = rotate ? 2 - i : i, jj = rotate ? 2 - j : j;
@@ -206,8 +206,8 @@ void limner_wino_filter(const float *wt, float *U, int64_t A, int64_t B, int rot
     const int64_t plane = A * B;
 #pragma omp parallel for schedule(static)
     for (int64_t a = 0; a < A; a++)
-        for (int64_t b = 0; b < B; b += 16) {
-            v16 k[3][3], t[4][3];
+        for (int64_t b = 0; b < B; b += VL) {
+            vfloat k[3][3], t[4][3];
             load_filter(wt, a, b, B, rotate, k);
             for (int j = 0; j < 3; j++) { /* G k: rows k0, (k0+k1+k2)/2, (k0-k1+k2)/2, k2 */
                 t[0][j] = k[0][j];
@@ -230,7 +230,7 @@ void limner_wino_filter(const float *wt, float *U, int64_t A, int64_t B, int rot
  * times the rounding error of F(2x2, 3x3) (still ~1e-6 of the output's scale). */
 
 /* out = B^T in for the 6-point transform (points 0, +-1, +-2 and infinity). */
-static inline void bt6(const v16 d[6], v16 r[6]) {
+static inline void bt6(const vfloat d[6], vfloat r[6]) {
     r[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
     r[1] = d[3] + d[4] - 4.0f * (d[1] + d[2]);
     r[2] = d[4] - d[3] + 4.0f * (d[1] - d[2]);
@@ -240,8 +240,8 @@ static inline void bt6(const v16 d[6], v16 r[6]) {
 }
 
 /* out = A^T in: 6 products to 4 outputs. */
-static inline void at6(const v16 m[6], v16 o[4]) {
-    const v16 s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+static inline void at6(const vfloat m[6], vfloat o[4]) {
+    const vfloat s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
     o[0] = m[0] + s12 + s34;
     o[1] = d12 + 2.0f * d34;
     o[2] = s12 + 4.0f * s34;
@@ -256,15 +256,15 @@ static void input_transform4(const float *x, int64_t H, int64_t W, int64_t C, in
     for (int64_t i = 0; i < nt; i++) {
         const float *xn = x + n * H * W * C;
         const int interior = oy >= 1 && oy + 4 < H && ox >= 1 && ox + 4 < W;
-        for (int64_t c = 0; c < C; c += 16) {
-            v16 d[6][6], t[6][6], col[6], out[6];
+        for (int64_t c = 0; c < C; c += VL) {
+            vfloat d[6][6], t[6][6], col[6], out[6];
             for (int a = 0; a < 6; a++) {
                 const int64_t yy = oy - 1 + a;
                 for (int b = 0; b < 6; b++) {
                     const int64_t xx = ox - 1 + b;
                     d[a][b] = (interior || (yy >= 0 && yy < H && xx >= 0 && xx < W))
                                   ? vload(xn + (yy * W + xx) * C + c)
-                                  : (v16){0};
+                                  : (vfloat){0};
                 }
             }
             for (int b = 0; b < 6; b++) { /* B^T d, column by column */
@@ -289,14 +289,14 @@ static void output_transform4(const float *M, int64_t plane, int64_t Cout, const
     tile_origin(t0, 4, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
         float *yn = y + n * H * W * Cout;
-        for (int64_t c = 0; c < Cout; c += 16) {
-            v16 s[4][6], col[6], out[4];
+        for (int64_t c = 0; c < Cout; c += VL) {
+            vfloat s[4][6], col[6], out[4];
             for (int b = 0; b < 6; b++) { /* A^T m, column by column */
                 for (int a = 0; a < 6; a++) col[a] = vload(M + (6 * a + b) * plane + i * Cout + c);
                 at6(col, out);
                 for (int a = 0; a < 4; a++) s[a][b] = out[a];
             }
-            const v16 bv = bias ? vload(bias + c) : (v16){0};
+            const vfloat bv = bias ? vload(bias + c) : (vfloat){0};
             for (int a = 0; a < 4; a++) { /* (A^T m) A, row by row */
                 at6(s[a], out);
                 float *o = yn + ((oy + a) * W + ox) * Cout + c;
@@ -320,8 +320,8 @@ void limner_wino4_filter(const float *wt, float *U, int64_t A, int64_t B, int ro
     const int64_t plane = A * B;
 #pragma omp parallel for schedule(static)
     for (int64_t a = 0; a < A; a++)
-        for (int64_t b = 0; b < B; b += 16) {
-            v16 k[3][3], t[6][3];
+        for (int64_t b = 0; b < B; b += VL) {
+            vfloat k[3][3], t[6][3];
             load_filter(wt, a, b, B, rotate, k);
             for (int j = 0; j < 3; j++) { /* G k */
                 t[0][j] = k[0][j] / 4.0f;
@@ -333,7 +333,7 @@ void limner_wino4_filter(const float *wt, float *U, int64_t A, int64_t B, int ro
             }
             for (int r = 0; r < 6; r++) { /* (G k) G^T */
                 float *out = U + (6 * r) * plane + a * B + b;
-                const v16 k0 = t[r][0], k1 = t[r][1], k2 = t[r][2];
+                const vfloat k0 = t[r][0], k1 = t[r][1], k2 = t[r][2];
                 vstore(out, k0 / 4.0f);
                 vstore(out + plane, -(k0 + k1 + k2) / 6.0f);
                 vstore(out + 2 * plane, -(k0 - k1 + k2) / 6.0f);
