@@ -13,7 +13,9 @@ Entry points (the CLI ``limner explain RUN VIEW``, the studio's
 
 Views: ``timeline``, ``step``, ``features``, ``filmstrip``, ``dynamics``, ``attention``; every
 view also takes ``device``, ``data`` (the training data folder if it moved) and ``cache_dir``.
-Per-family behaviour goes through :class:`limner.explain.hooks.FamilyHooks`.
+Per-family behaviour goes through :class:`limner.explain.hooks.FamilyHooks` (the token
+transformers' readouts, hidden states on the token grid and their self-attention, are in
+``limner.explain.tokens`` and ``limner.explain.token_dynamics``).
 """
 
 from limner.explain.base import VIEWS, ExplainResult, ExplainRun, View, compute_view, register_view

@@ -20,6 +20,10 @@ per-step callback, ``modules()``, and the calls its ``train_step`` makes through
 Token models (MaskGIT / autoregressive) plug in the same way: ``step_panels`` returns a "mask"
 panel ([B, 1, H, W], 1 = masked) and their sampler callback passes ``info["mask"]`` ([B, h, w]
 bool, True = still masked), from which the filmstrip draws the order tokens were unmasked in.
+Their ``feature_probe`` (``tokens.py``) names the transformer's blocks as levels, with
+``to_maps`` laying each block's hidden states [B, L, D] out on the token grid and
+``attention_blocks`` for the per-token self-attention; their ``dynamics`` is in
+``token_dynamics.py``.
 """
 
 from __future__ import annotations

@@ -354,7 +354,7 @@ def prefix_attention(run: ExplainRun, family: Any, prompt: str | None = None, se
         family.model.eval()
         with capture_self_attention(blocks) as capture:
             family.model(model_inputs(family, tokens), cond)
-        how = "one teacher-forced pass over the generated codes (what the cached sampler computed)"
+        how = "one teacher-forced pass over the generated codes, the attention the cached sampler computed"
     labels = _prefix_labels(family, run, request, cond)
     real = [True] + (cond.mask[0].tolist() if cond.tokens is not None and cond.mask is not None
                      else [True] * (len(labels) - 1))
@@ -388,8 +388,8 @@ def prefix_attention_image(att: dict[str, Any], cell: int = 80) -> Image.Image:
     what = f'"{att["prompt"]}"' if att["prompt"] is not None else "the condition"
     return render.grid(rows, row_labels=[name for name, _ in rows_maps],
                        col_labels=["image"] + [render.shorten(s, render.font(12), cell) for s in att["labels"]],
-                       title=f"where the image tokens read {what}: the share of their joint self-attention "
-                             f"that goes to each prefix token ({att['how']})")
+                       title=f"where the image tokens read {what}: their joint self-attention to each "
+                             f"prefix token; {att['how']}")
 
 
 def _add_prefix_attention(run: ExplainRun, family: Any, result: ExplainResult, prompt: str | None,
