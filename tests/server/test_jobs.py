@@ -160,3 +160,117 @@ def test_events_of_a_worker_in_another_process_reach_the_socket(studio_factory, 
                 break
     assert "image" in kinds and kinds.index("image") < len(kinds) - 1
     assert c.job(job["id"])["state"] == "done"
+
+
+@pytest.fixture
+def eval_cache(tiny_run, tiny_data, tmp_path, monkeypatch):
+    """A cache folder holding the tiny data's default (CLIP-style) extractor, trained briefly,
+    as an earlier ``limner eval`` of this data would have left it; LIMNER_CACHE_DIR points at it."""
+    import json
+
+    from limner.data.dataset import load_dataset
+    from limner.evaluation.evaluate import default_extractor_dir
+    from limner.evaluation.trained import default_kind, train_extractor
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LIMNER_CACHE_DIR", str(cache))
+    data_cfg = json.loads((tiny_run / "config.json").read_text())["data"]
+    dataset = load_dataset(tiny_data, data_cfg["resolution"], channels=data_cfg["channels"], cache_dir=cache,
+                           progress=False)
+    kind = default_kind(dataset)
+    train_extractor(dataset, default_extractor_dir(dataset, kind, cache), kind=kind, steps=10, batch_size=8,
+                    progress=False)
+    return cache
+
+
+def test_eval_job_scores_a_run_like_limner_eval(studio_factory, tiny_run, tiny_data, eval_cache, tmp_path):
+    """An eval job submitted through limner.client runs on the worker, stores its result (the
+    metrics in the job, result.json and report.png in the user's evals folder) and matches what
+    the library call behind ``limner eval`` gives for the same options."""
+    import json
+    import math
+
+    from limner.evaluation.evaluate import EvalOptions, EvalTarget, evaluate_run
+
+    s = studio_factory(workers=1)
+    uid = local_id(s)
+    install_run(s.home, uid, tiny_run)
+    c = s.client()
+    job = c.evaluate("tiny", num=10)
+    assert job["kind"] == "eval" and job["run"] == "tiny"
+    done = wait_job(c, job["id"], timeout=300)
+    assert done["state"] == "done", done["error"]
+    result = done["result"]
+    out = s.home / "evals" / f"u{uid}" / "tiny"
+    assert result["run"] == "tiny" and result["result"] == str(out / "result.json")
+    assert (out / "report.png").is_file()
+    stored = json.loads((out / "result.json").read_text())
+    metrics = result["metrics"]
+    assert set(metrics) == set(stored["metrics"]) and {"fid", "kid"} <= set(metrics)
+    assert isinstance(metrics["fid"], float) and len(_numbers(metrics)) >= 4
+    assert all(math.isfinite(v) for v in _numbers(metrics))
+    assert stored["source"]["sampling"]["num"] == 10
+    assert c.job(job["id"])["result"] == result  # kept in the store, returned by GET too
+    # the same library call as `limner eval` (same options) gives the same numbers
+    direct = evaluate_run(tiny_run, EvalTarget(data=tiny_data, out=tmp_path / "direct", progress=False),
+                          EvalOptions(num=10, batch_size=10, kid_subset_size=10))
+    assert _numbers(direct.result["metrics"]) == pytest.approx(_numbers(metrics), rel=1e-5, abs=1e-6)
+
+
+def _numbers(tree) -> list[float]:
+    if isinstance(tree, dict):
+        return [x for k in sorted(tree) for x in _numbers(tree[k])]
+    if isinstance(tree, (list, tuple)):
+        return [x for v in tree for x in _numbers(v)]
+    return [float(tree)] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_eval_options_are_checked_before_a_job_is_queued(idle):
+    c = idle.client()
+    for body, field in (({"run": "tiny", "num": 5}, "num"), ({"run": "tiny", "num": 10**6}, "num"),
+                        ({"run": "../tiny", "num": 10}, "run"), ({"run": "tiny", "steps": 4}, "steps"),
+                        ({"num": 10}, "run")):
+        with pytest.raises(StudioError) as e:
+            c.request("POST", "/api/eval", json_body=body)
+        assert (e.value.status, e.value.field) == (422, field), body
+    with pytest.raises(StudioError) as e:
+        c.evaluate("no-such-run", num=10)
+    assert e.value.status == 404 and "no-such-run" in e.value.detail
+    assert c.jobs() == []  # nothing was queued
+
+
+def test_training_callback_tells_a_lost_lease_from_a_cancel():
+    """Cancel: ask the trainer to stop (it saves a checkpoint first). Lost lease: stop at once,
+    saving nothing (another worker may be writing the run now)."""
+    from types import SimpleNamespace
+
+    from limner.jobs.executors import LeaseLost, _train_callback
+
+    class Ctx:
+        job_id, owner_id, device = "j", 1, "cpu"
+
+        def __init__(self, cancel: bool, lost: bool) -> None:
+            self.cancel, self.lost, self.reports = cancel, lost, []
+
+        def progress(self, step, total, loss=None):
+            self.reports.append((step, total, loss))
+
+        def emit(self, event):
+            pass
+
+        def cancel_requested(self):
+            return self.cancel or self.lost
+
+        def lease_lost(self):
+            return self.lost
+
+    stops = []
+    trainer = SimpleNamespace(request_stop=lambda: stops.append(True))
+    _train_callback(Ctx(cancel=False, lost=False), "run", 10).on_step_end(trainer, 1, {"loss": 0.5})
+    assert stops == []
+    cancelled = Ctx(cancel=True, lost=False)
+    _train_callback(cancelled, "run", 10).on_step_end(trainer, 2, {"loss": 0.4})
+    assert stops == [True] and cancelled.reports == [(2, 10, 0.4)]
+    with pytest.raises(LeaseLost):
+        _train_callback(Ctx(cancel=False, lost=True), "run", 10).on_step_end(trainer, 3, {"loss": 0.3})
+    assert stops == [True]  # no stop request, so no checkpoint
