@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import platform
 
 
 def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
+    """The CPU model, its x86 family/model numbers and vector instructions (AVX2 or AVX512), as
+    ``limner env`` prints them: "AMD EPYC" alone covers CPUs with and without AVX-512."""
+    from limner.environment import cpu_description
+
+    return cpu_description()
 
 
 def machine_description(threads: int, *extras: str) -> str:

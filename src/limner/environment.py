@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["cpu_model", "describe"]
+__all__ = ["cpu_description", "cpu_model", "cpu_signature", "describe"]
 
 # Optional extras and what they enable (pyproject's [project.optional-dependencies]).
 EXTRAS = {
@@ -68,6 +68,34 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     return model or _model_from_lscpu() or platform.processor() or "unknown"
 
 
+def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """x86 "family F model M" from /proc/cpuinfo, or None. Cloud machines often name only the
+    vendor's line ("AMD EPYC"), which covers CPUs with and without AVX-512; these numbers tell
+    them apart (family 25 model 1 is Zen 3, family 25 model 17 Zen 4)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    if "cpu family" in fields and "model" in fields:
+        return f"family {fields['cpu family']} model {fields['model']}"
+    return None
+
+
+def cpu_description() -> str:
+    """What a speed figure names: the model, the x86 family/model numbers where known, and the
+    widest vector instructions PyTorch uses here, e.g. "AMD EPYC (family 25 model 1, AVX2)"."""
+    import torch
+
+    details = [d for d in (cpu_signature(), torch.backends.cpu.get_cpu_capability()) if d]
+    return f"{cpu_model()} ({', '.join(details)})" if details else cpu_model()
+
+
 def describe() -> dict[str, Any]:
     """A JSON-ready description of this installation and machine."""
     import torch
@@ -86,6 +114,7 @@ def describe() -> dict[str, Any]:
         "torch": torch.__version__,
         "cpu": {
             "model": cpu_model(),
+            "signature": cpu_signature(),
             "logical_cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "capability": torch.backends.cpu.get_cpu_capability(),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from limner import environment
 
@@ -43,3 +44,18 @@ def test_env_prints_this_machines_cpu_model(cli, tmp_path):
     want = " ".join(names[0].split())
     assert json.loads(cli("env", "--json", cache=tmp_path).stdout)["cpu"]["model"] == want
     assert f"  model{' ' * 18}{want}" in cli("env", cache=tmp_path).stdout.splitlines()
+
+
+def test_cpu_signature_tells_cpus_of_one_name_apart(tmp_path):
+    """"AMD EPYC" alone covers Zen 3 (AVX2) and Zen 4 (AVX-512): the family/model numbers differ."""
+    (tmp_path / "zen3").write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+                                   "model\t\t: 1\nmodel name\t: AMD EPYC\n")
+    (tmp_path / "zen4").write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n")
+    (tmp_path / "arm").write_text("processor\t: 0\nCPU implementer\t: 0x41\nModel\t\t: Neoverse-N1\n")
+    assert environment.cpu_signature(str(tmp_path / "zen3")) == "family 25 model 1"
+    assert environment.cpu_signature(str(tmp_path / "zen4")) == "family 25 model 17"
+    assert environment.cpu_signature(str(tmp_path / "arm")) is None
+    assert environment.cpu_signature(str(tmp_path / "absent")) is None
+    described = environment.cpu_description()
+    assert described.startswith(environment.cpu_model())
+    assert torch.backends.cpu.get_cpu_capability() in described

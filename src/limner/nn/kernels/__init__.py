@@ -31,7 +31,7 @@ processes read the record (a file lock keeps concurrent first users from timing 
 ``LIMNER_KERNEL_VARIANT=NAME`` picks a build by hand. Every build computes the same bits (each
 output element by the same operations in the same order), so the choice never changes a result, and
 exact resume and bitwise replay hold whichever build a machine timed fastest (a test compares them
-all). It is loaded with ctypes and linked
+all). The chosen build is loaded with ctypes and linked
 against the OpenMP runtime PyTorch already loaded, so it follows ``torch.set_num_threads``.
 Without a compiler, or with ``LIMNER_KERNELS=0``, nothing is compiled and every caller uses the
 PyTorch path, which computes the same function (the tests compare the two).
