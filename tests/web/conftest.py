@@ -68,6 +68,7 @@ class Studio:
     proc: subprocess.Popen
     users: dict[str, str] = field(default_factory=dict)
     _openers: dict = field(default_factory=dict)
+    data_root: Path | None = None  # the studio's --data-root (folders an admin may train from)
 
     def api(self, method: str, path: str, body=None, user: str | None = None):
         """A plain HTTP call, as ``user`` when given (the tests' own set-up and checks; the page is
@@ -97,11 +98,12 @@ def _env(cache: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def studio(tiny_data, tmp_path_factory):
-    """``limner studio`` with two accounts (alice: admin, bob: user) and a tiny text run ``tiny`` of
-    alice's. The run trains (``limner train``) while the studio starts."""
+    """``limner studio`` with two accounts (alice: admin, bob: user), a tiny text run ``tiny`` of
+    alice's and a ``--data-root`` folder. The run trains (``limner train``) while the studio starts."""
     root = tmp_path_factory.mktemp("studio")
-    home, cache = root / "home", root / "cache"
+    home, cache, data_root = root / "home", root / "cache", root / "data-root"
     home.mkdir()
+    data_root.mkdir()
     trained = root / "trained" / RUN
     trainer = subprocess.Popen(
         [sys.executable, "-m", "limner", "train", str(tiny_data), "--out", str(trained), "--preset", "tiny",
@@ -110,10 +112,10 @@ def studio(tiny_data, tmp_path_factory):
     port = free_port()
     log = root / "studio.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "limner", "studio", "--home", str(home), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=_env(cache))
+        proc = subprocess.Popen([sys.executable, "-m", "limner", "studio", "--home", str(home), "--port", str(port),
+                                 "--data-root", str(data_root)], stdout=out, stderr=subprocess.STDOUT, env=_env(cache))
     s = Studio(url=f"http://127.0.0.1:{port}", home=home, data=tiny_data, log=log, proc=proc,
-               users={"alice": PASSWORD, "bob": PASSWORD})
+               users={"alice": PASSWORD, "bob": PASSWORD}, data_root=data_root)
     deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:

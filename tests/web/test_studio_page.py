@@ -27,7 +27,7 @@ def wait_job(studio, job_id: int, user: str = "alice") -> dict:
     while time.monotonic() < deadline:
         job = studio.api("GET", f"/api/jobs/{job_id}", user=user)
         if job["state"] in ("done", "failed", "cancelled"):
-            assert job["state"] == "done", job
+            assert job["state"] == "done", f"job {job_id} {job['state']}: {job.get('error')}"
             return job
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} did not finish in {JOB_TIMEOUT} s")
@@ -268,7 +268,7 @@ def test_train_a_tiny_run_with_a_live_loss_curve_and_timeline(open_page, studio,
     assert "images/broken.png" in skipped and "notes.docx" in skipped
     assert train.get_by_label("Dataset", exact=True).input_value() == "emoji-12"
     train.get_by_label("Family").select_option("diffusion")
-    train.get_by_label("Preset").fill("tiny")
+    train.get_by_label("Preset").select_option("tiny")
     train.get_by_label("Steps", exact=True).fill("16")
     train.get_by_label("Run name").fill("web-run")
     train.get_by_text("Advanced").click()

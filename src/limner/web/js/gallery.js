@@ -16,6 +16,7 @@ export function mount(section, ctx) {
   S.mode = field("Search mode", "select", { name: "mode" });
   // "" lets the server choose: words + meaning, or words alone where it has no embedder.
   setOptions(S.mode.input, [{ value: "", label: "words + meaning" }, { value: "text", label: "words only" }, { value: "semantic", label: "meaning only" }]);
+  S.model = field("Model", "select", { name: "model" });
   S.family = field("Family", "select", { name: "family" });
   S.seed = field("Seed", "number", { name: "seed", min: 0, inputmode: "numeric" });
   S.sampler = field("Sampler", "text", { name: "sampler", autocomplete: "off" });
@@ -26,7 +27,7 @@ export function mount(section, ctx) {
   S.until = field("To", "date", { name: "until" });
   S.trash = field("Show deleted images (trash)", "checkbox", { name: "deleted" });
   const filters = h("details", { class: "filters" }, h("summary", { text: "Filters" }),
-    h("div", { class: "grid2" }, S.mode.wrap, S.family.wrap, S.seed.wrap, S.sampler.wrap, S.rating.wrap, S.board.wrap, S.since.wrap, S.until.wrap),
+    h("div", { class: "grid2" }, S.mode.wrap, S.model.wrap, S.family.wrap, S.seed.wrap, S.sampler.wrap, S.rating.wrap, S.board.wrap, S.since.wrap, S.until.wrap),
     S.trash.wrap,
     h("button", { type: "button", class: "secondary", text: "Clear filters", onclick: clearFilters }));
   S.form = h("form", { class: "card search", role: "search", onsubmit: (e) => { e.preventDefault(); reload(); } },
@@ -66,6 +67,11 @@ async function loadChoices() {
     const [models, boards] = await Promise.all([S.ctx.models(), S.ctx.boards(true)]);
     const families = [...new Set(models.map((m) => m.family).filter(Boolean))];
     setOptions(S.family.input, [{ value: "", label: "any" }, ...families]);
+    // Images carry their model's run id; two folders holding one run (a copy) share it.
+    const byId = new Map();
+    for (const m of models) if (m.run_id) byId.set(m.run_id, [...(byId.get(m.run_id) || []), m.name]);
+    setOptions(S.model.input, [{ value: "", label: "any" },
+      ...[...byId].map(([id, names]) => ({ value: id, label: `${names.join(", ")} (${id})` }))]);
     renderBoards(boards);
   } catch (err) { S.status.error(err); }
 }
@@ -80,7 +86,7 @@ function epoch(input, end = false) {
 function filters() {
   return {
     q: S.q.input.value.trim(), mode: S.q.input.value.trim() ? S.mode.input.value : "",
-    family: S.family.input.value, seed: S.seed.input.value, sampler: S.sampler.input.value.trim(),
+    model: S.model.input.value, family: S.family.input.value, seed: S.seed.input.value, sampler: S.sampler.input.value.trim(),
     rating_min: S.rating.input.value, board: S.board.input.value,
     since: epoch(S.since.input), until: epoch(S.until.input, true), deleted: S.trash.input.checked ? "true" : "",
   };
@@ -92,7 +98,7 @@ function filtered() {
 }
 
 function clearFilters() {
-  for (const f of [S.family, S.seed, S.sampler, S.rating, S.board, S.since, S.until]) f.input.value = "";
+  for (const f of [S.model, S.family, S.seed, S.sampler, S.rating, S.board, S.since, S.until]) f.input.value = "";
   S.trash.input.checked = false;
   reload();
 }
@@ -246,17 +252,24 @@ async function openDetail(id) {
   document.body.append(dlg);
   dlg.showModal();
   let image;
+  let models = [];
   try {
     status.loading("Loading the record…");
-    image = await get(`/api/images/${id}`);
+    [image, models] = await Promise.all([get(`/api/images/${id}`), S.ctx.models().catch(() => [])]);
     status.clear();
   } catch (err) { status.error(err); return; }
-  replace(body, detailView(image, dlg), status.el);
+  replace(body, detailView(image, dlg, modelOf(image, models)), status.el);
 }
 
-function recordList(image) {
+/** The listed model (run or bundled) that made an image, by the run id its row carries. */
+function modelOf(image, models) {
+  return (models || []).find((m) => m.run_id && m.run_id === image.model) || null;
+}
+
+function recordList(image, model) {
   const record = image.record || {};
-  const rows = [["prompt", image.prompt], ["negative", image.negative], ["model", image.model], ["seed", image.seed],
+  const modelText = model ? `${model.name} (id ${image.model})` : image.model;
+  const rows = [["prompt", image.prompt], ["negative", image.negative], ["model", modelText], ["seed", image.seed],
     ["sampler", image.sampler], ["steps", image.steps], ["guidance", image.cfg], ["size", image.width && `${image.width}×${image.height}`],
     ["created", when(image.created)], ["tags", (image.tags || []).join(", ")]];
   return h("dl", { class: "record" }, rows.filter(([, v]) => v !== undefined && v !== null && v !== "")
@@ -265,7 +278,20 @@ function recordList(image) {
   h("dd", {}, h("details", {}, h("summary", { text: "JSON" }), h("pre", { class: "json", text: JSON.stringify(record, null, 2) }))));
 }
 
-function detailView(image, dlg) {
+/** "How was this made": the Learn page's filmstrip of this image (its record replayed step by
+ * step by the model that made it); only possible with one of your models or a bundled one. */
+function howMade(image, model, dlg, status) {
+  return h("button", { type: "button", class: "secondary", text: "How was this made", onclick: () => {
+    if (!model) {
+      status.error(`The model that made image ${image.id} (id ${image.model || "unknown"}) is not one of yours, so it cannot be replayed here.`);
+      return;
+    }
+    dlg.close();
+    S.ctx.go("learn", { run: model.name, view: "filmstrip", image: image.id });
+  } });
+}
+
+function detailView(image, dlg, model) {
   const status = new Status();
   const versions = image.parent_id ? h("p", {}, "Made from ", h("button", { type: "button", class: "link",
     text: `image ${image.parent_id}`, onclick: () => { dlg.close(); openDetail(image.parent_id); } })) : null;
@@ -280,12 +306,13 @@ function detailView(image, dlg) {
     h("img", { class: "full", src: safeSrc(image.file_url), alt: image.prompt || `Image ${image.id}`, width: image.width || 256, height: image.height || 256 }),
     h("div", {},
       stars(image, () => updateCard(image)),
-      recordList(image), versions, tagForm,
+      recordList(image, model), versions, tagForm,
       h("div", { class: "row wrap" },
         h("button", { type: "button", text: "Recall into Generate", onclick: async () => {
           if (await S.ctx.recall(image)) dlg.close();
         } }),
         h("button", { type: "button", class: "secondary", text: "Regenerate identical", onclick: () => regenerate(image, status) }),
+        howMade(image, model, dlg, status),
         h("a", { class: "button secondary", href: safeSrc(`/api/images/${image.id}/file?download=1`), download: `limner-${image.id}.png`, text: "Download PNG" }),
         h("button", { type: "button", class: "danger", text: "Delete", onclick: () => { dlg.close(); remove(image); } })),
       status.el));

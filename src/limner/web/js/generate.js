@@ -95,7 +95,8 @@ function selectModel(name) {
   if (!model) return;
   S.model = model;
   S.modelSelect.input.value = name;
-  S.modelSelect.wrap.querySelector(".help").textContent = model.description || model.summary || "";
+  S.modelSelect.wrap.querySelector(".help").textContent = [model.description || model.summary || "",
+    model.run_id ? `Model id ${model.run_id} (the gallery's Model filter).` : ""].filter(Boolean).join(" ");
   S.prompt.wrap.hidden = model.cond === "none";
   S.negative.wrap.hidden = !declares(model, "negative", "negative_prompt");
   S.optionInputs.clear();
@@ -157,6 +158,8 @@ async function buildImageInput(model) {
   S.sketch = null;
   S.initFile = null;
   S.strength = null;
+  S.strengthTouched = false;
+  S.resample = null;
   S.imageInput.hidden = true;
   const takes = await acceptsImages();
   if (S.model !== model) return;
@@ -173,10 +176,15 @@ async function buildImageInput(model) {
     if (S.initFile) S.sketch.loadImage(S.initFile).catch((err) => S.status.error(err));
   });
   const strength = field("Strength", "range", { min: 0, max: 1, step: 0.05, value: 0.6, name: "strength" },
-    "How far from the start image to go (1 = ignore it).");
+    "How far from the start image to go (1 = ignore it). With a mask, left alone: 1.");
   S.strength = strength.input;
+  S.strength.addEventListener("input", () => { S.strengthTouched = true; });
+  // RePaint resampling (limner sample --resample): only with a mask, where the family inpaints.
+  const resample = inpaint ? field("Repaint passes", "number", { min: 1, max: 20, step: 1, value: 3, name: "resample", inputmode: "numeric" },
+    "Inpainting: passes per step for smoother borders (more = slower).") : null;
+  S.resample = resample && resample.input;
   replace(S.imageInput, h("legend", { text: inpaint ? "Image to image and inpainting" : "Image to image" }),
-    img2img ? file.wrap : null, S.sketch.el, img2img ? strength.wrap : null);
+    img2img ? file.wrap : null, S.sketch.el, h("div", { class: "grid2" }, img2img ? strength.wrap : null, resample && resample.wrap));
 }
 
 /** The generation request the form describes (docs/studio-api.md, POST /api/generate). */
@@ -200,16 +208,21 @@ async function uploadBlob(blob, name) {
   return post("/api/uploads", form);
 }
 
+/** Uploads the canvas (the start image) and the mask, if any, into the request. A mask always
+ * goes with the picture under it (a blank canvas is white); strength is sent only when set, or
+ * without a mask, so inpainting keeps the library's default (the whole schedule). */
 async function attachImages(req) {
   if (!S.sketch) return;
-  if (S.sketch.hasImage()) {
+  const masked = S.sketch.hasMask();
+  if (S.sketch.hasImage() || masked) {
     const up = await uploadBlob(await S.sketch.imageBlob(), "init.png");
     req.init_image_id = up.id;
-    if (S.strength) req.strength = parseFloat(S.strength.value);
+    if (S.strength && (!masked || S.strengthTouched)) req.strength = parseFloat(S.strength.value);
   }
-  if (S.sketch.hasMask()) {
+  if (masked) {
     const up = await uploadBlob(await S.sketch.maskBlob(), "mask.png");
     req.mask_image_id = up.id;
+    if (S.resample && S.resample.value !== "") req.resample = parseInt(S.resample.value, 10);
   }
 }
 
@@ -352,11 +365,13 @@ async function sendToBoard(imageId, boardId, status) {
   } catch (err) { status.error(err); }
 }
 
-/** The listed model that made an image: by name, else by its run folder's name (the record's run_path). */
+/** The listed model that made an image: by name, else by its run folder's name (the record's
+ * run_path), else by the run id its row carries (a bundled model, a moved run). */
 function modelOf(image) {
   const record = image.record || {};
   const folder = (record.run_path || "").split(/[\\/]/).filter(Boolean).pop();
-  return S.models.find((m) => m.name === image.model) || S.models.find((m) => m.name === folder) || null;
+  return S.models.find((m) => m.name === image.model) || S.models.find((m) => m.name === folder)
+    || S.models.find((m) => m.run_id && m.run_id === image.model) || null;
 }
 
 /** Fill the form from an image (its summary and record); asks before replacing unsaved input. */

@@ -1,7 +1,10 @@
 // A small drawing canvas for image-to-image (sketch or a loaded picture) with an optional mask
 // brush for inpainting: the image layer and the mask layer are separate canvases, exported as
-// PNG blobs (the mask white where the model should repaint, black elsewhere).
+// PNG blobs (the mask white where the model should repaint, black elsewhere). On screen the mask
+// is a translucent tint over the picture, so it shows on a white or a busy start image alike.
 import { h, field } from "./dom.js";
+
+const MASK_TINT = "#e0187a"; // the mask brush on screen (the layer is shown at half opacity)
 
 export class Sketch {
   constructor(size, { mask = false, onchange = () => {} } = {}) {
@@ -23,7 +26,8 @@ export class Sketch {
       this.modeButton("draw", "Draw"), this.modeButton("mask", "Paint mask")) : null;
     this.stack = h("div", { class: "canvas-stack", role: "img",
       "aria-label": mask ? "Drawing canvas with an inpainting mask layer" : "Drawing canvas" }, this.image, mask ? this.mask : null);
-    this.el = h("div", { class: "sketch" }, modes, this.stack,
+    const hint = mask ? h("small", { class: "help", text: "Paint mask: the tinted part is regenerated, the rest is kept exactly." }) : null;
+    this.el = h("div", { class: "sketch" }, modes, hint, this.stack,
       h("div", { class: "grid2" }, color.wrap, width.wrap),
       h("div", { class: "row" },
         h("button", { type: "button", class: "secondary", text: "Clear drawing", onclick: () => this.clear() }),
@@ -56,8 +60,11 @@ export class Sketch {
   stroke(a, b) {
     const onMask = this.mode === "mask";
     const ctx = (onMask ? this.mask : this.image).getContext("2d");
-    ctx.strokeStyle = onMask ? "rgba(255,255,255,1)" : this.color.value;
-    ctx.lineWidth = Number(this.width.value) * (this.size / 256);
+    ctx.strokeStyle = onMask ? MASK_TINT : this.color.value;
+    // The canvas is 4x the model's resolution: a mask stroke under ~2 model pixels would vanish
+    // when the server fits the mask to the model (it keeps pixels at least half white).
+    const width = Number(this.width.value) * (this.size / 256);
+    ctx.lineWidth = onMask ? Math.max(width * 2, this.size / 8) : width;
     ctx.lineCap = "round";
     ctx.beginPath();
     ctx.moveTo(a[0], a[1]);
@@ -91,12 +98,19 @@ export class Sketch {
 
   imageBlob() { return new Promise((resolve) => this.image.toBlob(resolve, "image/png")); }
 
+  /** The mask as the API takes it: white where painted (whatever the tint), black elsewhere. */
   maskBlob() {
+    const white = h("canvas", { width: this.size, height: this.size });
+    const w = white.getContext("2d");
+    w.drawImage(this.mask, 0, 0);
+    w.globalCompositeOperation = "source-in"; // keep the painted shape, in white
+    w.fillStyle = "#ffffff";
+    w.fillRect(0, 0, this.size, this.size);
     const out = h("canvas", { width: this.size, height: this.size });
     const ctx = out.getContext("2d");
     ctx.fillStyle = "#000000";
     ctx.fillRect(0, 0, this.size, this.size);
-    ctx.drawImage(this.mask, 0, 0);
+    ctx.drawImage(white, 0, 0);
     return new Promise((resolve) => out.toBlob(resolve, "image/png"));
   }
 }

@@ -1,6 +1,8 @@
-// Train: a dataset (folder path or zip upload, with the server's report of skipped files), a
-// family and a preset; start, stop and resume; the live loss curve; the fixed-seed sample
-// timeline with a scrubber; two checkpoints side by side; evaluation metrics.
+// Train: a dataset (an uploaded zip, or for admins a folder on the studio's machine, each with the
+// server's report of skipped files before training starts), a family, a preset and the condition
+// from GET /api/families, and the runs the family is built on (a picker of your runs of the
+// declared family and condition); start, stop and resume; the live loss curve; the fixed-seed
+// sample timeline with a scrubber; two checkpoints side by side; evaluation metrics.
 import { get, post, query, events, idempotencyKey } from "./api.js";
 import { h, replace, field, setOptions, Status, safeSrc, when } from "./dom.js";
 import { lineChart } from "./chart.js";
@@ -11,7 +13,16 @@ let subscribed = false;
 export function mount(section, ctx) {
   S = { ctx, run: null, jobs: new Map(), loss: [], frames: [] };
   S.status = new Status();
+  S.source = field("Data from", "select", { name: "source" });
+  setOptions(S.source.input, [{ value: "upload", label: "an uploaded dataset" }, { value: "folder", label: "a folder on the studio's machine" }]);
+  S.source.wrap.hidden = true; // shown when the server lets this user name a folder (GET /api/datasets/roots)
+  S.source.input.addEventListener("change", showSource);
   S.data = field("Dataset", "select", { name: "data", required: true }, "Your uploaded datasets (a zip of images becomes one).");
+  S.folder = field("Dataset folder", "text", { name: "data_path", autocomplete: "off", spellcheck: "false", class: "mono" }, " ");
+  S.folderReport = h("div", { class: "folder-report", "aria-live": "polite" });
+  S.folderBox = h("div", { class: "folder-box", hidden: true }, S.folder.wrap,
+    h("button", { type: "button", class: "secondary", text: "Check folder", onclick: () => checkFolder() }), S.folderReport);
+  S.folder.input.addEventListener("input", () => { S.checked = null; S.folder.input.removeAttribute("aria-invalid"); });
   S.zipName = field("New dataset name", "text", { name: "dataset_name", autocomplete: "off", pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*",
     placeholder: "my-photos" });
   S.zip = field("Zip of images (captions as metadata.jsonl or .txt files, or class folders)", "file",
@@ -19,10 +30,12 @@ export function mount(section, ctx) {
   S.zipReport = h("div", { class: "zip-report", "aria-live": "polite" });
   const upload = h("details", { class: "upload" }, h("summary", { text: "Upload a dataset" }), S.zipName.wrap, S.zip.wrap,
     h("button", { type: "button", class: "secondary", text: "Upload and check", onclick: uploadZip }), S.zipReport);
-  S.family = field("Family", "select", { name: "family" });
-  S.preset = field("Preset", "text", { name: "preset", list: "preset-list", autocomplete: "off", placeholder: "small" });
-  S.presetList = h("datalist", { id: "preset-list" });
-  S.family.input.addEventListener("change", () => fillPresets());
+  S.family = field("Family", "select", { name: "family" }, " ");
+  S.preset = field("Preset", "select", { name: "preset" }, " ");
+  S.cond = field("Condition", "select", { name: "cond" }, "What the model is conditioned on; by default it follows the data (captions: text, class folders: class).");
+  S.needs = h("div", { class: "needs" });
+  S.family.input.addEventListener("change", () => fillFamily());
+  S.preset.input.addEventListener("change", () => describePreset());
   S.steps = field("Steps", "number", { name: "steps", min: 1, step: 1, value: 2000, inputmode: "numeric" });
   S.name = field("Run name", "text", { name: "name", autocomplete: "off", pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", required: true,
     placeholder: "my-run" }, "Letters, digits, dot, dash and underscore.");
@@ -31,9 +44,11 @@ export function mount(section, ctx) {
     placeholder: "train.batch_size=16\ntrain.sample_every=250" }, "As `limner train --set`: train.* and family.* config fields, values in JSON.");
   S.start = h("button", { type: "submit", text: "Start training" });
   const form = h("form", { class: "card", onsubmit: startTraining },
-    h("h2", { id: "train-title", text: "Train" }), S.data.wrap, upload, S.presetList,
-    h("div", { class: "grid2" }, S.family.wrap, S.preset.wrap, S.steps.wrap, S.name.wrap),
-    h("details", {}, h("summary", { text: "Advanced" }), S.resolution.wrap, S.set.wrap), S.status.el, S.start);
+    h("h2", { id: "train-title", text: "Train" }), S.source.wrap, S.data.wrap, upload, S.folderBox,
+    h("div", { class: "grid2" }, S.family.wrap, S.preset.wrap), S.needs,
+    h("div", { class: "grid2" }, S.steps.wrap, S.name.wrap),
+    h("details", {}, h("summary", { text: "Advanced" }), S.cond.wrap, S.resolution.wrap, S.set.wrap), S.status.el, S.start);
+  S.uploadBox = upload;
 
   S.runsStatus = new Status();
   S.runs = h("ul", { class: "runs", "aria-label": "Runs" });
@@ -57,22 +72,89 @@ export async function show(params) {
 
 async function loadChoices() {
   try {
-    let families;
-    try {
-      families = await get("/api/families");
-    } catch (err) {
-      if (err.status !== 404) throw err;
-      // An older server: the families of the models it lists, each with its default preset.
-      const models = await S.ctx.models();
-      families = [...new Set(models.map((m) => m.family).filter(Boolean))].map((name) => ({ name, presets: [] }));
-    }
+    const families = await get("/api/families");
     S.families = families;
-    setOptions(S.family.input, families.map((f) => ({ value: f.name, label: f.description ? `${f.name}: ${f.description}` : f.name })));
-    fillPresets();
+    const keep = S.family.input.value;
+    setOptions(S.family.input, families.map((f) => ({ value: f.name, label: f.name })));
+    if (!keep) S.family.input.value = (families.find((f) => f.default) || families[0] || {}).name || "";
+    fillFamily();
   } catch (err) {
     S.status.error(err);
   }
-  await loadDatasets();
+  await Promise.all([loadDatasets(), loadRoots()]);
+}
+
+/** Whether this user may train from a folder on the studio's machine, and under which folders. */
+async function loadRoots() {
+  try {
+    const roots = await get("/api/datasets/roots");
+    S.roots = roots;
+    S.source.wrap.hidden = !roots.allowed;
+    if (roots.allowed) {
+      S.folder.input.placeholder = `${roots.roots[0]}/my-photos`;
+      S.folder.wrap.querySelector(".help").textContent = `A folder of images (with captions or class folders) under ${roots.roots.join(" or ")}.`;
+    } else S.source.input.value = "upload";
+    showSource();
+  } catch (err) { S.status.error(err); }
+}
+
+function showSource() {
+  const folder = S.source.input.value === "folder";
+  S.data.wrap.hidden = folder;
+  S.data.input.required = !folder;
+  S.uploadBox.hidden = folder;
+  S.folderBox.hidden = !folder;
+  S.folder.input.required = folder;
+}
+
+const family = () => (S.families || []).find((f) => f.name === S.family.input.value) || null;
+
+/** The chosen family's presets, conditions and needed runs, as the server declares them. */
+function fillFamily() {
+  const f = family();
+  S.family.wrap.querySelector(".help").textContent = f ? f.summary : "";
+  const presets = (f && f.presets) || [];
+  setOptions(S.preset.input, presets.map((p) => ({ value: p.name, label: p.name })));
+  if (f && presets.some((p) => p.name === f.default_preset) && !presets.some((p) => p.name === S.preset.input.dataset.chosen)) S.preset.input.value = f.default_preset;
+  describePreset();
+  const conds = (f && f.conditions) || [];
+  setOptions(S.cond.input, [{ value: "", label: "follow the data" }, ...conds]);
+  renderNeeds();
+}
+
+function describePreset() {
+  const f = family();
+  const p = f && (f.presets || []).find((x) => x.name === S.preset.input.value);
+  S.preset.input.dataset.chosen = S.preset.input.value;
+  S.preset.wrap.querySelector(".help").textContent = p ? p.description : "";
+}
+
+/** One picker per run the family is built on: your runs of the declared family and condition. */
+function renderNeeds() {
+  const f = family();
+  const before = new Map([...(S.needInputs || [])].map(([k, input]) => [k, input.value]));
+  S.needInputs = new Map();
+  const needs = (f && f.needs) || [];
+  replace(S.needs, needs.map((need) => {
+    const fits = (S.runList || []).filter((r) => r.family === need.family && r.step !== null && r.step !== undefined
+      && (!need.cond || !r.cond || r.cond === need.cond));
+    const what = `a ${need.family} run${need.cond ? ` trained with condition ${need.cond}` : ""}`;
+    const pick = field(`${need.option.toUpperCase()} run`, "select", { name: `needs.${need.option}`, required: true }, `${what}: ${need.help}`);
+    setOptions(pick.input, fits.length ? fits.map((r) => ({ value: r.name, label: `${r.name} (step ${r.step})` }))
+      : [{ value: "", label: `none yet: train ${what} first` }]);
+    if (before.get(need.option) && fits.some((r) => r.name === before.get(need.option))) pick.input.value = before.get(need.option);
+    S.needInputs.set(need.option, pick.input);
+    const args = need.train_args || [];
+    const preset = args.includes("--preset") ? args[args.indexOf("--preset") + 1] : null;
+    const setUp = fits.length ? null : h("button", { type: "button", class: "secondary", text: `Set up ${what}`, onclick: () => {
+      S.family.input.value = need.family;
+      fillFamily();
+      if (preset && [...S.preset.input.options].some((o) => o.value === preset)) { S.preset.input.value = preset; describePreset(); }
+      if (need.cond) S.cond.input.value = need.cond;
+      S.status.ok(`The form is set up for ${what}; give it a name and start it, then come back to ${f.name}.`);
+    } });
+    return h("div", { class: "need" }, pick.wrap, setUp);
+  }));
 }
 
 async function loadDatasets(select) {
@@ -82,13 +164,6 @@ async function loadDatasets(select) {
       : [{ value: "", label: "none yet: upload a zip" }]);
     if (select) S.data.input.value = select;
   } catch (err) { S.status.error(err); }
-}
-
-function fillPresets() {
-  const family = (S.families || []).find((f) => f.name === S.family.input.value);
-  const presets = (family && family.presets) || [];
-  replace(S.presetList, presets.map((p) => h("option", { value: typeof p === "object" ? p.name : p })));
-  if (family && family.default_preset) S.preset.input.placeholder = family.default_preset;
 }
 
 async function uploadZip() {
@@ -111,13 +186,52 @@ async function uploadZip() {
   } catch (err) { status.error(err); }
 }
 
+/** limner data check on the typed folder (the server's report); resolves to the report or null. */
+async function checkFolder() {
+  const path = S.folder.input.value.trim();
+  const status = new Status();
+  replace(S.folderReport, status.el);
+  if (!path) { status.error("Type the folder's full path first."); S.folder.input.focus(); return null; }
+  status.loading(`Checking every image in ${path}…`);
+  try {
+    const report = await post("/api/datasets/check", { path, resolution: parseInt(S.resolution.input.value, 10) || undefined });
+    const skipped = report.skipped || [];
+    replace(S.folderReport, h("p", { class: report.images ? "status ok" : "status error", role: report.images ? "status" : "alert",
+      text: `${report.images} usable image${report.images === 1 ? "" : "s"} in ${report.path}; ${report.skipped_count} file${report.skipped_count === 1 ? "" : "s"} skipped`
+        + `${report.has_captions ? `; ${report.captioned} with captions` : ""}${report.classes ? `; ${Object.keys(report.classes).length} classes` : ""}`
+        + `${report.unlisted ? `; ${report.unlisted} image file${report.unlisted === 1 ? "" : "s"} not in metadata.jsonl (ignored)` : ""}.` }),
+    skipped.length ? h("details", { open: skipped.length <= 10 }, h("summary", { text: "Skipped files" }),
+      h("ul", { class: "skipped", "aria-label": "Skipped files" }, skipped.map((s) => h("li", {}, h("code", { text: s.path }), `: ${s.reason}`)))) : null);
+    S.checked = report.images ? path : null;
+    S.folder.input.removeAttribute("aria-invalid");
+    return report;
+  } catch (err) {
+    status.error(err);
+    S.folder.input.setAttribute("aria-invalid", "true");
+    return null;
+  }
+}
+
 async function startTraining(e) {
   e.preventDefault();
-  const body = { data: S.data.input.value, family: S.family.input.value, preset: S.preset.input.value.trim() || undefined,
+  const folder = S.source.input.value === "folder";
+  const body = { family: S.family.input.value || undefined, preset: S.preset.input.value || undefined,
+    cond: S.cond.input.value || undefined,
     steps: parseInt(S.steps.input.value, 10), name: S.name.input.value, resolution: parseInt(S.resolution.input.value, 10) };
+  if (folder) body.data_path = S.folder.input.value.trim();
+  else body.data = S.data.input.value;
+  const needs = {};
+  for (const [option, input] of S.needInputs || []) if (input.value) needs[option] = input.value;
+  if (Object.keys(needs).length) body.needs = needs;
   S.start.disabled = true;
   S.status.loading("Starting…");
   try {
+    // The data check comes first: the report is on screen before a folder is trained on.
+    if (folder && S.checked !== body.data_path) {
+      S.status.loading("Checking the folder first…");
+      const report = await checkFolder();
+      if (!report || !report.images) { S.status.error("The folder has no usable image (see the report above)."); return; }
+    }
     body.set = parseSettings(S.set.input.value);
     const res = await post("/api/train", body, { headers: { "Idempotency-Key": idempotencyKey() } });
     const job = res.job || res;
@@ -156,10 +270,11 @@ async function loadRuns() {
     const runs = await get("/api/runs");
     S.runList = runs;
     S.runsStatus.clear();
+    if (S.families) renderNeeds();
     replace(S.runs, runs.length ? runs.map((r) => h("li", { dataset: { run: r.name } },
       h("button", { type: "button", class: "link", "aria-current": S.run === r.name ? "true" : null, onclick: () => selectRun(r.name) },
         r.name),
-      h("span", { class: "muted", text: ` ${r.family || ""} · step ${r.step ?? 0}${r.state ? ` · ${r.state}` : ""}` })))
+      h("span", { class: "muted", text: ` ${r.family || ""} · step ${r.step ?? 0}${r.state ? ` · ${r.state}` : ""}${r.error ? `: ${r.error}` : ""}` })))
       : h("li", { class: "muted", text: "No runs yet." }));
   } catch (err) { S.runsStatus.error(err); }
 }
