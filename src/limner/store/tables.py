@@ -1,9 +1,10 @@
 """The gallery database's tables, as SQLAlchemy Core ``Table`` objects the queries use.
 
 The schema itself is created and changed only by the Alembic migrations in ``migrations/``
-(``0001_initial`` mirrors these definitions); ``tests/store/test_schema.py`` checks that the
-migrated database and this module agree. Times are UTC seconds since the epoch (float), so
-comparisons and keyset cursors are plain numbers on both SQLite and PostgreSQL.
+(``0001_initial`` and the revisions after it mirror these definitions);
+``tests/store/test_schema.py`` checks that the migrated database and this module agree. Times
+are UTC seconds since the epoch (float), so comparisons and keyset cursors are plain numbers on
+both SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ board_images = sa.Table(
     sa.Column("added_by", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
     sa.Column("added", sa.Float, nullable=False),
     sa.Index("ix_board_images_image", "image_id"),
+    sa.Index("ix_board_images_board_added", "board_id", "added"),  # migration 0002
 )
 
 board_members = sa.Table(
