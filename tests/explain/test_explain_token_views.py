@@ -190,7 +190,7 @@ def test_autoregressive_view_loss_is_the_training_loss(autoregressive_run, expla
 
 def _check_prefix_attention(att, grid):
     assert att["prompt"] == "red heart"
-    assert att["tokens"] == ["pooled prompt", "<bos>", "red", "heart"]
+    assert att["tokens"] == ["pooled", "<bos>", "red", "heart"]
     for block in att["blocks"]:
         low, high = block["row_sums"]
         assert low == pytest.approx(1.0, abs=1e-5) and high == pytest.approx(1.0, abs=1e-5)
@@ -289,3 +289,14 @@ def test_token_options_are_usage_errors_elsewhere(vq_run, explain_cache):
         compute_view(vq_run, "features", token=3, search=4, cache_dir=explain_cache)
     with pytest.raises(UsageError, match="prompt: this vae run is not text-conditioned"):
         compute_view(vq_run, "dynamics", prompt="red heart", cache_dir=explain_cache)
+
+
+def test_attention_view_of_a_text_token_run(maskgit_run, explain_cache):
+    """The "attention" view answers for a token run with its joint-attention maps (there is no
+    cross-attention to read), labelled as such."""
+    result = compute_view(maskgit_run, "attention", prompt="red heart", seed=2, cache_dir=explain_cache)
+    d = result.data
+    assert d["kind"] == "joint self-attention to the condition prefix" and d["seed"] == 2
+    _check_prefix_attention(d, 8)
+    assert sum(d["token_share"]) < 1  # a part of each image token's attention, not all of it
+    assert set(result.images) == {"attention"}

@@ -9,6 +9,13 @@ resized to the image and averaged over blocks and sampler steps: the map of a to
 the image listened to that word (the idea of Hertz et al. 2022, "Prompt-to-Prompt", whose
 figures show the same averaged maps). With classifier-free guidance, only the conditional
 half of each batch is kept.
+
+Token transformers (MaskGIT, autoregressive) have no cross-attention: the prompt's tokens are a
+prefix of the sequence and the image tokens attend to them in the same self-attention. For those
+runs the family's hooks answer instead (``FamilyHooks.prompt_attention``,
+``limner.explain.token_dynamics``): per block, the share of each image token's attention that
+goes to each prompt token (a part of its attention, so the maps of a pixel sum to that block's
+prefix share, not to 1).
 """
 
 from __future__ import annotations
@@ -124,8 +131,13 @@ def attention_view(run: ExplainRun, prompt: str | None = None, seed: int = 0,
     """The attention view (see the module docstring)."""
     from limner.generation.request import BatchRequest
 
+    from limner.explain.hooks import hooks_for
+
     loaded = run.load(step)
     family = loaded.family
+    own = hooks_for(family).prompt_attention(run, family, loaded.step, prompt, int(seed))
+    if own is not None:  # token transformers: joint self-attention with the prompt's tokens
+        return own
     if not cross_attention_blocks(family.modules()):
         raise UsageError(f"RUN: {run.run_dir} has no cross-attention (a {run.family_name} run "
                          f"conditioned on {family.cond_kind.value}); this view needs a text-conditioned run")

@@ -290,6 +290,11 @@ class TokenHooks(FamilyHooks):
 
         return token_feature_probe(family)
 
+    def prompt_attention(self, run: Any, family: Any, step: int, prompt: str | None, seed: int) -> Any:
+        from limner.explain.token_dynamics import attention_result
+
+        return attention_result(run, family, step, prompt, seed)
+
 
 class MaskedTokenHooks(TokenHooks):
     """MaskGIT: the loss is on the masked positions; the sampler unmasks a few per step."""

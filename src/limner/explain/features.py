@@ -93,13 +93,14 @@ def _input_image(run: ExplainRun, image: str | Path | None, index: int | None) -
                    "level": "level whose channel is searched for in the training set (default: the deepest encoder-side level)",
                    "channel": "that channel (default: the level's strongest for the image)",
                    "patches": "training patches shown for the channel (default 8)",
-                   "search": "training images searched for those patches (default 256)",
+                   "search": "training images searched for those patches (default 256; 64 for "
+                             "token models, whose every token is a candidate)",
                    "token": "token models: the token whose self-attention is shown, as a raster "
                             "index (default: the centre of the grid)",
                })
 def features(run: ExplainRun, image: str | Path | None = None, index: int | None = None,
              step: int | str | None = None, top: int = 6, level: str | None = None,
-             channel: int | None = None, patches: int = 8, search: int = 256,
+             channel: int | None = None, patches: int = 8, search: int | None = None,
              token: int | None = None) -> ExplainResult:
     """The feature view (see the module docstring)."""
     loaded = run.load(step)
@@ -127,7 +128,7 @@ def features(run: ExplainRun, image: str | Path | None = None, index: int | None
         channel = tops[level][0]
     if not 0 <= channel < acts[level].shape[1]:
         raise UsageError(f"channel: level {level!r} has channels 0..{acts[level].shape[1] - 1}")
-    found = top_patches(run, probe, level, channel, patches, search)
+    found = top_patches(run, probe, level, channel, patches, probe.search if search is None else int(search))
     result = ExplainResult("features", data={
         "input": source, "step": loaded.step, "network": probe.what,
         "levels": [{"name": n, "shape": list(acts[n].shape[1:]), "top_channels": tops[n],

@@ -22,8 +22,9 @@ panel ([B, 1, H, W], 1 = masked) and their sampler callback passes ``info["mask"
 bool, True = still masked), from which the filmstrip draws the order tokens were unmasked in.
 Their ``feature_probe`` (``tokens.py``) names the transformer's blocks as levels, with
 ``to_maps`` laying each block's hidden states [B, L, D] out on the token grid and
-``attention_blocks`` for the per-token self-attention; their ``dynamics`` is in
-``token_dynamics.py``.
+``attention_blocks`` for the per-token self-attention; their ``dynamics`` and
+``prompt_attention`` (the "attention" view: the prompt is read through joint self-attention,
+not cross-attention) are in ``token_dynamics.py``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class FeatureProbe:
             tokenizer (the patches then outline the token's own patch of the image).
         attention_blocks: (level name, block) whose self-attention the view shows for one
             token (``limner.explain.tokens.capture_self_attention``); empty for conv nets.
+        search: training images searched for a channel's patches by default (each is a full
+            forward pass; a token model's image offers a candidate at every one of its tokens,
+            so it searches fewer).
     """
 
     levels: list[tuple[str, nn.Module]]
@@ -95,6 +99,7 @@ class FeatureProbe:
     default_level: str | None = None
     token_grid: int | None = None
     attention_blocks: list[tuple[str, nn.Module]] = field(default_factory=list)
+    search: int = 256
 
 
 class FamilyHooks:
@@ -130,6 +135,12 @@ class FamilyHooks:
 
     def dynamics(self, run: Any, **params: Any) -> Any:
         """The family's own dynamics view (an ``ExplainResult``), or None."""
+        return None
+
+    def prompt_attention(self, run: Any, family: Any, step: int, prompt: str | None, seed: int) -> Any:
+        """The "attention" view's result (an ``ExplainResult``) for a family whose prompt reaches
+        the image some other way than cross-attention blocks, or None (the view then reads the
+        family's ``Attention2d`` cross-attention)."""
         return None
 
 

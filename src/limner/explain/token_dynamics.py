@@ -46,10 +46,9 @@ from limner.explain import render
 from limner.explain.base import ExplainResult, ExplainRun
 from limner.explain.hooks import NetCall
 
-RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-PICTURE_RATIOS = (0.2, 0.5, 0.8, 1.0)
+RATIOS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)  # one forward pass each: a few keep the view fast
+PICTURE_RATIOS = (0.25, 0.5, 0.75, 1.0)
 TOP_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-HELD = 16  # held-out batch size (at least; ``count`` when larger)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,10 +84,10 @@ def recorded_loss(family: Any, tokens: Tensor, inputs: Any, drop: Tensor | None,
 
 
 def _held_batch(run: ExplainRun, family: Any, count: int, seed: int):
-    """Training images (fixed seed), their codes and their own condition (captions/labels)."""
+    """``count`` training images (fixed seed), their codes and their own condition."""
     from limner.explain.dynamics import _batch_condition, _real_batch
 
-    batch, idx = _real_batch(run, max(count, HELD), seed)
+    batch, idx = _real_batch(run, count, seed)
     tokens = family.encode_batch(batch)
     return batch, idx, tokens, _batch_condition(family, batch, family.model)
 
@@ -324,7 +323,7 @@ def _prefix_labels(family: Any, run: ExplainRun, request, cond: Conditioning) ->
         label = request.labels[0]
         names = getattr(run.dataset, "class_names", None) or []
         return [f"class {names[label] if label < len(names) else label}"]
-    labels = ["pooled prompt"]  # the prefix's first token: cond_vec(the pooled text vector)
+    labels = ["pooled"]  # the prefix's first token: cond_vec(the pooled text vector)
     if cond.tokens is not None:
         from limner.explain.attention import token_labels
 
@@ -392,11 +391,25 @@ def prefix_attention_image(att: dict[str, Any], cell: int = 80) -> Image.Image:
                              f"prefix token; {att['how']}")
 
 
+def attention_result(run: ExplainRun, family: Any, step: int, prompt: str | None, seed: int) -> ExplainResult:
+    """The "attention" view of a text-conditioned token run: the prefix attention maps alone."""
+    if family.cond_kind != CondKind.text:
+        from limner.errors import UsageError
+
+        raise UsageError(f"RUN: {run.run_dir} is a {run.family_name} run conditioned on "
+                         f"{family.cond_kind.value}; this view needs a text-conditioned run")
+    result = ExplainResult("attention", data={"step": step})
+    _add_prefix_attention(run, family, result, prompt, seed)
+    result.data.update(result.data.pop("attention"))
+    return result
+
+
 def _add_prefix_attention(run: ExplainRun, family: Any, result: ExplainResult, prompt: str | None,
                           seed: int) -> None:
     att = prefix_attention(run, family, prompt, seed)
     result.images["attention"] = prefix_attention_image(att)
     result.data["attention"] = {
+        "kind": "joint self-attention to the condition prefix",
         "prompt": att["prompt"], "seed": att["seed"], "tokens": att["labels"], "how": att["how"],
         "blocks": [{"name": b["name"], "prefix_share": b["prefix_share"], "row_sums": b["row_sums"],
                     "maps": b["maps"][att["keep"]]} for b in att["blocks"]],

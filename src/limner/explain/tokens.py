@@ -136,7 +136,7 @@ def token_feature_probe(family: Any) -> FeatureProbe:
         fed = "the image's codes with none masked"
     what = (f"the {family.kind} transformer on the image's {g}x{g} VQ codes ({fed}; null condition)")
     return FeatureProbe(levels, run, what=what, to_maps=lambda t: grid_maps(t, g),
-                        default_level=levels[-1][0], token_grid=g, attention_blocks=levels[1:])
+                        default_level=levels[-1][0], token_grid=g, attention_blocks=levels[1:], search=64)
 
 
 def query_attention(capture: SelfAttentionCapture, name: str, query: int, grid: int,
