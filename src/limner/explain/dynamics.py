@@ -40,7 +40,7 @@ from limner.explain.hooks import hooks_for
                            "attention per prompt token)",
                params={
                    "step": "checkpoint (default: the newest)",
-                   "count": "images per row of real and generated images; token models: the held "
+                   "count": "images per row of real and generated images; token models: the fixed "
                             "training images the losses are measured on (default 8)",
                    "points": "training images placed on the VAE's latent map (default 400)",
                    "seed": "seed for the images drawn (default 0)",

@@ -2,14 +2,14 @@
 
 - MaskGIT (Chang et al. 2022): training masks a share cos(pi/2 r), r ~ U(0, 1), of an image's
   codes and predicts them, so one network must work at every mask ratio the sampler later walks
-  through (all masked first, few masked last). On a held batch of training images the view masks
+  through (all masked first, few masked last). On a fixed batch of training images the view masks
   each ratio in turn (nested random masks, fixed seed) and reports the training loss (with the
   run's label smoothing), the plain cross-entropy, the accuracy of the likeliest code and its
   confidence (softmax probability) on the masked positions, and the accuracy of the most
   confident quarter: the sampler keeps the most confident predictions at every step, so
   confidence must rank correctness for it to work. One image shows the mask, the prediction,
   the confidence and the wrong codes at four ratios.
-- Autoregressive (Esser et al. 2021): with teacher forcing on the held batch, the loss at every
+- Autoregressive (Esser et al. 2021): with teacher forcing on that fixed batch, the loss at every
   position of the raster order (the first codes have only the condition to go on; later ones see
   their neighbours above and to the left), and how the probability mass is spread: the mass of
   the k likeliest codes against how often the true code is among them (calibration of top-k
@@ -22,7 +22,8 @@
   image: for MaskGIT averaged over the sampler's steps, for the autoregressive family one
   teacher-forced pass over the generated codes (what the KV-cached sampler computed token by
   token). Class-conditioned and unconditional runs show their one prefix token (the class, or the
-  learned null token).
+  learned null token). The view "attention" of a text-conditioned token run is these maps alone
+  (:func:`attention_result`).
 
 The per-position losses are the training loss's own terms: ``recorded_loss`` runs the family's
 ``loss`` and :func:`token_loss` averaged over its :func:`loss_positions` gives the same number
@@ -251,7 +252,7 @@ def autoregressive_dynamics(run: ExplainRun, step=None, count: int = 8, seed: in
     positions = list(range(len(per_pos)))
     loss_chart = line_chart({"loss at the position": (positions, per_pos),
                              "mean of its row": (positions, [rows_mean[p // g] for p in positions])},
-                            title="training loss along the raster order (teacher forcing, held batch)",
+                            title="training loss along the raster order (teacher forcing, fixed training batch)",
                             xlabel="position (row by row)", size=(600, 280))
     ks = [t["k"] for t in stats["top_k"]]
     k_chart = line_chart({"mass of the k likeliest codes": (ks, [t["mass"] for t in stats["top_k"]]),
