@@ -201,3 +201,45 @@ def test_train_from_a_folder_with_a_family_built_on_another_run(open_page, studi
     assert config["family"]["name"] == "latent-diffusion"
     assert config["family"]["config"]["vae_run"]["path"].endswith("vae-web")
     screenshot(page, "studio-train-folder-desktop")
+
+
+def test_the_new_controls_fit_a_phone(open_page, studio, copy_run):
+    """The controls these journeys use, opened up at 375 px: no sideways scrolling, touch-sized
+    and labelled (the inpainting fieldset, a family's needed-run picker and the folder box, the
+    Learn page's filmstrip picker, the gallery's Model filter)."""
+    from .conftest import PHONE
+
+    generate(studio, RUN, "a glass marble", seed=31)  # an image for the filmstrip picker
+    page = open_page(PHONE)
+    login(page, studio)
+
+    def check(where: str):
+        page.wait_for_function("() => !document.querySelector('main .status.loading:not([hidden])')",
+                               timeout=JOB_TIMEOUT * 1000)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{where} scrolls sideways at 375 px ({width} px wide)"
+        bad = page.evaluate("""() => [...document.querySelectorAll('main button, main select, main input:not([type=hidden]):not([type=checkbox])')]
+            .filter((el) => el.offsetParent && (el.getBoundingClientRect().height < 36
+                || !((el.labels && el.labels.length) || el.getAttribute('aria-label') || (el.tagName === 'BUTTON' && el.textContent.trim()))))
+            .map((el) => el.outerHTML.slice(0, 80))""")
+        assert not bad, f"{where}: small or unlabelled controls at phone width: {bad}"
+        screenshot(page, f"studio-{where}-phone")
+
+    page.goto("/#/generate")
+    page.locator("#page-generate").get_by_label("Model").select_option(RUN)
+    page.get_by_text("Image to image and inpainting").wait_for()
+    page.locator("#page-generate").get_by_label("Repaint passes").wait_for()
+    check("generate-inpaint")
+    page.goto("/#/train")
+    train = page.locator("#page-train")
+    train.get_by_label("Data from").select_option("folder")
+    train.get_by_label("Family").select_option("maskgit")
+    train.get_by_label("VQ run").wait_for()
+    check("train-folder")
+    page.goto("/#/gallery")
+    page.get_by_text("Filters", exact=True).click()
+    page.locator("#page-gallery").get_by_label("Model", exact=True).wait_for()
+    check("gallery-filters")
+    page.goto(f"/#/learn?run={RUN}&view=filmstrip")
+    page.locator("#page-learn .explain[data-view=filmstrip]").wait_for(timeout=JOB_TIMEOUT * 1000)
+    check("learn-filmstrip")
