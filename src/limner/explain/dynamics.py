@@ -56,7 +56,7 @@ def dynamics_view(run: ExplainRun, step: int | str | None = None, count: int = 8
     family = family_class(run.family_name).from_config(run.config["family"]["config"])
     kind = getattr(family, "cond_kind", None)
     if prompt is not None and getattr(kind, "value", None) != "text":
-        raise UsageError(f"prompt: this {run.family_name} run is not text-conditioned "
+        raise UsageError(f"this {run.family_name} run is not text-conditioned "
                          f"({getattr(kind, 'value', 'no condition')})", field="prompt")
     result = hooks_for(family).dynamics(run, step=step, count=count,
                                         points=min(points, 200) if live else points, seed=seed,

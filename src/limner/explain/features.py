@@ -110,7 +110,7 @@ def features(run: ExplainRun, image: str | Path | None = None, index: int | None
         raise UsageError(f"view 'features' does not know the network of a {run.family_name!r} run")
     if token is not None and not probe.attention_blocks:
         raise UsageError(f"token: only token models (maskgit, autoregressive) have tokens; this is a "
-                         f"{run.family_name!r} run", field="token")
+                         f"{run.family_name!r} run")
     x, source = _input_image(run, image, index)
     if probe.attention_blocks:
         acts, attention = _token_levels(probe, x.to(run.device), token)
@@ -156,7 +156,7 @@ def _token_levels(probe: FeatureProbe, x: Tensor, token: int | None
     g = int(probe.token_grid)
     query = g * (g // 2) + g // 2 if token is None else int(token)
     if not 0 <= query < g * g:
-        raise UsageError(f"token: must be a raster index in 0..{g * g - 1} of the {g}x{g} grid", field="token")
+        raise UsageError(f"token: must be a raster index in 0..{g * g - 1} of the {g}x{g} grid")
     with captured(probe.levels, probe.to_maps) as outputs, \
             capture_self_attention(probe.attention_blocks) as capture:
         probe.run(x)

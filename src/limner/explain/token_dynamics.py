@@ -306,7 +306,7 @@ def _request(family: Any, run: ExplainRun, prompt: str | None, seed: int):
     if prompt is not None:
         from limner.errors import UsageError
 
-        raise UsageError(f"prompt: this {run.family_name} run is conditioned on {kind.value}, not text",
+        raise UsageError(f"this {run.family_name} run is conditioned on {kind.value}, not text",
                          field="prompt")
     if kind == CondKind.class_:
         labels = run.dataset.labels
