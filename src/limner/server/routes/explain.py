@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from limner.errors import UsageError
+from limner.errors import CheckpointError, UsageError
 from limner.runs import newest_checkpoint_step
 from limner.server import runs as run_folders
 from limner.server.deps import StudioDep, UserDep
@@ -84,7 +84,8 @@ def explain(name: str, view: str, request: Request, user: UserDep, studio: Studi
     query = dict(request.query_params)
     options = _options(VIEWS[view], query)
     image_id = _image_id(query.get(IMAGE_ID)) if IMAGE_ID in query else None
-    key_parts = [view, options, newest_checkpoint_step(folder), image_id]
+    # the folder's run id too: a name can stand for a bundled model, then for a run of yours
+    key_parts = [view, options, newest_checkpoint_step(folder), image_id, _run_id(folder)]
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     out = _explain_dir(studio, user, name) / f"{view}-{key}"
     data_file = out / f"{view}.json"
@@ -118,6 +119,15 @@ def explain_file(name: str, view: str, key: str, file: str, user: UserDep, studi
         raise ApiError(404, "no such file")
     media = "image/gif" if file.endswith(".gif") else "image/png"
     return FileResponse(path, media_type=media, headers={"Content-Security-Policy": "default-src 'none'; sandbox"})
+
+
+def _run_id(folder: Path) -> str | None:
+    from limner.runs import run_summary
+
+    try:
+        return run_summary(folder)["run_id"]
+    except CheckpointError:
+        return None
 
 
 def _image_id(raw: str | None) -> int:
