@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="embedded job workers (default: 1; 0 = only `limner worker` processes run jobs)")
     p.add_argument("--device", default=None, help="where embedded workers run models: cpu, cuda, auto (default: cpu)")
+    p.add_argument("--nproc-per-node", default=None, metavar="N",
+                   help="processes per training job of the embedded workers, as for `limner worker` (default: 1)")
     p.add_argument("--queue-limit", type=positive_int, default=None, metavar="N",
                    help="queued jobs past which submits answer 429 (default: 100)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
@@ -65,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--kinds", default="generate,train,eval", help="job kinds to take (default: generate,train,eval)")
     w.add_argument("--lease", type=float, default=30.0, metavar="SECONDS",
                    help="lease length; a dead worker's job is re-queued after it (default: 30)")
+    w.add_argument("--nproc-per-node", default="1", metavar="N",
+                   help="processes per training job: above 1 each training job runs as `limner train` under "
+                        "torchrun with N processes (DDP; with --device cuda rank r uses cuda:r); auto = the "
+                        "visible CUDA devices (default: 1, in the worker's process)")
     w.set_defaults(func=run_worker)
 
     u = sub.add_parser("user", help="manage studio accounts", description=USER_DESCRIPTION,
@@ -111,6 +117,7 @@ def run_studio(args: argparse.Namespace) -> int:
     from limner.server.security import is_loopback
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers, device=args.device,
+                         nproc_per_node=args.nproc_per_node,
                          queue_limit=args.queue_limit, allowed_hosts=tuple(args.allowed_host) or None,
                          data_roots=tuple(p.expanduser().resolve() for p in args.data_root) or None)
     studio = open_studio(settings)
@@ -129,15 +136,19 @@ def run_studio(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     import signal
 
+    from limner.jobs.torchrun import resolve_nproc
     from limner.jobs.worker import Worker
     from limner.workflows import resolve_device
 
     settings = _settings(args)
+    nproc = resolve_nproc(args.nproc_per_node)
     store = _open_store(settings)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    worker = Worker(store, settings.home, device=resolve_device(args.device), kinds=kinds, lease_s=args.lease)
+    worker = Worker(store, settings.home, device=resolve_device(args.device), kinds=kinds, lease_s=args.lease,
+                    nproc_per_node=nproc)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
-    print(f"limner worker {worker.name}: taking {', '.join(kinds)} jobs (home {settings.home})", file=sys.stderr)
+    how = f"; training as {nproc} processes under torchrun" if nproc > 1 and "train" in kinds else ""
+    print(f"limner worker {worker.name}: taking {', '.join(kinds)} jobs{how} (home {settings.home})", file=sys.stderr)
     try:
         worker.run_forever()
     except KeyboardInterrupt:

@@ -39,6 +39,7 @@ class JobContext(Protocol):
     job_id: str
     owner_id: int
     device: str
+    attempt: int  # 1 for a job's first claim, 2 after a worker stopped or died while running it
 
     def progress(self, step: int, total: int, loss: float | None = None) -> None: ...
     def preview(self, step: int, total: int, image: str) -> None: ...
@@ -167,29 +168,57 @@ def _train_callback(ctx: JobContext, run_name: str, total: int):
     return JobProgress()
 
 
-def run_train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """Train (or resume) a run folder with ``limner.workflows.train``; cancel = save and stop."""
+def train_resumes(payload: dict[str, Any], attempt: int = 1) -> tuple[bool, bool]:
+    """``(resume, overwrite)`` for a training job, the same for the in-process and the torchrun
+    path: a resume job resumes; a job claimed again (``attempt`` > 1: its worker stopped or died)
+    resumes from the checkpoint its earlier attempt left in the run folder, or starts over in
+    that folder when the earlier attempt stopped before its first checkpoint. A first attempt
+    never touches a folder it did not make (``limner train`` refuses a non-empty ``--out``)."""
+    from limner.runs import is_run_folder, newest_checkpoint_step
+
+    if payload.get("resume"):
+        return True, False
+    out = Path(payload["out"])
+    if attempt <= 1 or not out.is_dir() or not any(out.iterdir()):
+        return False, False
+    if is_run_folder(out) and newest_checkpoint_step(out) is not None:
+        return True, False
+    return False, True
+
+
+def train_options(payload: dict[str, Any], device: str, attempt: int = 1):
+    """The ``TrainOptions`` a training job's payload stands for (no callbacks), and its total
+    steps (the payload's, else the preset's). ``limner.jobs.torchrun.train_argv`` spells the
+    same options as ``limner train`` arguments."""
     from limner.overrides import split_sections
-    from limner.training.signals import TrainingInterrupted
-    from limner.workflows import TrainOptions, train, train_settings
+    from limner.workflows import TrainOptions, train_settings
 
     settings = split_sections([(k, v) for k, v in (payload.get("set") or {}).items()])
-    overrides = dict(payload.get("train") or {})
+    overrides = {k: v for k, v in (payload.get("train") or {}).items() if v is not None}
     overrides.update(train_settings(settings["train"]))
-    total = int(overrides.get("steps") or 0)
+    resume, overwrite = train_resumes(payload, attempt)
     opts = TrainOptions(
         data=Path(payload["data"]), out=Path(payload["out"]), family=payload.get("family"),
         preset=payload.get("preset") or "small", resolution=int(payload.get("resolution") or 32),
-        cond=payload.get("cond"), resume=bool(payload.get("resume")), device=ctx.device, progress=False,
+        cond=payload.get("cond"), resume=resume, overwrite=overwrite, device=device, progress=False,
         train=overrides, family_overrides=settings["family"], family_options=payload.get("family_options") or {},
-        callbacks=[_train_callback(ctx, payload["name"], total)],
     )
+    total = int(overrides.get("steps") or 0)
     if not total:
         from limner.models.registry import family_class
         from limner.training.config import TrainConfig
 
         total = int(TrainConfig.from_dict({**family_class(opts.family or "diffusion").train_defaults(opts.preset)}).steps)
-        opts.callbacks = [_train_callback(ctx, payload["name"], total)]
+    return opts, total
+
+
+def run_train(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Train (or resume) a run folder with ``limner.workflows.train``; cancel = save and stop."""
+    from limner.training.signals import TrainingInterrupted
+    from limner.workflows import train
+
+    opts, total = train_options(payload, ctx.device, getattr(ctx, "attempt", 1))
+    opts.callbacks = [_train_callback(ctx, payload["name"], total)]
     try:
         result = train(opts)
     except TrainingInterrupted as stop:

@@ -80,6 +80,11 @@ class RunningJob:
         return self.lease.job.id
 
     @property
+    def attempt(self) -> int:
+        """Which claim of the job this is (1 first; more after a worker stopped or died)."""
+        return max(1, int(self.lease.job.attempts or 1))
+
+    @property
     def owner_id(self) -> int:
         return int(self.owner if self.owner is not None else self.lease.job.owner_id)
 
@@ -129,12 +134,20 @@ class Worker:
         hub: in-process event hub (the embedded worker of a studio); None in ``limner worker``.
         kinds: job kinds this worker takes (None = all it knows).
         lease_s: lease seconds; the heartbeat runs every third of it.
+        nproc_per_node: processes per training job; above 1 a training job runs as ``limner
+            train`` under torchrun in a child process group (``limner.jobs.torchrun``), 1 runs
+            it in this process.
     """
 
     def __init__(self, store: Any, home: Path, *, device: str = "cpu", hub: EventHub | None = None,
                  kinds: tuple[str, ...] | None = None, lease_s: float = LEASE_SECONDS,
                  poll: float = POLL_SECONDS, name: str | None = None,
-                 summarize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 summarize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 nproc_per_node: int = 1) -> None:
+        from limner.jobs.torchrun import check_device
+
+        check_device(device, nproc_per_node)
+        self.nproc_per_node = int(nproc_per_node)
         self.store = store
         self.home = Path(home)
         self.device = device
@@ -210,6 +223,10 @@ class Worker:
         try:
             if job.kind == "generate":
                 result = run_generate(job.payload, running, self.runs)
+            elif job.kind == "train" and self.nproc_per_node > 1:
+                from limner.jobs.torchrun import run_train_torchrun
+
+                result = run_train_torchrun(job.payload, running, self.nproc_per_node)
             elif job.kind in EXECUTORS:
                 result = EXECUTORS[job.kind](job.payload, running)
             else:

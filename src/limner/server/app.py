@@ -52,13 +52,15 @@ def prompt_embedder():
 
 def start_workers(studio: Studio) -> None:
     """The embedded workers (``settings.workers`` threads) of a studio process."""
+    from limner.jobs.torchrun import resolve_nproc
     from limner.jobs.worker import Worker, worker_id
     from limner.workflows import resolve_device
 
     device = resolve_device(studio.settings.device)
+    nproc = resolve_nproc(studio.settings.nproc_per_node)
     for i in range(studio.settings.workers):
         studio.workers.append(Worker(studio.store, studio.settings.home, device=device, hub=studio.hub,
-                                     name=f"{worker_id()}-studio{i}").start())
+                                     name=f"{worker_id()}-studio{i}", nproc_per_node=nproc).start())
 
 
 def create_app(settings: StudioSettings | None = None, *, studio: Studio | None = None,

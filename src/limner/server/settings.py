@@ -4,7 +4,8 @@ Environment variables (all optional) follow the FastAPI template's ``core/config
 one settings object: ``LIMNER_STUDIO_ALLOWED_HOSTS`` (comma-separated extra Host names, e.g.
 a reverse proxy's), ``LIMNER_STUDIO_QUEUE_LIMIT``, ``LIMNER_STUDIO_MAX_BODY_MB``,
 ``LIMNER_STUDIO_WORKERS`` (embedded worker threads; 0 = none, use ``limner worker``),
-``LIMNER_STUDIO_DEVICE``, ``LIMNER_STUDIO_DATA_ROOTS`` (extra dataset folders, separated like
+``LIMNER_STUDIO_DEVICE``, ``LIMNER_STUDIO_NPROC_PER_NODE`` (processes per training job of the
+embedded workers), ``LIMNER_STUDIO_DATA_ROOTS`` (extra dataset folders, separated like
 ``PATH``).
 """
 
@@ -35,6 +36,8 @@ class StudioSettings:
         max_body: request body cap in bytes (uploads and dataset zips included).
         workers: worker threads run inside the studio (0 = only ``limner worker`` processes).
         device: where embedded workers run models (cpu, cuda, auto).
+        nproc_per_node: processes per training job of the embedded workers (a count or ``auto``;
+            above 1 training runs under torchrun, ``limner.jobs.torchrun``).
         login_limit / login_window: failed logins allowed per client and name per window (s).
         session_days: how long a login cookie lasts.
         secure_cookies: mark cookies Secure (behind HTTPS); default: when not on loopback.
@@ -51,6 +54,7 @@ class StudioSettings:
     max_body: int = 64 * 1024 * 1024
     workers: int = 1
     device: str = "cpu"
+    nproc_per_node: int | str = 1
     login_limit: int = 10
     login_window: float = 300.0
     session_days: int = 14
@@ -70,6 +74,10 @@ class StudioSettings:
             raise UsageError("must be at least 1", field="queue_limit")
         if self.workers < 0:
             raise UsageError("must be 0 or more", field="workers")
+        if str(self.nproc_per_node).strip().lower() != "auto":  # auto is counted where workers start
+            from limner.jobs.torchrun import resolve_nproc
+
+            self.nproc_per_node = resolve_nproc(self.nproc_per_node)
 
     @classmethod
     def from_env(cls, **overrides) -> "StudioSettings":
@@ -80,7 +88,8 @@ class StudioSettings:
             values["allowed_hosts"] = tuple(h for h in env["LIMNER_STUDIO_ALLOWED_HOSTS"].split(",") if h.strip())
         for name, key, conv in (("queue_limit", "LIMNER_STUDIO_QUEUE_LIMIT", int),
                                 ("workers", "LIMNER_STUDIO_WORKERS", int),
-                                ("device", "LIMNER_STUDIO_DEVICE", str)):
+                                ("device", "LIMNER_STUDIO_DEVICE", str),
+                                ("nproc_per_node", "LIMNER_STUDIO_NPROC_PER_NODE", str)):
             if env.get(key):
                 try:
                     values[name] = conv(env[key])
