@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from limner.conditioning import CondKind
 from limner.conditioning.base import Conditioning
@@ -19,7 +20,7 @@ from limner.generation.request import BatchRequest
 from limner.models.base import DataInfo
 from limner.models.transformer.config import TransformerConfig
 from limner.models.transformer.family import AutoregressiveFamily, MaskGITFamily
-from limner.models.transformer.model import KVCache, TokenNetConfig, TokenTransformer
+from limner.models.transformer.model import KVCache, TokenNetConfig, TokenTransformer, gelu_tanh_
 from limner.samplers.autoregressive import filter_logits, sample_autoregressive
 from limner.samplers.maskgit import cosine_mask_ratio, sample_maskgit
 
@@ -79,6 +80,69 @@ def test_kv_cache_gives_the_logits_of_a_full_forward():
     cache = KVCache()
     steps = [m(inputs[:, j : j + 1], cond, cache=cache, start=j) for j in range(inputs.shape[1])]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_wanted_positions_get_the_logits_of_a_full_forward():
+    m = net(False, cond_dim=8)
+    cond = Conditioning(vector=torch.randn(3, 8), tokens=torch.randn(3, 2, 8),
+                        mask=torch.tensor([[True, True], [True, False], [False, False]]))
+    tokens = torch.randint(0, K + 1, (3, GRID * GRID), generator=torch.Generator().manual_seed(0))
+    wanted = torch.rand(3, GRID * GRID, generator=torch.Generator().manual_seed(1)) < 0.4
+    wanted[2] = False  # a row with nothing wanted
+    with torch.no_grad():
+        full, some = m(tokens, cond), m(tokens, cond, wanted=wanted)
+    torch.testing.assert_close(some[wanted], full[wanted], atol=1e-5, rtol=1e-5)
+    assert (some[~wanted] == 0).all() and some.shape == full.shape
+
+
+def test_inference_gelu_is_pytorchs_tanh_gelu():
+    x = torch.cat([torch.linspace(-12, 12, 2001), torch.tensor([0.0, -0.0, 1e-30, -1e4, 1e4, -1e30, 1e30])])
+    torch.testing.assert_close(gelu_tanh_(x.clone()), torch.nn.functional.gelu(x, approximate="tanh"),
+                               atol=1e-6, rtol=1e-5)
+    m = net(False, cond_dim=8)  # the eval-mode, gradient-free path uses it
+    tokens, cond = torch.randint(0, K + 1, (2, GRID * GRID)), Conditioning(vector=torch.randn(2, 8))
+    with torch.no_grad():
+        fast = m(tokens, cond)
+    torch.testing.assert_close(fast, m(tokens, cond).detach(), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cond", ["class", "none"])
+def test_maskgit_sampling_shortcuts_give_the_plain_samplers_logits(cond, monkeypatch):
+    """Logits of the still-masked positions only, and a first step run once per distinct
+    condition (here: two classes and the unconditional half, 3 of 8 rows): at every position the
+    sampler reads, the logits of the plain path, so the same tokens."""
+    import limner.models.transformer.family as token_family
+
+    fam = family(MaskGITFamily, cond=cond)
+    for p in fam.model.net.head.parameters():
+        p.data.normal_(0, 2.0, generator=torch.Generator().manual_seed(2))
+    req = BatchRequest(seeds=[3, 4, 5, 6], labels=[1, 1, 2, 1] if cond == "class" else None, cfg=3.0, steps=4)
+    calls: list[tuple[Tensor, Tensor]] = []  # (tokens, logits) of each sampler step
+    rows: list[int] = []
+    sampler, forward = token_family.sample_maskgit, fam.model.forward
+
+    def recording_sampler(logits_fn, noise, **kw):
+        def recorded(tokens):
+            calls.append((tokens, logits_fn(tokens)))
+            return calls[-1][1]
+        return sampler(recorded, noise, **kw)
+
+    def counting_forward(tokens, *a, **k):
+        rows.append(len(tokens))
+        return forward(tokens, *a, **k)
+
+    monkeypatch.setattr(token_family, "sample_maskgit", recording_sampler)
+    fam.model.forward = counting_forward
+    fast = fam.sample_tokens(req)
+    assert rows == ([3, 8, 8, 8] if cond == "class" else [1, 4, 4, 4])  # guidance doubles the rows
+    fast_calls, calls[:] = list(calls), []
+    fam.sampling_shortcuts = False
+    plain = fam.sample_tokens(req)
+    assert len(calls) == len(fast_calls) == 4
+    for (tokens, a), (_, b) in zip(fast_calls, calls):
+        read = tokens == fam.model.net.special
+        torch.testing.assert_close(a[read], b[read], atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast, plain) and (fast < fam.num_codes).all()
 
 
 def test_cached_and_uncached_sampling_agree():

@@ -299,6 +299,9 @@ class MaskGITFamily(TokenFamily):
                                 Capability.inpaint}),
         presets=preset_lines(PRESETS),
     )
+    # Sampling computes only the still-masked positions' logits and runs the first step once per
+    # distinct condition (see ``_sample``); tests compare it with the plain path (False).
+    sampling_shortcuts: bool = True
 
     @torch.no_grad()
     def generate(self, request, *, callback: ProgressCallback | None = None) -> GenerationOutput:
@@ -345,8 +348,20 @@ class MaskGITFamily(TokenFamily):
         steps = int(self.option(request, "steps"))
         if known_mask is not None:
             steps = max(1, min(steps, int((~known_mask).sum(dim=1).max())))
+        special = self.model.net.special
+        distinct = _distinct_rows(cond, self.device) if self.sampling_shortcuts else None
+
+        def logits(tokens: Tensor) -> Tensor:
+            wanted = tokens == special  # the sampler reads only the still-masked positions' logits
+            if distinct is not None and bool(wanted.all()):
+                # every token is [MASK] (the first step): the logits depend on the condition
+                # alone, so each distinct condition runs once
+                first, inverse = distinct
+                return self.model(tokens[first], cond[first], wanted=wanted[first])[inverse]
+            return self.model(tokens, cond, wanted=wanted if self.sampling_shortcuts else None)
+
         return sample_maskgit(
-            lambda t: self.model(t, cond), noise, mask_id=self.model.net.special, steps=steps,
+            logits, noise, mask_id=special, steps=steps,
             temperature=float(self.option(request, "temperature")), cfg=scale, guided=guided,
             known=known, known_mask=known_mask, callback=self._preview(callback),
         )
@@ -441,6 +456,25 @@ def _load_vq_run(path: str | Path | None, family: str):
         raise UsageError(f"{path} is a conditional VQ-VAE (--cond {fam.cond_kind.value}); the tokenizer must "
                          "be unconditional: train it with --cond none", field="vq")
     return loaded
+
+
+def _distinct_rows(cond: Conditioning, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """(first, inverse) for the rows of ``cond`` (the sampler's B' rows): ``first`` [U] holds the
+    first row of each distinct condition, ``inverse`` [B'] each row's index into ``first``; None
+    when every row differs. Under guidance the unconditional half is one condition, and images
+    of one class share theirs."""
+    B = cond.batch_size
+    parts = [t.reshape(B, -1).to(torch.float64) for t in (cond.vector, cond.tokens, cond.mask) if t is not None]
+    if parts:
+        _, inverse = torch.unique(torch.cat(parts, dim=1), dim=0, return_inverse=True)
+    else:  # unconditional: one condition
+        inverse = torch.zeros(B, dtype=torch.long, device=device)
+    U = int(inverse.max()) + 1
+    if U == B:
+        return None
+    rows = torch.arange(B, device=inverse.device)
+    first = torch.full((U,), B, dtype=torch.long, device=inverse.device).scatter_reduce_(0, inverse, rows, "amin")
+    return first, inverse
 
 
 def _digest(image: Tensor) -> bytes:

@@ -14,10 +14,22 @@ once and keep it in the KV cache.
   per step; ``tests/models/test_transformer.py`` checks it against uncached sampling.
 
 Attention is PyTorch's ``scaled_dot_product_attention``.
+
+Sampling (no gradients, eval mode) takes two shortcuts that compute the same function:
+
+* a caller that needs the logits of a few positions only (MaskGIT, whose decided tokens are
+  never read again) names them with ``wanted``; the last block then runs its output projection
+  and MLP, and the head its matrix product, on those rows only (the keys and values of every
+  row are still computed: the other rows are attended to).
+* on the CPU in float32, GELU's tanh approximation (Hendrycks & Gimpel 2016) is evaluated as
+  x sigmoid(2u) instead of 0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3): the same
+  function (1 + tanh u = 2 sigmoid(2u)), ~1.6x faster than PyTorch's, whose vectorised tanh
+  is slow, and within a few float32 ulps of it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -28,7 +40,7 @@ from torch import Tensor, nn
 from limner.conditioning.base import CondInputs, Conditioning
 from limner.errors import UsageError
 
-__all__ = ["KVCache", "TokenModel", "TokenNetConfig", "TokenTransformer"]
+__all__ = ["KVCache", "TokenModel", "TokenNetConfig", "TokenTransformer", "gelu_tanh_"]
 
 
 @dataclass
@@ -96,6 +108,17 @@ class KVCache:
         return 0 if self.key_mask is None else self.key_mask.shape[1]
 
 
+_GELU_C = math.sqrt(2 / math.pi)
+
+
+def gelu_tanh_(x: Tensor) -> Tensor:
+    """GELU's tanh approximation of ``x``, written into ``x`` (no gradient): x sigmoid(2u) with
+    u = sqrt(2/pi) (x + 0.044715 x^3), which equals 0.5 x (1 + tanh u); see the module docstring."""
+    u = x * x
+    u.mul_(2 * _GELU_C * 0.044715).add_(2 * _GELU_C).mul_(x)
+    return x.mul_(u.sigmoid_())
+
+
 class Block(nn.Module):
     """Pre-norm block: x + attention(LN x), x + MLP(LN x)."""
 
@@ -110,9 +133,13 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(c.dim, hidden), nn.GELU(approximate="tanh"),
                                  nn.Linear(hidden, c.dim), nn.Dropout(c.dropout))
 
-    def forward(self, x: Tensor, mask: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, cache: KVCache | None = None, layer: int = 0, *,
+                rows: Tensor | None = None) -> Tensor:
         """x [B, L, D]; mask [B, 1, L, L_keys] bool (True = attend). With a cache, the new keys
-        and values are appended to layer ``layer``'s and attention covers all of them."""
+        and values are appended to layer ``layer``'s and attention covers all of them.
+
+        ``rows`` (bool [B, L]): return only those rows' outputs, as [M, D] in row-major order;
+        every row still serves as a key and value."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if cache is not None:
@@ -125,8 +152,17 @@ class Block(nn.Module):
                 cache.values.append(v)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.proj(o.transpose(1, 2).reshape(B, L, D))
-        return x + self.mlp(self.norm2(x))
+        o = o.transpose(1, 2).reshape(B, L, D)
+        if rows is not None:
+            x, o = x[rows], o[rows]
+        x = x + self.proj(o)
+        return x + self._mlp(self.norm2(x))
+
+    def _mlp(self, h: Tensor) -> Tensor:
+        if self.training or torch.is_grad_enabled() or h.device.type != "cpu" or h.dtype != torch.float32:
+            return self.mlp(h)
+        fc1, _, fc2, _ = self.mlp  # eval: no dropout
+        return fc2(gelu_tanh_(fc1(h)))
 
 
 class TokenTransformer(nn.Module):
@@ -172,11 +208,12 @@ class TokenTransformer(nn.Module):
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
 
     def forward(self, tokens: Tensor, cond: Conditioning, cache: KVCache | None = None,
-                start: int = 0) -> Tensor:
+                start: int = 0, *, wanted: Tensor | None = None) -> Tensor:
         """Logits [B, n, K] for image inputs ``tokens`` [B, n] at positions start..start+n-1.
 
         Without a cache (or with an empty one) the condition prefix is computed and prepended;
-        with a filled cache only the new tokens are fed (autoregressive sampling)."""
+        with a filled cache only the new tokens are fed (autoregressive sampling). ``wanted``
+        (bool [B, n]): only those positions' logits are computed, the others are 0."""
         B, n = tokens.shape
         x = self.tok_emb(tokens) + self.pos_emb[start : start + n]
         fresh = cache is None or cache.length == 0
@@ -187,11 +224,19 @@ class TokenTransformer(nn.Module):
         else:
             P, pre_mask = 0, None
         mask, key_mask = self._mask(B, P, n, pre_mask, cache)
+        rows = None
+        if wanted is not None:
+            rows = torch.cat([torch.zeros(B, P, dtype=torch.bool, device=x.device), wanted.to(x.device)], dim=1)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, cache, i)
+            x = block(x, mask, cache, i, rows=rows if i == last else None)
         if cache is not None:
             cache.key_mask = key_mask
-        return self.head(self.norm(x[:, P:])).float()
+        if rows is None:
+            return self.head(self.norm(x[:, P:])).float()
+        logits = torch.zeros(B, n, self.config.num_codes, device=x.device)
+        logits[wanted] = self.head(self.norm(x)).float()
+        return logits
 
     def _mask(self, B: int, P: int, n: int, pre_mask: Tensor | None, cache: KVCache | None
               ) -> tuple[Tensor, Tensor]:
@@ -227,9 +272,9 @@ class TokenModel(nn.Module):
         self.encoder = encoder
 
     def forward(self, tokens: Tensor, cond: Conditioning | CondInputs | None, drop: Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0) -> Tensor:
+                cache: KVCache | None = None, start: int = 0, *, wanted: Tensor | None = None) -> Tensor:
         if isinstance(cond, CondInputs):
             cond = self.encoder(cond, drop)
         elif cond is None:
             cond = Conditioning.empty(tokens.shape[0])
-        return self.net(tokens, cond, cache, start)
+        return self.net(tokens, cond, cache, start, wanted=wanted)
