@@ -9,7 +9,12 @@ Reads the runs ``benchmarks/family_quality.py`` trained (``--runs`` = its ``<out
    and sampling images/s (batch 16, wall clock, after one warm-up batch).
 2. Autoregressive: tokens/s sampling a batch of 16 with the KV cache and without it (every step
    re-reads the whole prefix), and whether both give the same tokens.
-3. Pixel diffusion with the U-Net (preset small) and with DiT-S/4 (``--set
+3. Sampling speed of each family's defaults, one after the other (``--parts sampling``), and the
+   ratio of pixel diffusion's time per image to MaskGIT's at several step counts, measured
+   interleaved in one process (``--parts ratio``: rounds of diffusion, MaskGIT at each step
+   count, in turn; per-round ratios of CPU time and of wall time, whose median is robust to load
+   that comes and goes on a shared machine).
+4. Pixel diffusion with the U-Net (preset small) and with DiT-S/4 (``--set
    family.backbone=dit``): parameters, forward GFLOPs per image (DiT counted analytically, the
    U-Net's convolutions and linear layers by forward hooks), training img/s (forward + backward + Adam, batch 32) and
    denoiser evaluations (NFE) per second at batch 16. No training run is needed for this part.
@@ -20,6 +25,7 @@ on a shared machine lowers them, so the machine line and the load average are pr
 Usage:
     python benchmarks/token_families.py --runs /tmp/bench/fq/runs --threads 2
     python benchmarks/token_families.py --runs ... --skip-fd      # speed only
+    python benchmarks/token_families.py --parts ratio --ratio-steps 10 8 --rounds 5 --threads 1
 """
 
 from __future__ import annotations
@@ -196,15 +202,101 @@ def sampling_speed(vq: Path) -> dict[str, Any]:
     return out
 
 
+def token_family(cls, vq: Path | None):
+    """A fresh preset-small ``cls`` (class-conditional, 32 px, one channel) on the VQ-VAE run
+    ``vq``, or, without one, on a fresh ``vq-small`` tokenizer (speed does not depend on the
+    weights)."""
+    from limner.conditioning import resolve_encoder_config
+    from limner.models.base import DataInfo
+    from limner.models.transformer.config import TransformerConfig, get_preset
+    from limner.models.transformer.model import TokenNetConfig
+    from limner.models.vae.family import VAEFamily
+
+    info = DataInfo(resolution=RESOLUTION, channels=1, num_classes=10)
+    if vq is not None and (vq / "config.json").is_file():
+        return cls.create("small", info, "class", vq=vq)
+    torch.manual_seed(0)
+    vq_cfg = VAEFamily.create("vq-small", info, "none").config
+    preset = get_preset("small", cls.name)
+    enc = resolve_encoder_config("class", info, dim=preset.text_dim, layers=preset.text_layers)
+    _, h, w = vq_cfg.latent_shape
+    net = TokenNetConfig(num_codes=vq_cfg.codebook_size, seq_len=h * w, cond_dim=enc.dim,
+                         causal=cls.kind == "autoregressive", **preset.net)
+    return cls(TransformerConfig(preset="small", kind=cls.kind, resolution=RESOLUTION, channels=1, grid=h,
+                                 net=net.to_dict(), encoder=enc.to_dict(), vq=vq_cfg.to_dict(),
+                                 **cls.sampling_defaults))
+
+
+def sampling_ratio(vq: Path | None, steps: list[int], rounds: int, plain: bool = False) -> dict[str, Any]:
+    """Pixel diffusion's default sampling (DPM-Solver++(2M), 20 steps, CFG 2, U-Net preset
+    small) against MaskGIT preset small (CFG 2) at each of ``steps``: batch 16, class-conditional,
+    fresh models. ``rounds`` rounds after one warm-up round; in each, every contender samples the
+    batch once, in an order that rotates from round to round. Per contender: CPU seconds (the
+    process's, all threads) and wall seconds per batch, min and median; per MaskGIT setting: the
+    median over rounds of diffusion's time / MaskGIT's in the same round, CPU and wall. ``plain``
+    adds MaskGIT at ``steps[0]`` without its sampling shortcuts (``sampling_shortcuts``)."""
+    import statistics
+
+    from limner.generation.request import BatchRequest
+    from limner.models.base import DataInfo
+    from limner.models.diffusion.family import DiffusionFamily
+    from limner.models.transformer.family import MaskGITFamily
+
+    info = DataInfo(resolution=RESOLUTION, channels=1, num_classes=10)
+    torch.manual_seed(0)
+    diffusion = DiffusionFamily.create("small", info, "class")
+    maskgit = token_family(MaskGITFamily, vq)
+    for fam in (diffusion, maskgit):
+        for module in fam.modules().values():
+            module.eval()
+    labels = [k % 10 for k in range(16)]
+    contenders = {"diffusion": (diffusion, BatchRequest(seeds=list(range(16)), labels=labels))}
+    for T in steps:
+        contenders[f"maskgit-{T}"] = (maskgit, BatchRequest(seeds=list(range(16)), labels=labels, steps=T))
+    if plain:  # MaskGIT without its sampling shortcuts, at the first step count
+        contenders[f"maskgit-{steps[0]}-plain"] = (maskgit, BatchRequest(seeds=list(range(16)), labels=labels,
+                                                                         steps=steps[0]))
+    times: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": []} for name in contenders}
+    names = list(contenders)
+    with torch.no_grad():
+        for r in range(rounds + 1):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                fam, request = contenders[name]
+                fam.sampling_shortcuts = not name.endswith("-plain")
+                c0, t0 = time.process_time(), time.perf_counter()
+                fam.generate(request)
+                if r:  # round 0 warms up (kernels, allocator, oneDNN's reordered weights)
+                    times[name]["cpu"].append(time.process_time() - c0)
+                    times[name]["wall"].append(time.perf_counter() - t0)
+            if r:
+                print(f"  round {r}: " + ", ".join(f"{n} {times[n]['cpu'][-1]:.2f}s" for n in names),
+                      file=sys.stderr, flush=True)
+    out: dict[str, Any] = {"batch": 16, "rounds": rounds, "seconds_per_batch": {
+        name: {kind: {"min": min(v), "median": statistics.median(v)} for kind, v in t.items()}
+        for name, t in times.items()}}
+    out["diffusion_over_maskgit"] = {
+        name: {kind: statistics.median(d / m for d, m in zip(times["diffusion"][kind], times[name][kind]))
+               for kind in ("cpu", "wall")}
+        for name in names[1:]}
+    print(f"  ratio: {out['diffusion_over_maskgit']}", file=sys.stderr, flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, help="family_quality.py's <out>/runs (maskgit, autoregressive)")
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 12, 16])
     p.add_argument("--num", type=int, default=1000, help="samples scored per MaskGIT setting (default: 1000)")
     p.add_argument("--skip-fd", action="store_true", help="speed only")
-    p.add_argument("--parts", nargs="+", default=["maskgit", "autoregressive", "backbones", "sampling"],
-                   choices=["maskgit", "autoregressive", "backbones", "sampling"])
-    p.add_argument("--vq", type=Path, help="VQ-VAE run for --parts sampling (default: RUNS/vq)")
+    p.add_argument("--parts", nargs="+", default=["maskgit", "autoregressive", "backbones", "sampling", "ratio"],
+                   choices=["maskgit", "autoregressive", "backbones", "sampling", "ratio"])
+    p.add_argument("--vq", type=Path, help="VQ-VAE run for --parts sampling and ratio (default: RUNS/vq; "
+                   "ratio builds a fresh vq-small tokenizer without one)")
+    p.add_argument("--ratio-steps", type=int, nargs="+", default=[10, 8, 12],
+                   help="MaskGIT steps compared with diffusion in --parts ratio (default: 10 8 12)")
+    p.add_argument("--rounds", type=int, default=5, help="measured rounds of --parts ratio (default: 5)")
+    p.add_argument("--plain", action="store_true", help="--parts ratio also times MaskGIT without its sampling "
+                   "shortcuts (the first --ratio-steps)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "token_families.json")
     args = p.parse_args(argv)
@@ -218,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
         result["backbones"] = backbone_speed()
     if "sampling" in args.parts:
         result["sampling"] = sampling_speed(args.vq or args.runs / "vq")
+    if "ratio" in args.parts:
+        vq = args.vq or (args.runs / "vq" if args.runs else None)
+        result["sampling_ratio"] = sampling_ratio(vq, args.ratio_steps, args.rounds, args.plain)
     result["load_avg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
