@@ -183,12 +183,65 @@ def test_limner_eval_scores_a_folder_of_images(tiny_data, emoji_extractor_dir, t
     (["eval", "{run}", "--data", "{data}/missing", "--out", "{out}"], "--data"),
     (["eval", "{run}", "--data", "{data}", "--extractor", "inception", "--out", "{out}"], "--inception"),
     (["eval", "{run}", "--data", "{data}", "--extractor", "{data}", "--out", "{out}"], "extractor"),
+    # generation options are the run family's, checked as limner sample checks them (a diffusion run)
+    (["eval", "{run}", "--data", "{data}", "--temperature", "1", "--out", "{out}"],
+     "--temperature: a diffusion run takes no temperature option"),
+    (["eval", "{run}", "--data", "{data}", "--truncation", "0.5", "--out", "{out}"], "--truncation"),
+    (["eval", "--images", "{data}", "--data", "{data}", "--steps", "4", "--out", "{out}"], "--steps"),
 ])
 def test_eval_usage_errors_name_the_argument(tiny_run, tiny_data, tmp_path, capsys, argv, needle):
     argv = [a.format(data=tiny_data, out=tmp_path / "o", run=tiny_run) for a in argv]
     assert main(argv) == 2  # README: bad arguments exit with code 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_refuses_a_bad_option_before_reading_the_data(tiny_run, tmp_path, monkeypatch):
+    """The option check comes right after the run is loaded: no dataset is read, no extractor
+    trained, for an option the family does not take."""
+    import limner.data.dataset as datasets
+    from limner.errors import UsageError
+    from limner.evaluation.evaluate import EvalTarget, evaluate_run
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the data was read"))
+    with pytest.raises(UsageError) as exc:
+        evaluate_run(tiny_run, EvalTarget(data=tmp_path, out=tmp_path / "o"),
+                     EvalOptions(num=4, options={"top_k": 5}))
+    assert exc.value.field == "top_k" and "diffusion" in str(exc.value)
+
+
+def test_eval_sampling_passes_the_familys_own_options(tiny_data, monkeypatch):
+    """A token family's options reach its generate, converted by its declaration, and a value
+    out of range is refused naming the option."""
+    from limner.conditioning import CondKind
+    from limner.errors import UsageError
+    from limner.evaluation.evaluate import sample_for_eval
+    from limner.models.transformer.family import AutoregressiveFamily
+
+    seen = []
+
+    class Stub:  # the declaration and the generate of an autoregressive run, without a model
+        name, declaration, cond_kind = "autoregressive", AutoregressiveFamily.declaration, CondKind.none
+
+        def modules(self):
+            return {}
+
+        def generate(self, request):
+            seen.append(request)
+            return type("Out", (), {"images": torch.zeros(len(request.seeds), 3, 16, 16, dtype=torch.uint8)})()
+
+    dataset = load_dataset(tiny_data, 16)
+    opts = EvalOptions(num=3, batch_size=2, cfg=2, options={"top_k": "7", "temperature": 0.5})
+    samples = sample_for_eval(Stub(), dataset, opts, progress=False)
+    assert len(samples.images) == 3 and [len(r.seeds) for r in seen] == [2, 1]
+    assert all(r.options == {"top_k": 7, "temperature": 0.5} and r.cfg == 2.0 for r in seen)
+    assert EvalOptions(options={"top_k": 7}).sampling()["options"] == {"top_k": 7}
+    with pytest.raises(UsageError) as exc:
+        sample_for_eval(Stub(), dataset, EvalOptions(num=1, options={"top_p": 1.5}), progress=False)
+    assert exc.value.field == "top_p"
+    with pytest.raises(UsageError) as exc:
+        sample_for_eval(Stub(), dataset, EvalOptions(num=1, steps=4), progress=False)
+    assert exc.value.field == "steps" and "autoregressive run takes no steps" in str(exc.value)
 
 
 def test_train_extractor_cli_names_weights_by_hash(tiny_data, tmp_path, capsys):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from limner.cli.args import add_precision_argument, checkpoint_step, nonneg_float, positive_float, positive_int, seed_int
+from limner.cli.args import (
+    add_family_options, add_precision_argument, checkpoint_step, family_option_values, positive_int, seed_int,
+)
 
 DESCRIPTION = """\
 Sample N images from a run (or take a folder of images from anywhere with --images) and score them
@@ -18,6 +20,9 @@ and, for text runs with a CLIP-style extractor, text alignment (CLIP-style score
 Writes DIR/result.json (metrics, extractor id, reference key, sample count, seed, sampler, versions)
 and DIR/report.png (metric table, sample grid, the samples closest to a training image beside it).
 
+The generation options (--sampler, --steps, --temperature, ...) are those of `limner sample`:
+which apply depends on the run's family, and one the family does not take is refused by name.
+
 Numbers are comparable only with the same extractor id, dataset, resolution and sample count.
 The extractor is, in order: --extractor (an extractor folder, or "inception" with --inception
 PATH), else one limner trains on the dataset on first use and caches (a classifier for labelled
@@ -28,6 +33,7 @@ EPILOG = """\
 examples:
   limner eval runs/fmnist --data fmnist/ --num 1000 --out eval/fmnist
   limner eval runs/emoji --data emoji/ --num 500 --sampler dpmpp_2m --steps 10 --cfg 3 --out eval/emoji
+  limner eval runs/maskgit --data fmnist/ --num 1000 --steps 8 --temperature 3 --out eval/maskgit
   limner eval runs/fmnist --data fmnist/ --inception pt_inception-2015-12-05-6726825d.pth --out eval/fid
   limner eval --images other_tool_samples/ --data fmnist/ --extractor extractors/fmnist --out eval/other
   limner eval train-extractor fmnist/ --out extractors/fmnist
@@ -46,8 +52,6 @@ training data's content hash and the weights' sha256, which names the extractor 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from limner.samplers import SAMPLERS
-
     p = sub.add_parser("eval", help="score samples: FID/KID/precision-recall, memorization, text alignment",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", type=Path, help="run folder to sample from")
@@ -61,11 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the extractor, when it is one)")
     p.add_argument("--prompts", type=Path, metavar="FILE", help="prompts, one per line, cycled over the samples "
                    "(text runs; default: captions drawn from the data)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="sampler (default: the run's)")
-    p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
-    p.add_argument("--cfg", type=nonneg_float, help="guidance scale (default: the run's)")
-    p.add_argument("--truncation", type=nonneg_float, metavar="PSI", help="GAN truncation / VAE temperature")
-    p.add_argument("--sigma-max", type=positive_float, metavar="SIGMA", help="noise level the diffusion samplers start from (default: the run's, 80)")
     add_precision_argument(p)
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the first sample (default: 0)")
     p.add_argument("--step", type=checkpoint_step, metavar="STEP|best",
@@ -74,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch (default: 64)")
     p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default: 1000)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    add_family_options(p)
     p.set_defaults(func=run)
 
     t = sub.add_parser("eval-train-extractor", prog="limner eval train-extractor",
@@ -129,14 +129,18 @@ def run(args: argparse.Namespace) -> int:
     from limner.errors import UsageError
     from limner.evaluation.evaluate import EvalOptions, evaluate_folder, evaluate_run
     from limner.evaluation.report import metric_lines
+    from limner.models.declaration import request_options
 
     if (args.run_dir is None) == (args.images is None):
         raise UsageError("RUN_DIR: give a run folder or --images DIR (one of them)")
     if args.extractor == "inception" and args.inception is None:
         raise UsageError("--inception: --extractor inception needs the weights file (--inception PATH)")
+    given = family_option_values(args)  # checked against the run's family once it is loaded
+    if args.images is not None and given:
+        name = next(iter(given))
+        raise UsageError("applies to sampling a RUN_DIR; --images are scored as they are", field=name)
     target = _target(args)
-    opts = EvalOptions(num=args.num, batch_size=args.batch_size, seed=args.seed, sampler=args.sampler,
-                       steps=args.steps, cfg=args.cfg, truncation=args.truncation, sigma_max=args.sigma_max,
+    opts = EvalOptions(num=args.num, batch_size=args.batch_size, seed=args.seed, **request_options(given),
                        precision=args.precision, kid_subset_size=args.kid_subset_size)
     if args.images is not None:
         evaluation = evaluate_folder(args.images, target, opts)

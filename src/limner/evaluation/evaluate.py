@@ -49,13 +49,15 @@ METRIC_NAMES = ("fid", "kid", "precision", "recall", "density", "coverage", "inc
                 "near_copy_share", "clip_score", "retrieval_top1")
 LOWER_IS_BETTER = {"fid", "kid", "near_copy_share"}
 
-__all__ = ["EvalOptions", "EvalSamples", "Evaluation", "score_samples", "sample_for_eval",
+__all__ = ["EvalOptions", "EvalSamples", "Evaluation", "checked_options", "score_samples", "sample_for_eval",
            "eval_conditions", "resolve_extractor", "LOWER_IS_BETTER"]
 
 
 @dataclass
 class EvalOptions:
-    """How to sample and score. Sampler fields None = the run's defaults."""
+    """How to sample and score. Sampler fields None = the run's defaults; ``options`` holds the
+    further generation options the run's family declares (``temperature``, ``top_k``...). All of
+    them are checked against the family's declaration before sampling (:func:`checked_options`)."""
 
     num: int = 1000
     batch_size: int = 64
@@ -65,6 +67,7 @@ class EvalOptions:
     cfg: float | None = None
     truncation: float | None = None
     sigma_max: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # or "bf16": sample under bfloat16 autocast
     kid_subsets: int = 100
     kid_subset_size: int = 1000
@@ -75,7 +78,16 @@ class EvalOptions:
     def sampling(self) -> dict[str, Any]:
         return {"num": self.num, "seed": self.seed, "sampler": self.sampler, "steps": self.steps,
                 "cfg": self.cfg, "truncation": self.truncation, "sigma_max": self.sigma_max,
-                "precision": self.precision, "batch_size": self.batch_size}
+                "options": dict(self.options), "precision": self.precision, "batch_size": self.batch_size}
+
+
+def checked_options(family: Any, opts: EvalOptions) -> EvalOptions:
+    """``opts`` with its generation options checked against the family's declaration, the check
+    ``limner sample`` makes (``limner.generation.pipeline.check_options``): an option the family
+    does not take, or a bad value, is a UsageError naming the option."""
+    from limner.generation.pipeline import check_options
+
+    return check_options(family, opts)
 
 
 @dataclass
@@ -124,6 +136,7 @@ def eval_conditions(dataset: ImageDataset, cond: CondKind, num: int, seed: int,
 def sample_for_eval(family: Any, dataset: ImageDataset, opts: EvalOptions, *, prompts: list[str] | None = None,
                     progress: bool = True) -> EvalSamples:
     """``opts.num`` samples from a family (weights already in place), seeds seed..seed+num-1."""
+    opts = checked_options(family, opts)
     texts, labels = eval_conditions(dataset, family.cond_kind, opts.num, opts.seed, prompts)
     start, chunks = time.perf_counter(), []
     bar = tqdm(total=opts.num, desc="sampling", unit="img", disable=not progress, leave=False)
@@ -132,7 +145,7 @@ def sample_for_eval(family: Any, dataset: ImageDataset, opts: EvalOptions, *, pr
         request = BatchRequest(seeds=list(range(opts.seed + a, opts.seed + b)),
                                prompts=texts[a:b] if texts else None, labels=labels[a:b] if labels else None,
                                sampler=opts.sampler, steps=opts.steps, cfg=opts.cfg, truncation=opts.truncation,
-                               sigma_max=opts.sigma_max)
+                               sigma_max=opts.sigma_max, options=dict(opts.options))
         with torch.no_grad(), precision_context(opts.precision, _device_of(family)):
             chunks.append(family.generate(request).images.cpu())
         bar.update(b - a)
@@ -287,6 +300,7 @@ def evaluate_run(run_dir: str | os.PathLike, target: EvalTarget, opts: EvalOptio
     from limner.generation.pipeline import load_run
 
     loaded = load_run(run_dir, step=step, device=target.device)
+    opts = checked_options(loaded.family, opts)  # before the data and the extractor are read
     data_cfg = loaded.run_config["data"]
     dataset = load_dataset(target.data, data_cfg["resolution"], channels=data_cfg["channels"],
                            cache_dir=target.cache_dir, progress=target.progress)
