@@ -203,3 +203,18 @@ def test_progress_comes_from_the_run_folder(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
     progress.poll()
     assert ctx.progressed[-1] == (1, 10, 2.0)
+
+
+def test_a_failed_job_keeps_what_the_ranks_said():
+    from limner.jobs.torchrun import failure_lines
+
+    report = ("*****\nSetting OMP_NUM_THREADS ...\n*****\n"
+              "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+              "RuntimeError: CUDA error: out of memory\n"
+              "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+              "RuntimeError: CUDA error: out of memory\n"
+              "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n=====\nlimner FAILED\n")
+    assert failure_lines(report) == "RuntimeError: CUDA error: out of memory"
+    assert failure_lines("limner train: error: --steps: bad\nlimner train: error: --steps: bad\n") == \
+        "limner train: error: --steps: bad"
+    assert failure_lines("x" * 5000 + "end", limit=10) == "xxxxxxxend"

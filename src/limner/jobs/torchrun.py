@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,6 +302,21 @@ class TrainProcess:
             self.stderr = None
 
 
+_LIMNER_LINE = re.compile(r"^limner [a-z-]+: ")  # what limner's CLI prints before a non-zero exit
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): ")
+
+
+def failure_lines(stderr: str, limit: int = STDERR_TAIL) -> str:
+    """What a failed job keeps of the child's standard error: the messages ``limner train``
+    printed and the exceptions the ranks raised, once each (every rank says the same), without
+    torchrun's own report around them; else the last ``limit`` characters."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = [line for line in lines if _LIMNER_LINE.match(line)
+            or (_EXCEPTION_LINE.match(line) and "ChildFailedError" not in line)]
+    text = "\n".join(dict.fromkeys(said)) if said else stderr.strip()
+    return text[-limit:]
+
+
 # --------------------------------------------------------------------------------------------
 # Progress from the run folder
 # --------------------------------------------------------------------------------------------
@@ -388,10 +404,11 @@ def run_train_torchrun(payload: dict[str, Any], ctx: JobContext, nproc: int, *, 
         if ctx.cancel_requested() and code != 0:
             raise JobCancelled(f"stopped; newest checkpoint at step {newest_checkpoint_step(run_dir)}")
         if code != 0:
-            tail = child.stderr_tail()
+            tail = child.stderr_tail(limit=16 * STDERR_TAIL)
             log.warning("job %s: limner train (torchrun) exited with %d:\n%s", ctx.job_id, code, tail)
+            reason = failure_lines(tail)
             raise TrainProcessFailed(f"limner train ({nproc} processes under torchrun) exited with code {code}"
-                                     + (f": {tail}" if tail else ""))
+                                     + (f": {reason}" if reason else ""))
         progress.poll()
         step = newest_checkpoint_step(run_dir)
         return {"run": payload["name"], "step": int(step if step is not None else progress.step)}
