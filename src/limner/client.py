@@ -223,16 +223,42 @@ class StudioClient:
     def run_sample(self, name: str, step: int) -> bytes:
         return self.request("GET", f"/api/runs/{name}/samples/{step}", raw=True)
 
-    def train(self, *, data: str, name: str, idempotency_key: str | None = None, **options: Any) -> dict:
-        """Start training (family, preset, steps, resolution, set={...}) -> job."""
+    def families(self) -> list[dict]:
+        """The model families: presets, condition kinds, the runs each needs, generation options."""
+        return self.request("GET", "/api/families")
+
+    def train(self, *, name: str, data: str | None = None, data_path: str | None = None,
+              needs: dict[str, str] | None = None, idempotency_key: str | None = None, **options: Any) -> dict:
+        """Start training -> job. The data is an uploaded dataset (``data``) or, for admins, a
+        folder on the studio's machine under one of :meth:`dataset_roots` (``data_path``);
+        ``needs`` names the runs the family builds on (``{"vq": "my-vq"}``); options: family,
+        preset, cond, steps, resolution, set={...}."""
+        body: dict[str, Any] = {"name": name, **options}
+        if data is not None:
+            body["data"] = data
+        if data_path is not None:
+            body["data_path"] = data_path
+        if needs:
+            body["needs"] = needs
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return self.request("POST", "/api/train", json_body={"data": data, "name": name, **options}, headers=headers)["job"]
+        return self.request("POST", "/api/train", json_body=body, headers=headers)["job"]
 
     def resume(self, name: str, steps: int) -> dict:
         return self.request("POST", f"/api/runs/{name}/resume", json_body={"steps": steps})["job"]
 
     def datasets(self) -> list[dict]:
         return self.request("GET", "/api/datasets")
+
+    def dataset_roots(self) -> dict:
+        """``{allowed, roots}``: whether you may train from a folder on the studio's machine."""
+        return self.request("GET", "/api/datasets/roots")
+
+    def check_dataset(self, path: str, resolution: int | None = None) -> dict:
+        """``limner data check`` on a folder on the studio's machine (admins)."""
+        body: dict[str, Any] = {"path": path}
+        if resolution is not None:
+            body["resolution"] = resolution
+        return self.request("POST", "/api/datasets/check", json_body=body)
 
     def upload_dataset(self, zip_bytes: bytes, name: str) -> dict:
         return self.request("POST", "/api/datasets", files={"file": (f"{name}.zip", zip_bytes, "application/zip")},

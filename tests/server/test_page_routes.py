@@ -92,6 +92,7 @@ def test_families_come_from_the_declarations(studio):
     from limner.models.registry import FAMILIES, declaration
 
     families = {f["name"]: f for f in studio.http.get("/api/families").json()}
+    assert studio.client().families() == list(families.values())
     assert set(families) == set(FAMILIES)
     assert [p["name"] for p in families["diffusion"]["presets"]] == list(PRESETS)
     assert families["diffusion"]["default"] and families["diffusion"]["default_preset"] == "small"
@@ -122,6 +123,9 @@ def test_training_a_family_that_needs_a_run_checks_the_run(studio, tiny_data, ti
                                 ({"vae": "tiny", "vq": "tiny"}, "needs.vq", "no 'vq' run")):
         r = studio.http.post("/api/train", json={**base, "needs": needs})
         assert r.status_code == 422 and r.json()["field"] == field and words in r.json()["detail"], (needs, r.json())
+    with pytest.raises(StudioError) as err:
+        c.train(**{k: v for k, v in base.items()}, needs={"vae": "tiny"})
+    assert err.value.status == 422 and err.value.field == "needs.vae"
     r = studio.http.post("/api/train", json={**base, "family": "diffusion", "needs": {"vae": "tiny"}})
     assert r.status_code == 422 and r.json()["field"] == "needs.vae"
     assert c.jobs() == []
@@ -143,23 +147,20 @@ def _zip(folder) -> bytes:
 
 def test_train_from_a_folder_inside_a_root_after_its_data_check(studio, tiny_data):
     c = studio.client()
-    roots = studio.http.get("/api/datasets/roots").json()
+    roots = c.dataset_roots()  # the Python client mirrors the routes the page uses
+    assert roots == studio.http.get("/api/datasets/roots").json()
     assert roots == {"allowed": True, "roots": [str(studio.home / "datasets"), str(studio.extra_root)]}
     folder = studio.extra_root / "emoji"
     shutil.copytree(tiny_data, folder)
     (folder / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with open(folder / "metadata.jsonl", "a") as f:
         f.write(json.dumps({"file_name": "images/broken.png", "text": "broken"}) + "\n")
-    report = studio.http.post("/api/datasets/check", json={"path": str(folder)})
-    assert report.status_code == 200, report.text
-    body = report.json()
+    body = c.check_dataset(str(folder))
     assert body["images"] == 12 and body["total"] == 13 and body["skipped_count"] == 1
     assert body["skipped"][0]["path"] == "images/broken.png" and body["has_captions"]
-    job = studio.http.post("/api/train", json={"data_path": str(folder), "name": "from-folder", "preset": "tiny",
-                                               "resolution": 16, "steps": 2, "batch_size": 4,
-                                               "set": {"train.save_every": 2, "train.sample_every": 0}})
-    assert job.status_code == 202, job.text
-    done = wait_job(c, job.json()["job"]["id"], timeout=120)
+    job = c.train(data_path=str(folder), name="from-folder", preset="tiny", resolution=16, steps=2, batch_size=4,
+                  set={"train.save_every": 2, "train.sample_every": 0})
+    done = wait_job(c, job["id"], timeout=120)
     assert done["state"] == "done", done["error"]
     assert c.run("from-folder")["config"]["data"]["path"] == str(folder.resolve())
 
