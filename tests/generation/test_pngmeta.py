@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from limner.errors import LimnerError
-from limner.generation.pngmeta import a1111_parameters, read_parameters, read_record, save_png
+from limner.generation.pngmeta import a1111_parameters, parse_parameters, read_parameters, read_record, save_png
 from limner.generation.request import GenerationRecord
 
 
@@ -73,3 +73,46 @@ def test_record_ignores_unknown_keys():
     data = json.loads(make_record().to_json())
     data["future_field"] = 1
     assert GenerationRecord.from_dict(data) == make_record()
+
+
+# The fixed fields as limner wrote them before family options were added (their order is kept)
+OLD_TEXT = ("red heart\nNegative prompt: blue\nSteps: 20, Sampler: dpmpp_2m, CFG scale: 2.0, Seed: 7, "
+            "Size: 32x32, Model hash: deadbeef, Model: abc123@100, Family: diffusion, Version: limner 0.1.0")
+
+
+def test_family_options_are_in_the_text_after_the_fixed_fields(tmp_path):
+    rec = make_record(family="autoregressive", sampler=None, steps=None,
+                      options={"top_p": 0.9, "temperature": 0.7, "top_k": 50})
+    path = save_png(Image.new("RGB", (4, 4)), rec, tmp_path / "x.png")
+    text = read_parameters(path)
+    last = text.splitlines()[-1]
+    assert last == ("CFG scale: 2.0, Seed: 7, Size: 32x32, Model hash: deadbeef, Model: abc123@100, "
+                    "Family: autoregressive, Temperature: 0.7, Top k: 50, Top p: 0.9, Version: limner 0.1.0")
+    parsed = parse_parameters(text)
+    assert parsed["Temperature"] == "0.7" and parsed["Top k"] == "50" and parsed["Top p"] == "0.9"
+    assert parsed["Prompt"] == "red heart" and parsed["Negative prompt"] == "blue"
+    gan = a1111_parameters(make_record(family="gan", sampler=None, steps=None, cfg=None, truncation=0.7))
+    assert "Family: gan, Truncation: 0.7, Version" in gan
+    edit = a1111_parameters(make_record(strength=0.6, options={}))
+    assert "Denoising strength: 0.6, Version" in edit
+
+
+def test_text_without_options_is_unchanged_and_old_texts_parse_the_same():
+    assert a1111_parameters(make_record()) == OLD_TEXT
+    old = parse_parameters(OLD_TEXT)
+    assert old == {"Prompt": "red heart", "Negative prompt": "blue", "Steps": "20", "Sampler": "dpmpp_2m",
+                   "CFG scale": "2.0", "Seed": "7", "Size": "32x32", "Model hash": "deadbeef",
+                   "Model": "abc123@100", "Family": "diffusion", "Version": "limner 0.1.0"}
+    new = parse_parameters(a1111_parameters(make_record(options={"temperature": 1.5})))
+    assert {k: v for k, v in new.items() if k != "Temperature"} == old and new["Temperature"] == "1.5"
+
+
+def test_values_with_separators_are_quoted_and_read_back():
+    rec = make_record(run_id='runs, "best": 2', prompt="", negative="a, b: c",
+                      options={"temperature": 1.0, "style": "x, y\nz"})
+    text = a1111_parameters(rec)
+    parsed = parse_parameters(text)
+    assert parsed["Model"] == 'runs, "best": 2@100' and parsed["Style"] == "x, y\nz"
+    assert parsed["Temperature"] == "1.0" and parsed["Version"] == "limner 0.1.0"
+    assert parsed["Negative prompt"] == "a, b: c" and "Prompt" not in parsed
+    assert parse_parameters("a lone prompt") == {"Prompt": "a lone prompt"}

@@ -4,12 +4,20 @@ Each image limner writes carries two text chunks: ``parameters``, the AUTOMATIC1
 human-readable convention (prompt, ``Negative prompt:`` line, then ``Steps: ..., Sampler: ...``),
 so other tools show it, and ``limner``, the full :class:`GenerationRecord` as JSON, which
 ``limner info`` prints and ``limner sample --from-image`` replays.
+
+The last line is ``Key: value`` pairs joined by ", ". A value holding a comma, a colon, a quote or
+a line break is written as a JSON string, as the web UI quotes its own; others are written
+plainly. The family's options follow the fixed fields, before ``Version``: ``Truncation``
+(GAN, VAE), each option of the record's ``options`` under its name with the first letter
+capitalised and ``_`` as a space (``Temperature``, ``Top k``, ``Top p``), and ``Denoising
+strength`` for image-to-image. Older texts lack them and read the same (:func:`parse_parameters`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -22,12 +30,27 @@ RECORD_KEY = "limner"
 PARAMETERS_KEY = "parameters"
 
 
+NEGATIVE_PREFIX = "Negative prompt: "
+# a "Key: value" pair of the last line: the key, then a JSON string or text up to the next comma
+_PAIR = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def option_key(name: str) -> str:
+    """The ``parameters`` key of a family option: ``top_k`` -> ``Top k``."""
+    return name.replace("_", " ").capitalize()
+
+
+def _value(value: object) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n\r') else text
+
+
 def a1111_parameters(record: GenerationRecord) -> str:
     """The record as A1111-style ``parameters`` text."""
     lines = [record.prompt or ""]
     precision = precision_of(record.dtype)
     if record.negative:
-        lines.append(f"Negative prompt: {record.negative}")
+        lines.append(f"{NEGATIVE_PREFIX}{record.negative}")
     fields = [
         ("Steps", record.steps),
         ("Sampler", record.sampler),
@@ -40,10 +63,41 @@ def a1111_parameters(record: GenerationRecord) -> str:
         ("Model", f"{record.run_id}@{record.step}"),
         ("Label", record.label),
         ("Family", record.family),
+        ("Truncation", record.truncation),
+        *((option_key(name), record.options[name]) for name in sorted(record.options)),
+        ("Denoising strength", record.strength),
         ("Version", f"limner {record.limner_version}"),
     ]
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
+    lines.append(", ".join(f"{k}: {_value(v)}" for k, v in fields if v is not None))
     return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """An A1111-style ``parameters`` text (limner's, older or newer, or another tool's) as
+    ``{"Prompt": ..., "Negative prompt": ..., key: value, ...}``: the last line's pairs, quoted
+    values unquoted, every value a string; a missing prompt or negative prompt is absent."""
+    lines = text.split("\n")
+    pairs = lines.pop() if lines and _PAIR.match(lines[-1]) else ""
+    out: dict[str, str] = {}
+    prompt, negative = [], []
+    for line in lines:
+        if negative or line.startswith(NEGATIVE_PREFIX):
+            negative.append(line.removeprefix(NEGATIVE_PREFIX) if not negative else line)
+        else:
+            prompt.append(line)
+    if any(prompt):
+        out["Prompt"] = "\n".join(prompt)
+    if negative:
+        out["Negative prompt"] = "\n".join(negative)
+    for key, value in _PAIR.findall(pairs):
+        value = value.strip()
+        if value.startswith('"'):
+            try:
+                value = str(json.loads(value))
+            except ValueError:
+                pass
+        out[key.strip()] = value
+    return out
 
 
 def save_png(image: Image.Image, record: GenerationRecord, path: str | os.PathLike) -> Path:
