@@ -279,8 +279,33 @@ def entry_of(stage: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def save_stage(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Keep a stage's result in ``<out>/stages/<name>.json`` too, so that a long run that is
+    stopped later (or a stage run on its own) loses nothing: ``--reuse-stages`` reads it back."""
+    folder = args.out / "stages"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{result['stage']}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+def reused_stage(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The kept result of stage ``name`` when ``--reuse-stages`` is given and it was run with the
+    same threads and budget scale, else None."""
+    path = args.out / "stages" / f"{name}.json"
+    if not args.reuse_stages or not path.is_file():
+        return None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    budget = STAGES[name].budget_min * args.budget_scale * args.threads
+    if result.get("threads") != args.threads or abs(result.get("budget_cpu_min", -1) - budget) > 1e-6:
+        return None
+    return result
+
+
 def spawn(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one stage in a fresh process (its stderr streams through); its JSON result."""
+    kept = reused_stage(name, args)
+    if kept is not None:
+        print(f"  {name}: reusing {args.out / 'stages' / (name + '.json')}", file=sys.stderr, flush=True)
+        return kept
     cmd = [sys.executable, __file__, "--worker", name, "--threads", str(args.threads),
            "--budget-scale", str(args.budget_scale), "--out", str(args.out),
            "--score-num", str(args.score_num)] + (["--score"] if args.score else [])
@@ -413,6 +438,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--score-num", type=int, default=1000, help="samples scored per family (default: 1000)")
     p.add_argument("--extractor", metavar="DIR",
                    help="extractor folder for --score (default: the dataset's classifier, trained once and cached)")
+    p.add_argument("--reuse-stages", action="store_true",
+                   help="take a stage's result from <out>/stages/NAME.json (written by every stage) "
+                        "instead of running it again, where threads and budget match")
     p.add_argument("--worker", choices=list(STAGES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -425,7 +453,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(run_stage(args.worker, args)))
+        result = run_stage(args.worker, args)
+        save_stage(result, args)
+        print(json.dumps(result))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
