@@ -3,9 +3,14 @@
 - GAN (Goodfellow et al. 2014; the D(real)/D(fake) readout of GAN Lab, Kahng et al. 2019):
   D's mean logit on real and on generated images and both losses over training, and D's score
   on a grid of real training images and generated ones.
+  The generator reads a text condition as one pooled vector (no per-token attention) and each
+  generated image is made for the caption of the real image above it, so that D scores real
+  and generated images under the same conditions: a ``prompt`` has no part to play and is
+  refused.
 - VAE (Kingma & Welling 2014): the training set as a 2-D map (thumbnails placed by a PCA
   projection of their posterior means), a decoded walk across that map, and the
-  reparameterisation z = mu + sigma eps shown as mean, spread and decoded draws.
+  reparameterisation z = mu + sigma eps shown as mean, spread and decoded draws; text runs add
+  the per-token attention maps of the decoder's cross-attention for a prompt (view "attention").
 - Diffusion (Karras et al. 2022): the loss at each noise level on a batch of training images,
   and one image denoised from every level, which shows which noise levels the model has
   learned; text runs add the per-token attention maps (view "attention").
@@ -44,8 +49,9 @@ from limner.explain.hooks import hooks_for
                             "training images the losses are measured on (default 8)",
                    "points": "training images placed on the VAE's latent map (default 400)",
                    "seed": "seed for the images drawn (default 0)",
-                   "prompt": "text runs: the prompt of the attention maps (default: the first "
-                             "training caption)",
+                   "prompt": "text runs with attention maps (diffusion, VAE, MaskGIT, "
+                             "autoregressive; not GAN): the prompt of the maps (default: the "
+                             "first training caption)",
                    "live": "the cheaper settings the live training callback uses (default false)",
                })
 def dynamics_view(run: ExplainRun, step: int | str | None = None, count: int = 8, points: int = 400,
@@ -96,10 +102,16 @@ def _chart(metrics: list[dict[str, Any]], keys: list[str], title: str) -> Image.
 
 
 @torch.no_grad()
-def gan_dynamics(run: ExplainRun, step=None, count: int = 8, seed: int = 0, **_: Any) -> ExplainResult:
+def gan_dynamics(run: ExplainRun, step=None, count: int = 8, seed: int = 0, prompt: str | None = None,
+                 **_: Any) -> ExplainResult:
     """D(real), D(fake) and the losses over training; D's score on real and generated images."""
     from limner.generation.request import BatchRequest
 
+    if prompt is not None:
+        raise UsageError("a GAN's dynamics has no use for a prompt: its generator reads the text as "
+                         "one pooled vector (no per-token attention maps), and each generated image "
+                         "is made for the caption of the real image it is scored beside",
+                         field="prompt")
     loaded = run.load(step)  # EMA G (what users sample), D as trained
     family = loaded.family
     real, idx = _real_batch(run, count, seed)
@@ -162,8 +174,9 @@ def _note(image: Image.Image, text: str) -> Image.Image:
 
 @torch.no_grad()
 def vae_dynamics(run: ExplainRun, step=None, count: int = 8, points: int = 400, seed: int = 0,
-                 **_: Any) -> ExplainResult:
-    """The latent map (PCA of posterior means), a walk across it, and the reparameterisation."""
+                 prompt: str | None = None, **_: Any) -> ExplainResult:
+    """The latent map (PCA of posterior means), a walk across it, and the reparameterisation;
+    text runs add the decoder's attention maps for ``prompt``."""
     loaded = run.load(step)
     family = loaded.family
     batch, idx = _real_batch(run, points, seed)
@@ -190,6 +203,7 @@ def vae_dynamics(run: ExplainRun, step=None, count: int = 8, points: int = 400, 
         "explained_variance": explained,
     })
     result.images["dynamics"] = render.hstack([images[0], render.vstack(images[1:] + charts)])
+    _add_attention(run, family, result, step=loaded.step, seed=seed, prompt=prompt)
     return result
 
 
