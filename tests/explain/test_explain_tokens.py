@@ -36,8 +36,13 @@ def test_maskgit_step_and_unmasking_order(maskgit_run, tmp_path, explain_cache):
 
 def test_autoregressive_writes_in_raster_order(autoregressive_run, tmp_path, explain_cache):
     run = ExplainRun(autoregressive_run, cache_dir=explain_cache)
-    _, frames, _, _ = replay(run, _png(autoregressive_run, tmp_path))
+    png = _png(autoregressive_run, tmp_path)
+    _, frames, _, _ = replay(run, png)
     order = unmask_order(frames)
     assert torch.equal(order.flatten(), torch.arange(order.numel()))
+    # the view draws it although the sampler has no picture per step: the image and its order
+    film = compute_view(run, "filmstrip", image=str(png))
+    assert film.data["unmask_order"] == order.tolist() and film.data["last_frame_equals_image"]
+    assert "filmstrip" in film.images
     result = compute_view(run, "step")
     assert "loss per token" in [p["name"] for p in result.data["panels"]]

@@ -121,9 +121,12 @@ def strip(frames: list[dict[str, Any]], shown: list[int], final: np.ndarray, cel
         labels.append(name)
     cols = [f"{frames[i]['i'] + 1}" + (f": {frames[i]['sigma']:.2g}" if "sigma" in frames[i] else "")
             for i in shown] + ["final"]
-    image = render.grid(rows, row_labels=labels, col_labels=cols,
-                        title="the image's history, step: sigma. Noisy x_t (scaled by 1/sqrt(1+sigma^2)) "
-                              "and the predicted clean image")
+    if rows:
+        image = render.grid(rows, row_labels=labels, col_labels=cols,
+                            title="the image's history, step: sigma. Noisy x_t (scaled by "
+                                  "1/sqrt(1+sigma^2)) and the predicted clean image")
+    else:  # a sampler with no picture per step (autoregressive): the image and its order
+        image = render.caption(render.cell(_as_rgb(final), cell * 2), "final image")
     if order is None:
         return image
     size = final.shape[0]
