@@ -3,12 +3,18 @@ CPU cores).
 
 Trains each family's ``small`` preset for a few steps (the views' cost depends on the network's
 size, not on how well it is trained) on the bundled emoji data: text-conditioned diffusion and
-GAN, an unconditional VAE and latent diffusion on it. Then times every view that applies
+GAN, an unconditional VAE and latent diffusion on it, and the token families: a VQ-VAE
+(``--preset vq-small``, unconditional, as the token families need) and text-conditioned MaskGIT
+and autoregressive runs on its codes. Then times every view that applies
 (median of ``--repeats``), with the live frames in place as ``limner train`` leaves them, and
 the timeline once more regenerating a frame per checkpoint (what a run trained with
 ``--no-explain`` costs the first time).
 
     .venv/bin/python benchmarks/explain_speed.py        # ~4 min on 2 cores
+    .venv/bin/python benchmarks/explain_speed.py --families token   # only the token runs
+
+On a machine busy with other work every figure is an upper bound of what the view costs with
+the cores to itself; the 1-minute load average at the end is recorded beside the table.
 """
 
 from __future__ import annotations
@@ -29,11 +35,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 DATA = REPO / "data" / "emoji-demo"
 
 
-def train(out: Path, family: str, cache: Path, steps: int, **kw) -> Path:
+def train(out: Path, family: str, cache: Path, steps: int, preset: str = "small", **kw) -> Path:
     from limner.workflows import TrainOptions, train as run_train
 
     shutil.rmtree(out, ignore_errors=True)
-    run_train(TrainOptions(data=DATA, out=out, family=family, preset="small", progress=False,
+    run_train(TrainOptions(data=DATA, out=out, family=family, preset=preset, progress=False,
                            cache_dir=cache, train={"steps": steps, "save_every": steps // 2,
                                                    "sample_every": 0, "tensorboard": False}, **kw))
     return out
@@ -74,6 +80,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/limner-explain-speed"))
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "explain_speed")
+    p.add_argument("--families", choices=["all", "pixel", "token"], default="all",
+                   help="train and time the pixel/latent families (diffusion, GAN, VAE, latent "
+                        "diffusion), the token families (VQ-VAE + MaskGIT, autoregressive) or all")
     p.add_argument("--runs", nargs="*", metavar="NAME=RUN_DIR",
                    help="time these existing runs instead of training new ones")
     args = p.parse_args()
@@ -86,13 +95,19 @@ def main() -> None:
         runs = {name: Path(path) for name, _, path in (r.partition("=") for r in args.runs)}
         cache = None
     else:
-        runs = {
-            "diffusion (text)": train(w / "diffusion", "diffusion", cache, args.steps),
-            "gan (text)": train(w / "gan", "gan", cache, args.steps),
-            "vae": train(w / "vae", "vae", cache, args.steps, cond="none"),
-        }
-        runs["latent-diffusion"] = train(w / "ldm", "latent-diffusion", cache, args.steps, cond="none",
-                                         family_options={"vae": runs["vae"]})
+        runs = {}
+        if args.families in ("all", "pixel"):
+            runs["diffusion (text)"] = train(w / "diffusion", "diffusion", cache, args.steps)
+            runs["gan (text)"] = train(w / "gan", "gan", cache, args.steps)
+            runs["vae"] = train(w / "vae", "vae", cache, args.steps, cond="none")
+            runs["latent-diffusion"] = train(w / "ldm", "latent-diffusion", cache, args.steps,
+                                             cond="none", family_options={"vae": runs["vae"]})
+        if args.families in ("all", "token"):  # the VQ-VAE is their tokenizer, not timed itself
+            vq = train(w / "vq", "vae", cache, args.steps, preset="vq-small", cond="none")
+            runs["maskgit (text)"] = train(w / "maskgit", "maskgit", cache, args.steps,
+                                           family_options={"vq": vq})
+            runs["autoregressive (text)"] = train(w / "ar", "autoregressive", cache, args.steps,
+                                                  family_options={"vq": vq})
     views = {
         "timeline": dict(generate_missing=False),
         "timeline (regenerated)": "timeline",
@@ -117,13 +132,18 @@ def main() -> None:
             params = dict(image=str(png)) if view == "filmstrip" else params
             table[name][view] = timed(lambda: compute_view(run, real, cache_dir=cache, **params), args.repeats)
             wall, cpu = table[name][view]
-            print(f"{name:18s} {view:24s} {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
+            print(f"{name:22s} {view:24s} {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_description(args.threads)
     load = os.getloadavg()[0]
-    (args.out / "results.json").write_text(json.dumps(
-        {"machine": machine, "load_average_1min": load, "seconds_wall_cpu": table}, indent=1))
-    print(f"{machine}; 1-min load average at the end {load:.1f}")
+    note = (f"1-min load average {load:.1f} at the end on {os.cpu_count()} logical CPUs: the machine "
+            "was busy with other work, so every figure is an upper bound of the view's cost"
+            if load > 1.0 else "the machine was idle at the end")
+    name = "results.json" if args.runs or args.families == "all" else f"results-{args.families}.json"
+    (args.out / name).write_text(json.dumps(
+        {"machine": machine, "load_average_1min": load, "note": note, "seconds_wall_cpu": table},
+        indent=1))
+    print(f"{machine}; 1-min load average at the end {load:.1f}; {note}")
     cols = list(views)
     print("seconds, wall / CPU")
     print("| run | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
