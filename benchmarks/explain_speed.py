@@ -143,7 +143,7 @@ def main() -> None:
     (args.out / name).write_text(json.dumps(
         {"machine": machine, "load_average_1min": load, "note": note, "seconds_wall_cpu": table},
         indent=1))
-    print(f"{machine}; 1-min load average at the end {load:.1f}; {note}")
+    print(f"{machine}; {note}")
     cols = list(views)
     print("seconds, wall / CPU")
     print("| run | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
