@@ -307,6 +307,11 @@ def test_learn_shows_how_the_run_learns(open_page, studio):
     step.get_by_text("The numbers").click()
     assert step.locator("table tbody tr").count() > 3  # one row per layer: gradient and update norms
     screenshot(page, "studio-learn-step-desktop")
+    # each view offers its own options: dynamics takes a prompt (text runs), features a token
+    learn.get_by_label("View").select_option("dynamics")
+    assert learn.get_by_label("Prompt").is_visible() and not learn.get_by_label("Token (raster index)").is_visible()
+    learn.get_by_label("View").select_option("features")
+    assert learn.get_by_label("Token (raster index)").is_visible() and not learn.get_by_label("Prompt").is_visible()
 
 
 def test_the_keyboard_reaches_generate_with_a_visible_focus(open_page, studio):

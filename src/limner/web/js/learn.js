@@ -13,9 +13,9 @@ import { lineChart } from "./chart.js";
 const VIEWS = [
   { name: "timeline", label: "Training timeline", about: "Fixed-seed samples at each checkpoint, with the loss and other curves.", options: [] },
   { name: "step", label: "One training step, opened up", about: "One real batch: the input, the noise, the prediction, the loss, and the gradient and update of every layer.", options: ["step", "seed"] },
-  { name: "features", label: "Feature hierarchy", about: "The strongest feature maps of each level for a training image, and the training patches that excite one channel most.", options: ["step", "index"] },
-  { name: "dynamics", label: "Family dynamics", about: "How this family learns: loss by noise level (diffusion), D(real) and D(fake) (GAN), the latent map (VAE).", options: ["step", "seed"] },
-  { name: "attention", label: "Cross-attention", about: "Where each prompt token looks in the image (text-conditioned runs).", options: ["step", "seed", "prompt"] },
+  { name: "features", label: "Feature hierarchy", about: "The strongest feature maps of each level for a training image, and the training patches that excite one channel most (token models: each transformer block on the token grid, and where one token looks).", options: ["step", "index", "token"] },
+  { name: "dynamics", label: "Family dynamics", about: "How this family learns: loss by noise level (diffusion), D(real) and D(fake) (GAN), the latent map (VAE), loss and confidence against the share of masked tokens (MaskGIT), loss along the raster order (autoregressive); for text runs, the prompt's attention maps.", options: ["step", "seed", "prompt"] },
+  { name: "attention", label: "Cross-attention", about: "Where each prompt token looks in the image (text-conditioned runs; token models: the prompt's share of each image token's attention).", options: ["step", "seed", "prompt"] },
   { name: "filmstrip", label: "How an image was made (filmstrip)", about: "One of your images replayed from its record: the noisy picture and the model's guess of the clean image at every sampler step (token models: the order tokens were chosen).", options: ["image"] },
 ];
 
@@ -33,7 +33,8 @@ export function mount(section, ctx) {
     step: field("Checkpoint step", "number", { name: "step", min: 0, step: 1, placeholder: "newest", inputmode: "numeric" }),
     seed: field("Seed", "number", { name: "seed", min: 0, step: 1, placeholder: "default", inputmode: "numeric" }),
     index: field("Training image number", "number", { name: "index", min: 0, step: 1, placeholder: "0", inputmode: "numeric" }),
-    prompt: field("Prompt", "text", { name: "prompt", placeholder: "the run's first caption", maxlength: 500 }),
+    prompt: field("Prompt", "text", { name: "prompt", placeholder: "the run's first caption", maxlength: 500 }, "Text-conditioned runs only."),
+    token: field("Token (raster index)", "number", { name: "token", min: 0, step: 1, placeholder: "middle", inputmode: "numeric" }, "Token models only."),
     image: field("Image", "select", { name: "image_id" }, "Images this model made (newest first)."),
   };
   S.imageStatus = new Status();
