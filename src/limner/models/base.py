@@ -154,6 +154,32 @@ class Family(Protocol):
         ...
 
 
+class FamilyBase:
+    """Defaults of the plug-in surface (:class:`Family`) that most families share, for a family
+    to inherit and override where it differs (a GAN's two networks, its augmentation state):
+    one network ``self.model`` with an EMA copy and one optimizer over its trainable parameters,
+    a config object with ``to_dict`` (``self.config``), and no state besides weights and
+    optimizers (caches of encoded images are rebuilt from the images)."""
+
+    model: nn.Module
+    config: Any
+
+    def ema_names(self) -> list[str]:
+        return ["model"]
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return {"model": OptimizerSpec(params=[p for p in self.model.parameters() if p.requires_grad])}
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
 class GenerationRequestLike(Protocol):
     """The fields of ``limner.generation.request.GenerationRequest`` a family reads."""
 

@@ -20,8 +20,8 @@ DiT reference code is under a non-commercial licence.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +29,14 @@ from torch import Tensor, nn
 
 from limner.conditioning.base import Conditioning
 from limner.errors import UsageError
+from limner.models.net_config import NetConfig
 from limner.nn.embeddings import NoiseEmbedding
 
 __all__ = ["DIT_PRESETS", "DiT", "DiTConfig", "dit_config"]
 
 
 @dataclass
-class DiTConfig:
+class DiTConfig(NetConfig):
     """Shape of a :class:`DiT`; JSON-serialisable through :meth:`to_dict` / :meth:`from_dict`.
 
     Args:
@@ -63,38 +64,21 @@ class DiTConfig:
     cross_attention: bool = False
     dropout: float = 0.0
 
+    what: ClassVar[str] = "DiT"
+
     def validate(self) -> "DiTConfig":
         """A UsageError naming the first impossible field (``--set family.net.*``)."""
-        def bad(name: str, why: str) -> UsageError:
-            return UsageError(f"{why}, got {getattr(self, name)!r}", field=f"family.net.{name}")
-
-        for name in ("patch_size", "dim", "depth", "heads", "resolution"):
-            if getattr(self, name) < 1:
-                raise bad(name, "must be at least 1")
+        self.check_at_least_one("patch_size", "dim", "depth", "heads", "resolution")
         if self.resolution % self.patch_size:
-            raise bad("patch_size", f"must divide the resolution ({self.resolution})")
+            raise self.invalid("patch_size", f"must divide the resolution ({self.resolution})")
         if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise bad("heads", f"must divide dim ({self.dim}) into heads of even width")
-        if not 0 <= self.dropout < 1:
-            raise bad("dropout", "must be in [0, 1)")
-        if self.mlp_ratio <= 0:
-            raise bad("mlp_ratio", "must be positive")
+            raise self.invalid("heads", f"must divide dim ({self.dim}) into heads of even width")
+        self.check_dropout_and_mlp_ratio()
         return self
 
     @property
     def tokens(self) -> int:
         return (self.resolution // self.patch_size) ** 2
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DiTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"unknown DiT config key(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 # The paper's sizes (Table 1) plus a tiny one for tests; ``/p`` is the patch size.

@@ -20,7 +20,7 @@ from limner.conditioning.base import Conditioning
 from limner.conditioning.encoders import EncoderConfig
 from limner.data.batch import Batch
 from limner.errors import UsageError
-from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
+from limner.models.base import DataInfo, FamilyBase, GenerationOutput, ProgressCallback, StepContext
 from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec, preset_lines
 from limner.models.diffusion.config import BACKBONES, PRESETS, DiffusionConfig, get_preset
 from limner.models.diffusion.dit import DiT, DiTConfig, dit_config
@@ -41,7 +41,7 @@ DIFFUSION_OPTIONS: tuple[OptionSpec, ...] = (
 )
 
 
-class DiffusionFamily:
+class DiffusionFamily(FamilyBase):
     """Family plug-in for pixel diffusion (see ``limner.models.base.Family``)."""
 
     name: ClassVar[str] = "diffusion"
@@ -143,21 +143,6 @@ class DiffusionFamily:
     # ----------------------------------------------------------------- plug-in surface
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
-
-    def ema_names(self) -> list[str]:
-        return ["model"]
-
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(params=[p for p in self.model.parameters() if p.requires_grad])}
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
 
     def option_defaults(self) -> dict[str, Any]:
         """The run's own value of each generation option a request may leave out."""

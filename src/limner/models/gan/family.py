@@ -34,6 +34,7 @@ from limner.data.batch import Batch
 from limner.errors import UsageError
 from limner.models.base import (
     DataInfo,
+    FamilyBase,
     GenerationOutput,
     OptimizerSpec,
     ProgressCallback,
@@ -50,7 +51,7 @@ from limner.models.gan.step import GANStep
 from limner.overrides import merge_overrides
 
 
-class GANFamily:
+class GANFamily(FamilyBase):
     """Family plug-in for GANs (see ``limner.models.base.Family``)."""
 
     name: ClassVar[str] = "gan"
@@ -136,9 +137,6 @@ class GANFamily:
         """One Adam per network; lr and betas come from the run's train config."""
         return {name: OptimizerSpec(params=[p for p in module.parameters() if p.requires_grad])
                 for name, module in (("D", self.D), ("G", self.G))}
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.to_dict()
 
     def extra_state(self) -> dict[str, Any]:
         """The augmentation probability and ADA's partial statistics."""

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from limner.conditioning import CondKind
 from limner.data.batch import Batch
 from limner.errors import CheckpointError, UsageError
-from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
+from limner.models.base import DataInfo, FamilyBase, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
 from limner.models.diffusion.config import PRESETS, DiffusionConfig, get_preset
 from limner.models.declaration import Capability, FamilyDeclaration, RunNeed, preset_lines
 from limner.models.diffusion.family import DIFFUSION_OPTIONS, DiffusionFamily, sampling_sigma_max, to_uint8
@@ -97,7 +97,7 @@ class LatentSpace(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class LatentDiffusionFamily:
+class LatentDiffusionFamily(FamilyBase):
     """Family plug-in for latent diffusion (see ``limner.models.base.Family``).
 
     ``diffusion`` is a pixel ``DiffusionFamily`` configured for latent tensors [C_z, h, w];
@@ -203,20 +203,8 @@ class LatentDiffusionFamily:
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.diffusion.model, "vae": self.latent_space}
 
-    def ema_names(self) -> list[str]:
-        return ["model"]
-
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return self.diffusion.optimizers()  # the denoiser's trainable parameters only
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}  # the scale factor is a buffer of "vae"; the cache is rebuilt from the images
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
 
     def option_defaults(self) -> dict[str, Any]:
         return self.diffusion.option_defaults()

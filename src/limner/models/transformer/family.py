@@ -38,7 +38,7 @@ from limner.conditioning.base import Conditioning
 from limner.conditioning.encoders import EncoderConfig
 from limner.data.batch import Batch
 from limner.errors import CheckpointError, UsageError
-from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
+from limner.models.base import DataInfo, FamilyBase, GenerationOutput, ProgressCallback, StepContext
 from limner.models.declaration import Capability, FamilyDeclaration, OptionSpec, RunNeed, preset_lines
 from limner.models.diffusion.family import to_uint8
 from limner.models.transformer.config import PRESETS, TransformerConfig, get_preset
@@ -58,7 +58,7 @@ VQ_NEED = RunNeed(
 CFG_OPTION = OptionSpec("cfg", float, "guidance scale on the logits; 1 = none (default: the run's)", min=0)
 
 
-class TokenFamily:
+class TokenFamily(FamilyBase):
     """What MaskGIT and the autoregressive family share (see ``limner.models.base.Family``);
     the subclasses differ in ``kind``, the training loss and the sampler."""
 
@@ -132,21 +132,6 @@ class TokenFamily:
     # ----------------------------------------------------------------- plug-in surface
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "vq": self.tokenizer.model}
-
-    def ema_names(self) -> list[str]:
-        return ["model"]
-
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(params=[p for p in self.model.parameters() if p.requires_grad])}
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}  # the token cache is rebuilt from the images
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
 
     def option_defaults(self) -> dict[str, Any]:
         c = self.config

@@ -30,21 +30,21 @@ Sampling (no gradients, eval mode) takes two shortcuts that compute the same fun
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from limner.conditioning.base import CondInputs, Conditioning
-from limner.errors import UsageError
+from limner.models.net_config import NetConfig
 
 __all__ = ["KVCache", "TokenModel", "TokenNetConfig", "TokenTransformer", "gelu_tanh_"]
 
 
 @dataclass
-class TokenNetConfig:
+class TokenNetConfig(NetConfig):
     """Shape of a :class:`TokenTransformer` (JSON through ``to_dict`` / ``from_dict``).
 
     Args:
@@ -67,30 +67,14 @@ class TokenNetConfig:
     causal: bool = False
     dropout: float = 0.0
 
+    what: ClassVar[str] = "token transformer"
+
     def validate(self) -> "TokenNetConfig":
-        def bad(name: str, why: str) -> UsageError:
-            return UsageError(f"{why}, got {getattr(self, name)!r}", field=f"family.net.{name}")
-
-        for name in ("num_codes", "seq_len", "dim", "depth", "heads"):
-            if getattr(self, name) < 1:
-                raise bad(name, "must be at least 1")
+        self.check_at_least_one("num_codes", "seq_len", "dim", "depth", "heads")
         if self.dim % self.heads:
-            raise bad("heads", f"must divide dim ({self.dim})")
-        if not 0 <= self.dropout < 1:
-            raise bad("dropout", "must be in [0, 1)")
-        if self.mlp_ratio <= 0:
-            raise bad("mlp_ratio", "must be positive")
+            raise self.invalid("heads", f"must divide dim ({self.dim})")
+        self.check_dropout_and_mlp_ratio()
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TokenNetConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise UsageError(f"unknown token transformer config key(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 class KVCache:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from limner.conditioning import CondInputs, CondKind, EncoderConfig, build_encoder, resolve_encoder_config
 from limner.data.batch import Batch
 from limner.errors import UsageError
-from limner.models.base import DataInfo, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
+from limner.models.base import DataInfo, FamilyBase, GenerationOutput, OptimizerSpec, ProgressCallback, StepContext
 from limner.models.diffusion.family import to_uint8
 from limner.models.vae.config import PRESETS, SIZES, VAEConfig, get_preset
 from limner.models.vae.decoder import Decoder
@@ -180,7 +180,7 @@ class VAE(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class VAEFamily:
+class VAEFamily(FamilyBase):
     """Family plug-in for KL and VQ autoencoders (see ``limner.models.base.Family``)."""
 
     name: ClassVar[str] = "vae"
@@ -253,9 +253,6 @@ class VAEFamily:
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model} if self.D is None else {"model": self.model, "D": self.D}
 
-    def ema_names(self) -> list[str]:
-        return ["model"]
-
     def optimizers(self) -> dict[str, OptimizerSpec]:
         betas = DISC_BETAS if self.D is not None else None
         specs = {"model": OptimizerSpec(params=[p for p in self.model.parameters() if p.requires_grad],
@@ -263,15 +260,6 @@ class VAEFamily:
         if self.D is not None:
             specs["D"] = OptimizerSpec(params=list(self.D.parameters()), betas=betas)
         return specs
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}  # codebook statistics are buffers of "model", saved with its weights
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
 
     def option_defaults(self) -> dict[str, Any]:
         """No run-level defaults to record: a missing truncation means the family's own."""
