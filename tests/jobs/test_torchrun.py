@@ -218,3 +218,37 @@ def test_a_failed_job_keeps_what_the_ranks_said():
     assert failure_lines("limner train: error: --steps: bad\nlimner train: error: --steps: bad\n") == \
         "limner train: error: --steps: bad"
     assert failure_lines("x" * 5000 + "end", limit=10) == "xxxxxxxend"
+
+
+_WORKER = """
+import sys, time
+from pathlib import Path
+from limner.jobs.torchrun import TrainProcess
+folder = Path(sys.argv[3])
+child = TrainProcess([sys.executable, "-c", sys.argv[1], sys.argv[2], str(folder)], folder).start()
+(folder / "agent.pid").write_text(str(child.pid))
+time.sleep(600)
+"""
+
+
+def test_the_tree_of_a_killed_worker_saves_and_exits(tmp_path):
+    """A worker SIGKILLed mid-job: its agent gets SIGTERM (PR_SET_PDEATHSIG) and passes it on,
+    so the rank saves and exits instead of training on for nobody."""
+    import subprocess
+
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, _TREE, _RANK, str(tmp_path)])
+    try:
+        wait = time.monotonic() + 30
+        while not (tmp_path / "rank.pid").is_file():
+            assert time.monotonic() < wait and worker.poll() is None
+            time.sleep(0.05)
+        agent, rank = int((tmp_path / "agent.pid").read_text()), int((tmp_path / "rank.pid").read_text())
+        worker.kill()
+        worker.wait()
+        wait = time.monotonic() + 10
+        while _alive(agent) or _alive(rank):
+            assert time.monotonic() < wait, "the killed worker's training processes kept running"
+            time.sleep(0.05)
+        assert (tmp_path / "saved").read_text() == str(int(signal.SIGTERM))
+    finally:
+        worker.kill()

@@ -138,6 +138,36 @@ def test_training_job_stops_with_a_checkpoint(studio_factory, tiny_data):
     assert run["checkpoints"] and run["checkpoints"][-1] >= 2  # stop = save first
 
 
+@pytest.mark.slow
+def test_a_stopped_workers_training_job_resumes_on_its_next_claim(studio_factory, tiny_data):
+    """Stopping a worker saves and re-queues its training job; the next claim (attempt 2) resumes
+    from that checkpoint instead of refusing the run folder its first attempt made."""
+    import threading
+
+    from limner.jobs.worker import Worker
+    from limner.runs import checkpoint_dirs
+
+    s = studio_factory(workers=0)
+    uid = local_id(s)
+    shutil.copytree(tiny_data, s.home / "datasets" / f"u{uid}" / "emoji")
+    c = s.client()
+    job = c.train(data="emoji", name="again", preset="tiny", resolution=16, steps=30, batch_size=4,
+                  set={"train.save_every": 100_000, "train.sample_every": 0, "train.log_every": 1})
+    first = Worker(s.store, s.home)
+    thread = threading.Thread(target=first.run_once, daemon=True)
+    thread.start()
+    wait_until(lambda: (c.job(job["id"])["progress"] or {}).get("step", 0) >= 2, timeout=120)
+    first.stopping.set()
+    thread.join(180)  # the stop saves a checkpoint (and its explain capture) first
+    assert not thread.is_alive() and c.job(job["id"])["state"] == "queued"
+    run_dir = s.home / "runs" / f"u{uid}" / "again"
+    [stopped] = checkpoint_dirs(run_dir)
+    assert Worker(s.store, s.home).run_once()
+    done = c.job(job["id"])
+    assert done["state"] == "done" and done["attempts"] == 2 and done["result"] == {"run": "again", "step": 30}, done
+    assert [p.name for p in checkpoint_dirs(run_dir)] == [stopped.name, "step_000030"]
+
+
 def test_events_of_a_worker_in_another_process_reach_the_socket(studio_factory, tiny_run):
     """A worker without this studio's event hub (as `limner worker` is) still reaches the
     owner's socket: state, progress, the preview and the image come through the store relay."""
