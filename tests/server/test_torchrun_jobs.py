@@ -7,7 +7,6 @@ process of the job outlives it."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import threading
