@@ -110,7 +110,7 @@ import os, signal, subprocess, sys, time
 rank = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], start_new_session=True)
 def forward(signum, frame):
     os.killpg(rank.pid, signum)
-    sys.exit(128 + rank.wait())
+    os._exit(128 + os.waitstatus_to_exitcode(os.waitpid(rank.pid, 0)[1]))
 signal.signal(signal.SIGINT, forward)
 signal.signal(signal.SIGTERM, forward)
 time.sleep(600)
