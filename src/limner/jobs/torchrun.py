@@ -364,15 +364,9 @@ class RunFolderProgress:
             chunk = f.read(size - self.offset)
         end = chunk.rfind(b"\n") + 1  # a line being written waits for the next poll
         self.offset += end
-        rows = []
-        for line in chunk[:end].splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+        from limner.runs.info import metric_rows
+
+        return metric_rows(chunk[:end].splitlines())
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,16 +67,23 @@ def read_metrics(run_dir: str | Path, limit: int | None = None) -> list[dict[str
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
+        rows = metric_rows(f)
     return rows[-limit:] if limit else rows
+
+
+def metric_rows(lines: Any) -> list[dict[str, Any]]:
+    """The JSON objects among ``lines`` of a ``metrics.jsonl`` (str or bytes); a line that is not
+    one (being written, cut by a crash) is skipped."""
+    rows: list[dict[str, Any]] = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def sample_grids(run_dir: str | Path) -> dict[int, Path]:
