@@ -266,14 +266,20 @@ def _plain(value: Any) -> Any:
 EXECUTORS: dict[str, Callable[..., dict[str, Any]]] = {"train": run_train, "eval": run_eval}
 
 
-def failure_reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException, home: str | Path | None = None) -> str:
     """A job's kept reason: the library's message for limner errors, the type and message else,
-    and a plain hint for running out of memory."""
+    and a plain hint for running out of memory. Paths inside the studio's ``home`` are written
+    relative to it (a job's error reaches the page; the server's own paths stay on the server)."""
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-        return f"out of memory: {exc or 'MemoryError'} (try fewer images, a smaller batch or another device)"
-    if isinstance(exc, UsageError):
+        reason = f"out of memory: {exc or 'MemoryError'} (try fewer images, a smaller batch or another device)"
+    elif isinstance(exc, UsageError):
         field = getattr(exc, "field", None)
-        return f"{field}: {getattr(exc, 'reason', exc)}" if field else str(exc)
-    if isinstance(exc, LimnerError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+        reason = f"{field}: {getattr(exc, 'reason', exc)}" if field else str(exc)
+    elif isinstance(exc, LimnerError):
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    if home is not None:
+        for prefix in {str(Path(home)), str(Path(home).resolve())}:
+            reason = reason.replace(prefix.rstrip("/") + "/", "")
+    return reason

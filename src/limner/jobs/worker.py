@@ -249,7 +249,7 @@ class Worker:
                 _free_memory()
                 return
             log.warning("job %s failed: %s", job.id, exc, exc_info=not _is_user_error(exc))
-            self.store.fail_job(lease, failure_reason(exc))
+            self.store.fail_job(lease, failure_reason(exc, self.home))
             _free_memory()
             return
         if not running.lease_lost():
