@@ -63,6 +63,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from limner.environment import cpu_model
+from limner.fsutil import atomic_write
+
 __all__ = ["attention_backward", "attention_forward", "available", "group_norm_act_backward", "group_norm_act_forward",
            "group_norm_act_forward_bf16", "status", "supports", "supports_attention", "supports_bf16_inference",
            "supports_winograd", "winograd_conv3x3", "winograd_filter"]
@@ -239,7 +242,7 @@ def _choose_variant(cc: str, key: bytes) -> tuple[str, str]:
             chosen = _read_tuning(record)
             if chosen is None:
                 chosen = _tune(cc, key)
-                _write_json_atomic(record, chosen)
+                atomic_write(record, lambda f: f.write(json.dumps(chosen, indent=1).encode()), fsync=False)
                 log.info("limner kernels: timed the builds on this CPU: %s", _describe(chosen))
     return chosen["variant"], _describe(chosen)
 
@@ -280,7 +283,7 @@ def _tune(cc: str, key: bytes) -> dict[str, Any]:
     if not built:
         raise RuntimeError("no kernel variant could be built: " + "; ".join(errors))
     ms = {name: seconds * 1e3 for name, seconds in _time_builds(built).items()}
-    return {"variant": min(ms, key=ms.get), "ms": ms, "cpu": _cpu_model(), "torch": torch.__version__,
+    return {"variant": min(ms, key=ms.get), "ms": ms, "cpu": cpu_model(), "torch": torch.__version__,
             "timed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -311,18 +314,6 @@ def _time_builds(paths: dict[str, Path], rounds: int = 9) -> dict[str, float]:
     return best
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock between processes (no-op where ``fcntl`` is missing)."""
@@ -337,17 +328,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def available() -> bool:
