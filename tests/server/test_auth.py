@@ -183,8 +183,41 @@ def test_turning_accounts_on_hands_the_local_gallery_to_the_first_admin(studio_f
     assert [(b["id"], b["role"]) for b in alice.boards()] == [(board["id"], "owner")]
     assert [i["id"] for i in alice.images(board=board["id"])["items"]] == [image_id]
     assert [j["id"] for j in alice.jobs()] == [done["id"]]
+    # the run folder moved with them: alice lists it and generates from it
+    assert "tiny" in [m["name"] for m in alice.models() if m["kind"] == "run"]
+    assert (s.home / "runs" / f"u{created['id']}" / "tiny" / "config.json").is_file()
+    again = wait_job(alice, alice.generate(model="tiny", prompt="after accounts", steps=2, seed=1)["id"])
+    assert again["state"] == "done"
+    # the old folder is a link to the new one, so absolute paths recorded under it still resolve
+    old = s.home / "runs" / f"u{local.id}"
+    assert old.is_symlink() and (old / "tiny" / "config.json").is_file()
     # the second admin adopts nothing
     bob = alice.create_user("bob", "correct horse battery", role="admin")
     b = s.client()
     b.login("bob", "correct horse battery")
     assert b.jobs() == [] and b.images(owner="bob")["items"] == [] and bob["id"] != created["id"]
+
+
+def test_hand_over_moves_each_kind_and_keeps_what_the_new_owner_has(tmp_path):
+    """The folders move kind by kind; a name the new owner already has is kept on both sides
+    (nothing is overwritten), and only a fully moved folder becomes a link."""
+    from limner.server.runs import hand_over
+
+    for kind, names in {"runs": ["a", "b"], "datasets": ["faces"], "evals": []}.items():
+        for name in names:
+            (tmp_path / kind / "u1" / name).mkdir(parents=True)
+            (tmp_path / kind / "u1" / name / "mine.txt").write_text(f"local {kind} {name}")
+    (tmp_path / "evals" / "u1").mkdir(parents=True)  # empty: stays as it is
+    (tmp_path / "runs" / "u2" / "b").mkdir(parents=True)
+    (tmp_path / "runs" / "u2" / "b" / "mine.txt").write_text("admin's own b")
+
+    assert hand_over(tmp_path, 1, 2) == ["runs", "datasets"]
+    assert (tmp_path / "runs" / "u2" / "a" / "mine.txt").read_text() == "local runs a"
+    assert (tmp_path / "runs" / "u2" / "b" / "mine.txt").read_text() == "admin's own b"
+    assert (tmp_path / "runs" / "u1" / "b" / "mine.txt").read_text() == "local runs b"  # not lost
+    assert not (tmp_path / "runs" / "u1").is_symlink()
+    assert (tmp_path / "datasets" / "u1").is_symlink()
+    assert (tmp_path / "datasets" / "u1" / "faces" / "mine.txt").read_text() == "local datasets faces"
+    assert (tmp_path / "datasets" / "u2" / "faces").is_dir() and not (tmp_path / "datasets" / "u2").is_symlink()
+    assert not (tmp_path / "evals" / "u1").is_symlink()
+    assert hand_over(tmp_path, 1, 2) == ["runs"]  # again: the links are skipped, the clash stays

@@ -161,8 +161,10 @@ def run_user_add(args: argparse.Namespace) -> int:
     from limner.server import accounts
 
     password = _read_password(args.password_stdin)
-    store = _open_store(_settings(args))
-    user, _ = accounts.add_user(store, args.username, password, role="admin" if args.admin else "user")
+    settings = _settings(args)
+    store = _open_store(settings)
+    user, _ = accounts.add_user(store, args.username, password, role="admin" if args.admin else "user",
+                                home=settings.home)
     print(f"created {user.role} {user.username}")
     return 0
 

@@ -52,8 +52,16 @@ def user_for_credential(studio: Any, kind: str, value: str) -> Any | None:
     return user
 
 
-def add_user(store: Any, username: str, password: str, role: str = "user") -> tuple[Any, Any]:
+def add_user(store: Any, username: str, password: str, role: str = "user",
+             home: Any = None) -> tuple[Any, Any]:
     """Create an account (``limner user add``, ``POST /api/users``); returns (user, adoption):
     the first admin takes over what the implicit local user owned, and ``adoption``
-    (``limner.store.accounts.Adoption``) says how much moved; None for every other account."""
-    return store.create_user_adopting(username, password, role)
+    (``limner.store.accounts.Adoption``) says how much moved; None for every other account.
+    With ``home``, the local user's run folders, datasets, evaluations and explain files under
+    it move to the first admin as well (``limner.server.runs.hand_over``)."""
+    user, adopted = store.create_user_adopting(username, password, role)
+    if adopted is not None and adopted.from_user_id is not None and home is not None:
+        from limner.server.runs import hand_over
+
+        hand_over(home, adopted.from_user_id, user.id)
+    return user, adopted

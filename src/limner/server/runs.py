@@ -31,6 +31,44 @@ def user_folder(home: Path, kind: str, user_id: int) -> Path:
     return path
 
 
+USER_KINDS = ("runs", "datasets", "evals", "explain")  # the per-user folders under the home
+
+
+def hand_over(home: Path, from_id: int, to_id: int) -> list[str]:
+    """Move ``from_id``'s folders under the home to ``to_id`` (when the first admin adopts what
+    the implicit local user made) and leave a link at each old path, so the absolute paths kept
+    in run configs (``data.path``) and queued jobs' payloads still lead to the moved folders.
+    Returns the kinds moved. A name the new owner already has stays where it is (logged)."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    moved = []
+    for kind in USER_KINDS:
+        old = Path(home) / kind / f"u{int(from_id)}"
+        new = Path(home) / kind / f"u{int(to_id)}"
+        if old.is_symlink() or not old.is_dir() or not any(old.iterdir()):
+            continue
+        if not new.exists():
+            os.replace(old, new)
+        else:  # the new owner has some already: move entry by entry, keeping theirs
+            for entry in sorted(old.iterdir()):
+                if (new / entry.name).exists():
+                    log.warning("%s/%s of user %d stays: user %d has one of that name", kind, entry.name,
+                                from_id, to_id)
+                    continue
+                os.replace(entry, new / entry.name)
+            if any(old.iterdir()):
+                moved.append(kind)
+                continue
+            old.rmdir()
+        try:
+            old.symlink_to(new.name, target_is_directory=True)
+        except OSError as e:  # a file system without links: recorded paths need the new folder
+            log.warning("could not link %s to %s (%s): paths recorded under it are stale", old, new, e)
+        moved.append(kind)
+    return moved
+
+
 def contained(root: Path, name: str, field: str = "name") -> Path:
     """``root/name`` after checking the name and that its real path stays inside ``root``."""
     check_name(name, field)

@@ -78,11 +78,11 @@ def list_users(admin: AdminDep, studio: StudioDep) -> list[UserOut]:
 @router.post("/users", response_model=UserOut, status_code=201)
 def create_user(body: UserCreate, admin: AdminDep, studio: StudioDep) -> UserOut:
     """Create an account (admins only). The first account with a password turns accounts on
-    (the implicit local admin stops working), so it must be an admin; the images, boards and
-    jobs the local admin made move to that first admin."""
+    (the implicit local admin stops working), so it must be an admin; the images, boards,
+    jobs, run folders and datasets the local admin made move to that first admin."""
     if body.role != "admin" and not accounts.accounts_on(studio, fresh=True):
         raise ApiError(422, "the first account must be an admin (it turns accounts on)", "role")
-    user, _ = accounts.add_user(studio.store, body.username, body.password, body.role)
+    user, _ = accounts.add_user(studio.store, body.username, body.password, body.role, studio.settings.home)
     accounts.forget(studio)
     return UserOut.of(user)
 
