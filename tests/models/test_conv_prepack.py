@@ -56,6 +56,31 @@ def test_packed_matches_plain_convolution(args, kwargs, shape):
 
 
 @needs_prepack
+@pytest.mark.parametrize("args,kwargs,shape", CASES)
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_packed_bfloat16_autocast_matches_autocast_bitwise(args, kwargs, shape, input_dtype):
+    """Under CPU bfloat16 autocast the reordered bfloat16 weight gives exactly what autocast's
+    own convolution gives (the same oneDNN kernel, without re-casting and re-ordering the
+    weight at every call), so sampling in bf16 replays bitwise whichever path ran."""
+    conv, x = _conv(*args, **kwargs), _input(shape).to(input_dtype)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        assert conv._packed.entry is not None and conv._packed.entry[1][-1] == (tuple(x.shape), torch.bfloat16)
+        conv.fast = False
+        plain = conv(x)
+        conv.fast = True
+        again = conv(x)  # the kept bfloat16 weight
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(y, plain, rtol=0, atol=0)
+    torch.testing.assert_close(again, y, rtol=0, atol=0)
+    x32 = _input(shape).to(input_dtype).float()
+    with torch.no_grad():  # leaving autocast: float32 again, never the kept bfloat16 weight
+        out = conv(x32)
+        assert out.dtype == torch.float32 and conv._packed.entry[1][-1] != (tuple(x.shape), torch.bfloat16)
+        torch.testing.assert_close(out, _reference(conv, x32), rtol=1e-4, atol=1e-4)
+
+
+@needs_prepack
 def test_weight_changes_are_seen():
     conv, x = _conv(16, 24, 3, padding=1), _input((2, 16, 8, 8))
     with torch.no_grad():
@@ -81,7 +106,7 @@ def test_new_batch_size_repacks():
         for batch in (4, 1, 4, 7):
             x = _input((batch, 8, 6, 6), seed=batch)
             torch.testing.assert_close(conv(x), _reference(conv, x), rtol=1e-5, atol=1e-5)
-            assert conv._packed.entry[1][-1] == tuple(x.shape)
+            assert conv._packed.entry[1][-1] == (tuple(x.shape), torch.float32)
 
 
 def test_plain_path_where_prepacking_does_not_apply():
@@ -92,8 +117,8 @@ def test_plain_path_where_prepacking_does_not_apply():
     assert conv.weight.grad is not None and conv._packed.entry is None
     with torch.no_grad():
         conv(x.contiguous())  # NCHW input
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert conv(x).dtype == torch.bfloat16
+        with torch.autocast("cpu", dtype=torch.float16):  # not bfloat16: autocast's own path
+            assert conv(x).dtype == torch.float16
         conv.fast = False
         conv(x)
     assert conv._packed.entry is None
