@@ -24,7 +24,7 @@ CL = torch.channels_last
 
 
 def _outputs() -> list[torch.Tensor]:
-    """Winograd F(2x2)/F(4x4) forward and filters, attention forward and backward, group norm
+    """Winograd F(2x2)/F(4x4) forward, filters and filter gradients, attention forward and backward, group norm
     forward and backward, through the public entry points, on fixed inputs."""
     g = torch.Generator().manual_seed(3)
     out = []
@@ -33,6 +33,8 @@ def _outputs() -> list[torch.Tensor]:
     for tile in (2, 4):
         U = kernels.winograd_filter(w, tile=tile)
         out += [U, kernels.winograd_conv3x3(x, U, b), kernels.winograd_filter(w, rotate=True, tile=tile)]
+    gy = torch.randn(3, 80, 12, 20, generator=g).contiguous(memory_format=CL)
+    out += [kernels.winograd_weight_grad(x, gy, tile=4), kernels.winograd_weight_grad(x, gy, tile=2)]
     qkv = torch.randn(2, 37, 3 * 96, generator=g)  # 37 keys: tails of every key tile
     q, k, v = _split(qkv, None)
     o, lse = kernels.attention_forward(q, k, v, 3)

@@ -54,6 +54,26 @@ def test_winograd_matches_float64_convolution(N, Cin, Cout, H, W, bias, tile):
     F.conv2d(xr, w.double(), padding=1).backward(gy.double())
     gx = kernels.winograd_conv3x3(gy, kernels.winograd_filter(w, rotate=True, tile=tile))
     assert gx.shape == x.shape and _rel(gx, xr.grad) < BOUND[tile]
+    # the filter gradient in Winograd's domain: G^T (sum over tiles of V^T A gy A^T) G
+    wr = w.double().requires_grad_()
+    F.conv2d(x.double(), wr, padding=1).backward(gy.double())
+    gw = kernels.winograd_weight_grad(x, gy, tile=tile)
+    assert gw.shape == w.shape and gw.is_contiguous() and _rel(gw, wr.grad) < BOUND[tile]
+
+
+@needs_kernel
+def test_winograd_weight_gradient_repeats_bitwise_and_checks_its_tile():
+    """Exact resume needs the same filter gradient from the same inputs (the tile transforms
+    are per tile; the sum over tiles is one batched matrix product)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 32, 16, 16, generator=g).contiguous(memory_format=CL)
+    gy = torch.randn(8, 48, 16, 16, generator=g)  # NCHW: made channels-last inside
+    first = kernels.winograd_weight_grad(x, gy, tile=4)
+    assert all(torch.equal(kernels.winograd_weight_grad(x, gy, tile=4), first) for _ in range(3))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        kernels.winograd_weight_grad(x[..., :6, :6], gy[..., :6, :6], tile=4)
+    with pytest.raises(ValueError, match="tile must be 2 or 4"):
+        kernels.winograd_weight_grad(x, gy, tile=3)
 
 
 @needs_kernel
@@ -127,9 +147,19 @@ def test_conv2d_trains_through_winograd_like_nn_conv2d(bias, tile, size, monkeyp
             assert type(y.grad_fn).__name__ == "_WinogradConv3x3Backward"
     (y1, gx1, gw1, gb1), (y2, gx2, gw2, gb2) = outs
     assert _rel(y1, y2) < 2 * BOUND[tile] and _rel(gx1, gx2) < 2 * BOUND[tile]
-    assert torch.equal(gw1, gw2)  # the filter and bias gradients are oneDNN's, as nn.Conv2d's
-    if bias:
-        assert torch.equal(gb1, gb2)
+    if fast._winograd_tile(x) == 4:  # F(4x4, 3x3): the filter gradient in Winograd's domain too
+        assert _rel(gw1, gw2) < 2 * BOUND[4]
+        if bias:
+            torch.testing.assert_close(gb1, gb2, rtol=1e-5, atol=1e-4)
+    else:  # F(2x2, 3x3): the filter and bias gradients are oneDNN's, as nn.Conv2d's
+        assert torch.equal(gw1, gw2)
+        if bias:
+            assert torch.equal(gb1, gb2)
+    monkeypatch.setattr(conv, "WINOGRAD_WGRAD", False)  # LIMNER_WINOGRAD_WGRAD=0: oneDNN's for every tile
+    fast.weight.grad = None
+    xi = x.clone().requires_grad_()
+    fast(xi).backward(go)
+    assert torch.equal(fast.weight.grad, gw2)
 
 
 @needs_kernel
