@@ -215,7 +215,7 @@ def test_maskgit_dynamics_by_mask_ratio(maskgit_run, explain_cache):
         assert r["loss"] > 0 and r["cross_entropy"] > 0
     assert d["training_median_mask_ratio"] == pytest.approx(2 ** -0.5)
     _check_prefix_attention(d["attention"], 8)
-    assert "averaged over the sampler's 10 steps" in d["attention"]["how"]
+    assert "averaged over the sampler's 8 steps" in d["attention"]["how"]
     assert {"dynamics", "attention"} <= set(result.images)
 
 

@@ -50,7 +50,7 @@ class TransformerConfig:
     vq_run: dict[str, Any] = field(default_factory=dict)
     cond_drop: float = 0.1
     label_smoothing: float = 0.1
-    steps: int = 10
+    steps: int = 8  # MaskGIT unmasking steps (Chang et al. 2022 use 8 at 256 px)
     temperature: float = 4.5
     cfg: float = 2.0
     top_k: int = 0

@@ -269,11 +269,11 @@ class MaskGITFamily(TokenFamily):
 
     name: ClassVar[str] = "maskgit"
     kind: ClassVar[str] = "maskgit"
-    sampling_defaults: ClassVar[dict[str, Any]] = {"steps": 10, "temperature": 4.5, "cfg": 2.0}
+    sampling_defaults: ClassVar[dict[str, Any]] = {"steps": 8, "temperature": 4.5, "cfg": 2.0}
     declaration: ClassVar[FamilyDeclaration] = FamilyDeclaration(
         summary="MaskGIT: a bidirectional transformer that unmasks VQ tokens in a few steps (Chang et al. 2022)",
         options=(
-            OptionSpec("steps", int, "unmasking steps (default: the run's, 10)", min=1, max=256),
+            OptionSpec("steps", int, "unmasking steps (default: the run's, 8)", min=1, max=256),
             OptionSpec("temperature", float, "MaskGIT: randomness of which tokens are kept, annealed to 0 "
                        "over the steps (default: the run's, 4.5); autoregressive: softmax temperature, "
                        "0 = greedy (default: the run's, 1)", min=0),
