@@ -77,6 +77,24 @@ def test_winograd_weight_gradient_repeats_bitwise_and_checks_its_tile():
 
 
 @needs_kernel
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_weight_gradient_in_chunks_of_samples_keeps_its_scratch_bounded(tile, monkeypatch):
+    """Large batches go through the tile transforms a few samples at a time (the transforms are
+    ~2-4x the maps): the same gradient to rounding, the same bits on a repeat."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 32, 8, 12, generator=g).contiguous(memory_format=CL)
+    gy = torch.randn(7, 16, 8, 12, generator=g).contiguous(memory_format=CL)
+    whole = kernels.winograd_weight_grad(x, gy, tile=tile)
+    per_sample = 4 * (tile + 2) ** 2 * (8 // tile) * (12 // tile) * (32 + 16)
+    monkeypatch.setattr(kernels, "WGRAD_SCRATCH_BYTES", 3 * per_sample)  # chunks of 3, 3 and 1
+    chunked = kernels.winograd_weight_grad(x, gy, tile=tile)
+    assert torch.equal(kernels.winograd_weight_grad(x, gy, tile=tile), chunked)
+    wr = torch.zeros(16, 32, 3, 3, dtype=torch.float64, requires_grad=True)
+    F.conv2d(x.double(), wr, padding=1).backward(gy.double())
+    assert _rel(chunked, wr.grad) < BOUND[tile] and _rel(chunked, whole) < BOUND[tile]
+
+
+@needs_kernel
 def test_f4_refuses_maps_it_cannot_tile():
     x = torch.randn(1, 16, 6, 6).contiguous(memory_format=CL)
     with pytest.raises(ValueError, match="divisible by 4"):

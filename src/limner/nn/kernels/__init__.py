@@ -567,6 +567,9 @@ def winograd_conv3x3(x: Tensor, U: Tensor, bias: Tensor | None = None) -> Tensor
     return y
 
 
+WGRAD_SCRATCH_BYTES = 64 * 2**20  # the most winograd_weight_grad's tile transforms take at once
+
+
 def winograd_weight_grad(x: Tensor, grad: Tensor, tile: int = 4) -> Tensor:
     """The gradient of conv2d(x, w, padding=1) with respect to w [Cout, Cin, 3, 3] for the
     output gradient ``grad``, in Winograd's domain: dU_p = V_p^T dM_p summed over all tiles
@@ -583,12 +586,22 @@ def winograd_weight_grad(x: Tensor, grad: Tensor, tile: int = 4) -> Tensor:
         raise ValueError(f"F({tile}x{tile}, 3x3) needs H and W divisible by {tile}, got {H}x{W}")
     x = x.detach().contiguous(memory_format=torch.channels_last)
     grad = grad.detach().contiguous(memory_format=torch.channels_last)
-    q = tile + 2
-    T = N * (H // tile) * (W // tile)
-    V = x.new_empty(q * q, T, C)
-    dM = x.new_empty(q * q, T, Cout)
-    lib.limner_wino_tiles(tile, x.data_ptr(), grad.data_ptr(), V.data_ptr(), dM.data_ptr(), N, H, W, C, Cout)
-    dU = torch.bmm(V.transpose(1, 2), dM)  # [P, Cin, Cout], the tiles summed
+    P, tiles = (tile + 2) ** 2, (H // tile) * (W // tile)
+    # the transforms take ~(P / tile^2) times the maps: samples go in chunks whose transforms fit
+    # WGRAD_SCRATCH_BYTES, each chunk's products added to dU (a fixed order: same bits every time)
+    per_sample = 4 * P * tiles * (C + Cout)
+    chunk = max(1, min(N, WGRAD_SCRATCH_BYTES // per_sample))
+    dU = None
+    for n0 in range(0, N, chunk):
+        n = min(chunk, N - n0)
+        V = x.new_empty(P, n * tiles, C)
+        dM = x.new_empty(P, n * tiles, Cout)
+        lib.limner_wino_tiles(tile, x[n0:n0 + n].data_ptr(), grad[n0:n0 + n].data_ptr(), V.data_ptr(),
+                              dM.data_ptr(), n, H, W, C, Cout)
+        if dU is None:
+            dU = torch.bmm(V.transpose(1, 2), dM)  # [P, Cin, Cout], the tiles summed
+        else:
+            dU.baddbmm_(V.transpose(1, 2), dM)
     dw = x.new_empty(3, 3, C, Cout)
     lib.limner_wino_filter_grad(tile, dU.data_ptr(), dw.data_ptr(), C * Cout)
     return dw.permute(3, 2, 0, 1).contiguous()
