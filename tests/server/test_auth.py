@@ -221,3 +221,24 @@ def test_hand_over_moves_each_kind_and_keeps_what_the_new_owner_has(tmp_path):
     assert (tmp_path / "datasets" / "u2" / "faces").is_dir() and not (tmp_path / "datasets" / "u2").is_symlink()
     assert not (tmp_path / "evals" / "u1").is_symlink()
     assert hand_over(tmp_path, 1, 2) == ["runs"]  # again: the links are skipped, the clash stays
+
+
+def test_a_hand_over_cut_short_is_finished_at_the_next_start(tmp_path, tiny_run):
+    """The first admin was created (the database committed) but the process stopped before the
+    local user's folders moved: the next studio start moves them."""
+    from limner.server.app import open_studio
+    from limner.server.settings import StudioSettings
+
+    settings = StudioSettings.from_env(home=tmp_path / "home", db_url=None)
+    studio = open_studio(settings)
+    local = studio.store.ensure_local_user()
+    install_run(settings.home, local.id, tiny_run)
+    admin, adopted = studio.store.create_user_adopting("alice", "correct horse battery", "admin")  # no move
+    assert adopted is not None and (settings.home / "runs" / f"u{local.id}" / "tiny").is_dir()
+    assert not (settings.home / "runs" / f"u{admin.id}").exists()
+    again = open_studio(settings)
+    assert (settings.home / "runs" / f"u{admin.id}" / "tiny" / "config.json").is_file()
+    assert (settings.home / "runs" / f"u{local.id}").is_symlink()
+    from limner.server.accounts import finish_hand_over
+
+    assert finish_hand_over(again) == []  # nothing left to move

@@ -65,3 +65,19 @@ def add_user(store: Any, username: str, password: str, role: str = "user",
 
         hand_over(home, adopted.from_user_id, user.id)
     return user, adopted
+
+
+def finish_hand_over(studio: Any) -> list[str]:
+    """At start-up: with accounts on, move what is still a real folder of the local user under
+    the home (runs, datasets, ...) to the first admin. ``add_user`` moves them right after the
+    transaction that creates that admin; a process stopped in between leaves them behind, and
+    this finishes the move. Returns the kinds moved."""
+    from limner.server.runs import hand_over
+
+    if not accounts_on(studio, fresh=True):
+        return []
+    admin = studio.store.first_admin()
+    local = local_user(studio)
+    if admin is None or admin.id == local.id:
+        return []
+    return hand_over(studio.settings.home, local.id, admin.id)

@@ -37,6 +37,7 @@ def open_studio(settings: StudioSettings, store: Any = None) -> Studio:
         store = Store.open(settings.db_url, home=settings.home, embedder=prompt_embedder(), reconcile=True)
     studio = Studio(settings=settings, store=store)
     accounts.ensure_local_user(studio)
+    accounts.finish_hand_over(studio)
     return studio
 
 

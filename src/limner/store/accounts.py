@@ -107,6 +107,14 @@ class AccountsPart:
         with self._read() as conn:
             return conn.execute(sa.select(users.c.id).where(users.c.password_hash.is_not(None)).limit(1)).first() is not None
 
+    def first_admin(self) -> User | None:
+        """The first admin created with a password (the one who adopted the local user's
+        things), or None while accounts are off."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(users).where(users.c.role == "admin", users.c.password_hash.is_not(None))
+                               .order_by(users.c.id).limit(1)).first()
+        return None if row is None else _user(row)
+
     def user_by_name(self, username: str) -> User:
         with self._read() as conn:
             row = conn.execute(sa.select(users).where(users.c.username == username)).first()
