@@ -60,10 +60,8 @@ def add_user(store: Any, username: str, password: str, role: str = "user",
     With ``home``, the local user's run folders, datasets, evaluations and explain files under
     it move to the first admin as well (``limner.server.runs.hand_over``)."""
     user, adopted = store.create_user_adopting(username, password, role)
-    if adopted is not None and adopted.from_user_id is not None and home is not None:
-        from limner.server.runs import hand_over
-
-        hand_over(home, adopted.from_user_id, user.id)
+    if adopted is not None and home is not None:
+        _hand_over_local(store, home)
     return user, adopted
 
 
@@ -72,12 +70,21 @@ def finish_hand_over(studio: Any) -> list[str]:
     the home (runs, datasets, ...) to the first admin. ``add_user`` moves them right after the
     transaction that creates that admin; a process stopped in between leaves them behind, and
     this finishes the move. Returns the kinds moved."""
-    from limner.server.runs import hand_over
-
     if not accounts_on(studio, fresh=True):
         return []
-    admin = studio.store.first_admin()
-    local = local_user(studio)
-    if admin is None or admin.id == local.id:
+    return _hand_over_local(studio.store, studio.settings.home)
+
+
+def _hand_over_local(store: Any, home: Any) -> list[str]:
+    """The local user's folders under ``home`` to the first admin (the one who adopted the
+    rest of what the local user owned); [] when either does not exist."""
+    from limner.server.runs import hand_over
+    from limner.store.accounts import LOCAL_USER
+    from limner.store.errors import NotFound
+
+    admin = store.first_admin()
+    try:
+        local = store.user_by_name(LOCAL_USER)
+    except NotFound:
         return []
-    return hand_over(studio.settings.home, local.id, admin.id)
+    return [] if admin is None else hand_over(home, local.id, admin.id)

@@ -8,6 +8,7 @@ is checked to stay inside its folder (real paths, so a symlink cannot lead out).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 from limner.errors import CheckpointError, UsageError
 from limner.runs import read_run_config, run_summary
+
+log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -25,8 +28,13 @@ def check_name(name: str, field: str = "name") -> str:
     return name
 
 
+def user_path(home: Path, kind: str, user_id: int) -> Path:
+    """``home/kind/u<id>``, the user's folder of that kind (not created)."""
+    return Path(home) / kind / f"u{int(user_id)}"
+
+
 def user_folder(home: Path, kind: str, user_id: int) -> Path:
-    path = Path(home) / kind / f"u{int(user_id)}"
+    path = user_path(home, kind, user_id)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -39,13 +47,9 @@ def hand_over(home: Path, from_id: int, to_id: int) -> list[str]:
     the implicit local user made) and leave a link at each old path, so the absolute paths kept
     in run configs (``data.path``) and queued jobs' payloads still lead to the moved folders.
     Returns the kinds moved. A name the new owner already has stays where it is (logged)."""
-    import logging
-
-    log = logging.getLogger(__name__)
     moved = []
     for kind in USER_KINDS:
-        old = Path(home) / kind / f"u{int(from_id)}"
-        new = Path(home) / kind / f"u{int(to_id)}"
+        old, new = user_path(home, kind, from_id), user_path(home, kind, to_id)
         if old.is_symlink() or not old.is_dir() or not any(old.iterdir()):
             continue
         if not new.exists():

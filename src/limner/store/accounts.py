@@ -39,7 +39,6 @@ class Adoption:
     boards: int = 0
     memberships: int = 0
     jobs: int = 0
-    from_user_id: int | None = None  # the local user's id (its folders under the home move too)
 
     @property
     def total(self) -> int:
@@ -261,7 +260,7 @@ def _adopt_local(conn: sa.Connection, admin_id: int) -> Adoption:
         return conn.execute(table.update().where(table.c[column] == local).values({column: admin_id})).rowcount
 
     moved = Adoption(images=move(images), boards=move(boards), memberships=move(board_members, "user_id"),
-                     jobs=move(jobs), from_user_id=local)
+                     jobs=move(jobs))
     move(board_images, "added_by")
     return moved
 
