@@ -425,25 +425,22 @@ void limner_wino_filter_grad(int m, const float *dU, float *dw, int64_t K) {
                                    {-1.0f / 6, 1.0f / 6, -1.0f / 6}, {1.0f / 24, 1.0f / 12, 1.0f / 6},
                                    {1.0f / 24, -1.0f / 12, 1.0f / 6}, {0.0f, 0.0f, 1.0f}};
     const int q = m + 2;
+    const float(*G)[3] = m == 2 ? G2 : G4;
 #pragma omp parallel for schedule(static)
     for (int64_t k = 0; k < K; k += VL) {
         vfloat t[3][6];
         for (int a = 0; a < 3; a++) /* G^T dU */
             for (int j = 0; j < q; j++) {
                 vfloat acc = (vfloat){0};
-                for (int i = 0; i < q; i++) {
-                    const float g = m == 2 ? G2[i][a] : G4[i][a];
-                    if (g != 0.0f) acc += g * vload(dU + (i * q + j) * K + k);
-                }
+                for (int i = 0; i < q; i++)
+                    if (G[i][a] != 0.0f) acc += G[i][a] * vload(dU + (i * q + j) * K + k);
                 t[a][j] = acc;
             }
         for (int a = 0; a < 3; a++) /* (G^T dU) G */
             for (int b = 0; b < 3; b++) {
                 vfloat acc = (vfloat){0};
-                for (int j = 0; j < q; j++) {
-                    const float g = m == 2 ? G2[j][b] : G4[j][b];
-                    if (g != 0.0f) acc += g * t[a][j];
-                }
+                for (int j = 0; j < q; j++)
+                    if (G[j][b] != 0.0f) acc += G[j][b] * t[a][j];
                 vstore(dw + (a * 3 + b) * K + k, acc);
             }
     }
