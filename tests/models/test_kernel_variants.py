@@ -25,7 +25,8 @@ CL = torch.channels_last
 
 def _outputs() -> list[torch.Tensor]:
     """Winograd F(2x2)/F(4x4) forward, filters and filter gradients, attention forward and backward, group norm
-    forward and backward, through the public entry points, on fixed inputs."""
+    forward and backward (float32 channels-last and bfloat16 NCHW), through the public entry points, on fixed
+    inputs."""
     g = torch.Generator().manual_seed(3)
     out = []
     x = torch.randn(3, 48, 12, 20, generator=g).contiguous(memory_format=CL)
@@ -45,7 +46,12 @@ def _outputs() -> list[torch.Tensor]:
     wg, bg = torch.randn(64, generator=g).requires_grad_(), torch.randn(64, generator=g).requires_grad_()
     y = group_norm_act(xg, wg, bg, 16)
     y.backward(torch.randn(y.shape, generator=g).contiguous(memory_format=CL))
-    return out + [y.detach(), xg.grad, wg.grad, bg.grad]
+    out += [y.detach(), xg.grad, wg.grad, bg.grad]
+    xh = torch.randn(2, 64, 8, 8, generator=g).bfloat16()  # bfloat16 NCHW: the autocast training kernels
+    wh, bh = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g)
+    yh, *coeffs = kernels.group_norm_act_forward(xh, wh, bh, 16, 1e-5, True)
+    gh = torch.randn(2, 64, 8, 8, generator=g).bfloat16()
+    return out + [yh, *coeffs, *kernels.group_norm_act_backward(xh, gh, wh, *coeffs, 16, True)]
 
 
 @needs_kernel

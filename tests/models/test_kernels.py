@@ -97,10 +97,12 @@ def test_autograd_through_the_kernel_matches_the_reference_ops():
 
 
 @needs_kernel
-def test_kernel_results_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, CL), (torch.bfloat16, torch.contiguous_format)])
+def test_kernel_results_do_not_depend_on_the_thread_count(dtype, layout):
     torch.manual_seed(1)
-    x = torch.randn(8, 32, 16, 16).contiguous(memory_format=CL)
-    w, b, gy = torch.randn(8, 32), torch.randn(8, 32), torch.randn(8, 32, 16, 16).contiguous(memory_format=CL)
+    x = torch.randn(8, 32, 16, 16).to(dtype).contiguous(memory_format=layout)
+    w, b = torch.randn(8, 32), torch.randn(8, 32)
+    gy = torch.randn(8, 32, 16, 16).to(dtype).contiguous(memory_format=layout)
     before = torch.get_num_threads()
     outs = []
     try:
@@ -121,7 +123,12 @@ def test_supports_only_what_the_kernel_handles():
     assert kernels.supports(x.contiguous(memory_format=CL), w, 32)
     assert not kernels.supports(x, w, 32)  # NCHW
     assert not kernels.supports(x.contiguous(memory_format=CL).double(), w, 32)
-    assert not kernels.supports(x.contiguous(memory_format=CL).bfloat16(), w, 32)
+    assert not kernels.supports(x.contiguous(memory_format=CL).bfloat16(), w, 32)  # bfloat16: NCHW only
+    assert kernels.supports(x.bfloat16(), w, 32)
+    assert not kernels.supports(x.bfloat16()[:, :, ::2], w, 32)
+    assert not kernels.supports(x.bfloat16()[:0], w, 32)
+    assert not kernels.supports(x.half(), w, 32)
+    assert not kernels.supports(x.bfloat16(), w.bfloat16(), 32)
     assert not kernels.supports(x.contiguous(memory_format=CL), w, 5)  # groups do not divide C
     assert not kernels.supports(x.contiguous(memory_format=CL), torch.ones(3, 32), 32)  # wrong B
     assert not kernels.supports(x.contiguous(memory_format=CL)[:, :, ::2], w, 32)  # strided view
@@ -158,6 +165,88 @@ def test_bf16_inference_kernel_matches_reference(B, C, H, W, groups, per_sample,
     err = (y.double() - want).abs() / want.abs().clamp_min(1e-2)
     assert err.max().item() < 2 ** -8 + 1e-5
     assert torch.equal(y, want.float().bfloat16()) or (y != want.float().bfloat16()).float().mean() < 1e-3
+
+
+@needs_kernel
+@pytest.mark.parametrize("B,C,H,W,groups,per_sample,act", BF16_CASES)
+def test_bf16_training_kernel_matches_reference(B, C, H, W, groups, per_sample, act):
+    """bfloat16 NCHW forward and backward against the float64 function of the same bfloat16 values:
+    y and dL/dx rounded once, the parameter gradients float32."""
+    g = torch.Generator().manual_seed(B * C + H + 1)
+    x = (torch.randn(B, C, H, W, generator=g) * 2 + 0.5).bfloat16()
+    shape = (B, C) if per_sample else (C,)
+    weight, bias = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    gy = torch.randn(B, C, H, W, generator=g).bfloat16()
+    assert kernels.supports(x, weight, groups)
+    y, a, b, mean, rstd = kernels.group_norm_act_forward(x, weight, bias, groups, 1e-5, act)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous()
+    assert torch.equal(y, kernels.group_norm_act_forward_bf16(x, weight, bias, groups, 1e-5, act))  # same bits
+    gx, gw, gb = kernels.group_norm_act_backward(x, gy, weight, a, b, mean, rstd, groups, act)
+    assert gx.dtype == torch.bfloat16 and gx.is_contiguous() and gw.dtype == gb.dtype == torch.float32
+    xr, wr, br, yr = _reference(x, weight, bias, groups, act)
+    yr.backward(gy.double())
+    for got, want in ((y, yr.detach()), (gx, xr.grad)):
+        # one rounding (half a bfloat16 unit: at most 2^-8 relative) plus float32 arithmetic, whose
+        # error scales with the largest term (a g + p x + q may cancel)
+        err = (got.double() - want).abs() - want.abs() * 2 ** -8
+        assert err.max().item() < 1e-5 * want.abs().max().item()
+    if not per_sample:
+        gw, gb = gw.sum(0), gb.sum(0)
+    assert _rel(gw, wr.grad) < 1e-5
+    assert _rel(gb, br.grad) < 1e-5
+
+
+@needs_kernel
+def test_bf16_training_kernel_keeps_a_nan_in_its_group():
+    x = torch.randn(3, 32, 8, 8).bfloat16()
+    x[0, 5, 1, 1] = float("nan")  # group 2 of sample 0 (4 channels per group)
+    w, b, gy = torch.ones(32), torch.zeros(32), torch.randn(3, 32, 8, 8).bfloat16()
+    y, *coeffs = kernels.group_norm_act_forward(x, w, b, 8, 1e-5, True)
+    gx, gw, gb = kernels.group_norm_act_backward(x, gy, w, *coeffs, 8, True)
+    for t in (y, gx):
+        assert t[0, 4:8].isnan().all() and not t[0, :4].isnan().any() and not t[0, 8:].isnan().any()
+        assert not t[1:].isnan().any()
+    assert gw[0, 4:8].isnan().all() and not gw[1:].isnan().any()
+
+
+@needs_kernel
+def test_bf16_training_under_autocast_uses_the_kernel(monkeypatch):
+    """A ResBlock-style norm under bfloat16 autocast with gradients: the kernel computes it, and its
+    gradients are at least as close to the float64 truth as the reference ops' (which round after
+    each of norm, affine map and SiLU)."""
+    calls = []
+    forward = kernels.group_norm_act_forward
+
+    def counting(x, *args, **kwargs):
+        calls.append(x.dtype)
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "group_norm_act_forward", counting)
+    torch.manual_seed(0)
+    norm = GroupNorm2d(64)
+    x0 = torch.randn(4, 64, 16, 16).bfloat16()
+    scale0, shift0 = torch.randn(4, 64), torch.randn(4, 64)
+    gy = torch.randn(4, 64, 16, 16).bfloat16()
+    results = {}
+    for fast in (True, False):
+        norm.fast = fast
+        x, scale, shift = (t.clone().requires_grad_() for t in (x0, scale0, shift0))
+        norm.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = norm.modulated(x, scale, shift)
+        assert out.dtype == torch.bfloat16
+        out.backward(gy)
+        results[fast] = [out.detach(), x.grad, scale.grad, shift.grad, norm.weight.grad, norm.bias.grad]
+    assert calls == [torch.bfloat16]  # the fast pass went through the kernel, the reference did not
+    assert results[True][1].dtype == torch.bfloat16
+    x, scale, shift = (t.double().requires_grad_() for t in (x0, scale0, shift0))
+    w, b = (p.detach().double().requires_grad_() for p in (norm.weight, norm.bias))
+    truth = group_norm_act(x, w * (1 + scale), b * (1 + scale) + shift, norm.groups, fast=False)
+    truth.backward(gy.double())
+    for i, want in enumerate([truth.detach(), x.grad, scale.grad, shift.grad, w.grad, b.grad]):
+        fast_err = _rel(results[True][i], want)
+        assert fast_err < 2 ** -7, i
+        assert fast_err <= _rel(results[False][i], want) + 1e-6, i
 
 
 @needs_kernel

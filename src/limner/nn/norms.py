@@ -20,8 +20,10 @@ runs made with that block (the norm erases it where a group holds a single chann
 large float32 maps and channels-last low-precision maps on the CPU) and the native kernels
 elsewhere. Float32 channels-last maps on the CPU go to the compiled two-pass kernel of
 :mod:`limner.nn.kernels` when it could be built (about 2x faster than the fused PyTorch steps,
-forward and backward), with the steps above as its fallback; bfloat16 NCHW maps that need no
-gradient (sampling under bfloat16 autocast) go to its one-pass forward. The fused paths are first-order
+forward and backward), with the steps above as its fallback; bfloat16 NCHW maps (training and
+sampling under bfloat16 autocast) go to its one-pass-per-group forward and backward, which
+compute in float and round each output once, and bfloat16 channels-last maps that need no
+gradient to its two-pass forward. The fused paths are first-order
 only (no double backward); ``fast=False`` always selects the reference implementation, which
 also serves as the test oracle.
 """
@@ -119,8 +121,9 @@ def _forward_native_stats(
 
 def _use_kernel(x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None, groups: int,
                 out_dtype: torch.dtype) -> bool:
-    """Whether the compiled kernel of :mod:`limner.nn.kernels` computes this call."""
-    return (shift is None and out_dtype == torch.float32 and bias.shape == weight.shape
+    """Whether the compiled kernel of :mod:`limner.nn.kernels` computes this call (float32
+    channels-last, or bfloat16 NCHW with a bfloat16 result), forward and backward."""
+    return (shift is None and out_dtype == x.dtype and bias.shape == weight.shape
             and bias.dtype == torch.float32 and kernels.supports(x, weight, groups))
 
 
@@ -173,7 +176,7 @@ class _KernelGroupNormAct(torch.autograd.Function):
         gx, gw, gb = kernels.group_norm_act_backward(x, grad, weight, a, b, mean, rstd, ctx.groups, ctx.act)
         if weight.dim() == 1:
             gw, gb = gw.sum(0), gb.sum(0)
-        return gx, gw, gb, None, None, None
+        return gx, gw.to(weight.dtype), gb.to(weight.dtype), None, None, None
 
 
 def _backward(
@@ -243,12 +246,12 @@ def group_norm_act(
     autocast dtype (its consumer is a convolution that would cast it anyway).
     """
     out_dtype = _output_dtype(x)
+    if fast and _use_bf16_inference_kernel(x, weight, bias, shift, groups, out_dtype):
+        return kernels.group_norm_act_forward_bf16(x, weight, bias, groups, eps, act)
     if fast and _use_kernel(x, weight, bias, shift, groups, out_dtype):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
             return _KernelGroupNormAct.apply(x, weight, bias, groups, eps, act)
         return kernels.group_norm_act_forward(x, weight, bias, groups, eps, act)[0]
-    if fast and _use_bf16_inference_kernel(x, weight, bias, shift, groups, out_dtype):
-        return kernels.group_norm_act_forward_bf16(x, weight, bias, groups, eps, act)
     if fast and prefers_fused(x):
         return fused_group_norm_act(x, weight, bias, groups, shift, eps, act)
     h = x if shift is None else x + shift[:, :, None, None].to(x.dtype)

@@ -36,8 +36,8 @@ against the OpenMP runtime PyTorch already loaded, so it follows ``torch.set_num
 Without a compiler, or with ``LIMNER_KERNELS=0``, nothing is compiled and every caller uses the
 PyTorch path, which computes the same function (the tests compare the two).
 
-Group norm: float32 channels-last CPU tensors forward and backward (:func:`supports`);
-bfloat16 CPU tensors (NCHW or channels-last) forward only, for inference
+Group norm: float32 channels-last and bfloat16 NCHW CPU tensors forward and backward
+(:func:`supports`); bfloat16 channels-last CPU tensors forward only, for inference
 (:func:`supports_bf16_inference`). Attention: float32 CPU rows (:func:`supports_attention`).
 3x3 convolutions: float32 channels-last CPU maps (:func:`supports_winograd`). Callers check
 first.
@@ -202,7 +202,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                                        _i64, _i64, _i64, _i64, i32, _ptr_t, _ptr_t, _ptr_t]
     lib.limner_gn_forward_bf16_nchw.restype = None
     lib.limner_gn_forward_bf16_nchw.argtypes = [_ptr_t, _ptr_t, _ptr_t, i32, _i64, _i64, _i64, _i64, f32,
-                                                i32, _ptr_t]
+                                                i32] + [_ptr_t] * 5
+    lib.limner_gn_backward_bf16_nchw.restype = i32
+    lib.limner_gn_backward_bf16_nchw.argtypes = lib.limner_gn_backward.argtypes
     lib.limner_gn_forward_bf16_cl.restype = i32
     lib.limner_gn_forward_bf16_cl.argtypes = lib.limner_gn_forward.argtypes
     lib.limner_attention_forward.restype = i32
@@ -358,9 +360,13 @@ def _channels_last(x: Tensor) -> bool:
 
 
 def supports(x: Tensor, weight: Tensor, groups: int) -> bool:
-    """Whether the kernels handle this call: float32 CPU tensors, x [B, C, H, W] channels-last
-    in memory, weight [C] or [B, C], C divisible by ``groups``; and the kernels are built."""
-    return _fits(x, weight, groups, torch.float32) and _channels_last(x) and available()
+    """Whether :func:`group_norm_act_forward` and :func:`group_norm_act_backward` handle this
+    call: x [B, C, H, W] on the CPU, float32 channels-last in memory or bfloat16 NCHW (what
+    bfloat16 autocast training runs in), float32 weight [C] or [B, C], C divisible by
+    ``groups``; and the kernels are built."""
+    if _fits(x, weight, groups, torch.float32):
+        return _channels_last(x) and available()
+    return _fits(x, weight, groups, torch.bfloat16) and x.numel() > 0 and x.is_contiguous() and available()
 
 
 def supports_bf16_inference(x: Tensor, weight: Tensor, groups: int) -> bool:
@@ -380,20 +386,25 @@ def _coefficients(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor, Tenso
     return a, b, mean, rstd
 
 
+def _loaded(caller: str) -> ctypes.CDLL:
+    lib = _load()
+    assert lib is not None, f"{caller} called without the compiled kernels"
+    return lib
+
+
 def group_norm_act_forward_bf16(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
                                 act: bool) -> Tensor:
     """SiLU(GroupNorm(x)) (or GroupNorm(x)) for bfloat16 x, computed in float and rounded once,
     in x's memory format (NCHW: one pass per group; channels-last: the float32 kernel's two
     passes); no gradient. Requires :func:`supports_bf16_inference`."""
-    lib = _load()
-    assert lib is not None, "group_norm_act_forward_bf16 called without the compiled kernels"
+    lib = _loaded("group_norm_act_forward_bf16")
     B, C, H, W = x.shape
     weight, bias = weight.detach().float().contiguous(), bias.detach().float().contiguous()
     per_sample = int(weight.dim() == 2)
     if x.is_contiguous():
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         lib.limner_gn_forward_bf16_nchw(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), per_sample,
-                                        B, H * W, C, groups, eps, int(act), y.data_ptr())
+                                        B, H * W, C, groups, eps, int(act), y.data_ptr(), None, None, None, None)
         return y
     y = torch.empty_like(x, memory_format=torch.channels_last)
     scratch = _coefficients(x, groups)  # a, b, mean, rstd: not needed without a backward pass
@@ -409,16 +420,21 @@ def group_norm_act_forward(
     x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, act: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y, a [B, C], b [B, C], mean [B, G], rstd [B, G]) with y = SiLU(x * a + b) (or x * a + b)
-    = SiLU(GroupNorm(x)) in x's channels-last layout. Requires :func:`supports`."""
-    lib = _load()
-    assert lib is not None, "group_norm_act_forward called without the compiled kernels"
+    = SiLU(GroupNorm(x)) in x's dtype and layout (float32 channels-last or bfloat16 NCHW; a
+    bfloat16 y is rounded once). Requires :func:`supports`."""
+    lib = _loaded("group_norm_act_forward")
     B, C, H, W = x.shape
     weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
-    y = torch.empty_like(x, memory_format=torch.channels_last)
     a, b, mean, rstd = _coefficients(x, groups)
-    rc = lib.limner_gn_forward(
-        x.data_ptr(), weight.data_ptr(), bias.data_ptr(), int(weight.dim() == 2), B, H * W, C, groups,
-        eps, int(act), y.data_ptr(), a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
+    args = (int(weight.dim() == 2), B, H * W, C, groups, eps, int(act))
+    if x.dtype == torch.bfloat16:
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        lib.limner_gn_forward_bf16_nchw(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *args, y.data_ptr(),
+                                        a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
+        return y, a, b, mean, rstd
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    rc = lib.limner_gn_forward(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *args, y.data_ptr(),
+                               a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
     if rc != 0:
         raise MemoryError("group_norm_act kernel: out of memory")
     return y, a, b, mean, rstd
@@ -428,20 +444,21 @@ def group_norm_act_backward(
     x: Tensor, grad: Tensor, weight: Tensor, a: Tensor, b: Tensor, mean: Tensor, rstd: Tensor,
     groups: int, act: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dL/dx, dL/dweight [B, C], dL/dbias [B, C]) per sample; sum over B for [C] parameters."""
-    lib = _load()
-    assert lib is not None, "group_norm_act_backward called without the compiled kernels"
+    """(dL/dx in x's dtype and layout, dL/dweight [B, C], dL/dbias [B, C]) per sample, the last two
+    float32; sum over B for [C] parameters."""
+    lib = _loaded("group_norm_act_backward")
     B, C, H, W = x.shape
-    grad = grad.to(torch.float32).contiguous(memory_format=torch.channels_last)
+    layout = torch.contiguous_format if x.dtype == torch.bfloat16 else torch.channels_last
+    grad = grad.to(x.dtype).contiguous(memory_format=layout)
     if grad.data_ptr() == x.data_ptr():  # never in autograd; the kernel may not alias them
-        grad = grad.clone(memory_format=torch.channels_last)
+        grad = grad.clone(memory_format=layout)
     weight = weight.detach().contiguous()
-    gx = torch.empty_like(x, memory_format=torch.channels_last)
-    gw, gb = x.new_empty(2, B, C).unbind(0)
-    rc = lib.limner_gn_backward(
-        x.data_ptr(), grad.data_ptr(), weight.data_ptr(), int(weight.dim() == 2), a.data_ptr(),
-        b.data_ptr(), mean.data_ptr(), rstd.data_ptr(), B, H * W, C, groups, int(act),
-        gx.data_ptr(), gw.data_ptr(), gb.data_ptr())
+    gx = torch.empty_like(x, memory_format=layout)
+    gw, gb = torch.empty(2, B, C, dtype=torch.float32).unbind(0)
+    kernel = lib.limner_gn_backward_bf16_nchw if x.dtype == torch.bfloat16 else lib.limner_gn_backward
+    rc = kernel(x.data_ptr(), grad.data_ptr(), weight.data_ptr(), int(weight.dim() == 2), a.data_ptr(),
+                b.data_ptr(), mean.data_ptr(), rstd.data_ptr(), B, H * W, C, groups, int(act),
+                gx.data_ptr(), gw.data_ptr(), gb.data_ptr())
     if rc != 0:
         raise MemoryError("group_norm_act kernel: out of memory")
     return gx, gw, gb
@@ -475,8 +492,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor 
     """(o [B, Tq, C] contiguous, lse [B, heads, Tq] or None): softmax(q k^T / sqrt(d) + mask) v per
     head, d = C / heads; ``mask`` is bool, broadcastable to [B, 1, 1, Tk] (True = attend; every
     row needs one). Requires :func:`supports_attention`."""
-    lib = _load()
-    assert lib is not None, "attention_forward called without the compiled kernels"
+    lib = _loaded("attention_forward")
     B, Tq, C = q.shape
     Tk, D = k.shape[1], C // heads
     o = q.new_empty(B, Tq, C)
@@ -495,8 +511,7 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, 
                        dk: Tensor, dv: Tensor, heads: int, mask: Tensor | None = None) -> None:
     """Write dL/dq, dL/dk, dL/dv into ``dq``, ``dk``, ``dv`` (rows like q, k, v; may be slices of one
     buffer) given ``grad`` = dL/do and the forward's o and lse."""
-    lib = _load()
-    assert lib is not None, "attention_backward called without the compiled kernels"
+    lib = _loaded("attention_backward")
     B, Tq, C = q.shape
     Tk, D = k.shape[1], C // heads
     grad = grad.to(torch.float32)
@@ -533,8 +548,7 @@ def winograd_filter(weight: Tensor, rotate: bool = False, tile: int = 2) -> Tens
     """U [P, Cin, Cout] = G w G^T for every filter of weight [Cout, Cin, 3, 3], for output tiles of
     ``tile`` x ``tile`` (2: F(2x2, 3x3), P = 16; 4: F(4x4, 3x3), P = 36); with ``rotate``,
     U [P, Cout, Cin] of the input gradient's filters (each turned by 180 degrees)."""
-    lib = _load()
-    assert lib is not None, "winograd_filter called without the compiled kernels"
+    lib = _loaded("winograd_filter")
     if tile not in (2, 4):
         raise ValueError(f"tile must be 2 or 4, got {tile}")
     # [A, 3, 3, B] with the vectorised channel last: [Cin, 3, 3, Cout], or [Cout, 3, 3, Cin]
@@ -550,8 +564,7 @@ def winograd_conv3x3(x: Tensor, U: Tensor, bias: Tensor | None = None) -> Tensor
     """conv2d(x, w, bias, padding=1) for U = :func:`winograd_filter` (w, tile=2 or 4), in
     channels-last memory. Requires :func:`supports_winograd`, and H and W multiples of 4 for
     tiles of 4."""
-    lib = _load()
-    assert lib is not None, "winograd_conv3x3 called without the compiled kernels"
+    lib = _loaded("winograd_conv3x3")
     N, C, H, W = x.shape
     Cout = U.shape[2]
     if bias is not None:
@@ -576,8 +589,7 @@ def winograd_weight_grad(x: Tensor, grad: Tensor, tile: int = 4) -> Tensor:
     (:func:`limner_wino_tiles` writes V and dM = A grad A^T), then dw = G^T dU G. x and grad are
     channels-last float32 with :func:`supports_winograd`'s shapes (H and W multiples of ``tile``).
     Relative error ~1e-5 of the gradient's scale (oneDNN's direct sum: ~1e-6)."""
-    lib = _load()
-    assert lib is not None, "winograd_weight_grad called without the compiled kernels"
+    lib = _loaded("winograd_weight_grad")
     if tile not in (2, 4):
         raise ValueError(f"tile must be 2 or 4, got {tile}")
     N, C, H, W = x.shape

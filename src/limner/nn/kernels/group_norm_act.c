@@ -250,20 +250,27 @@ int limner_gn_backward(const float *x, const float *gy, const float *weight, int
     return 0;
 }
 
-/* ---- bfloat16, NCHW, forward only (inference) ---------------------------------------------
- * Under CPU bfloat16 autocast the U-Net runs NCHW (PyTorch's bfloat16 kernels are fastest
+/* ---- bfloat16, NCHW, forward and backward ------------------------------------------------
+ * Under CPU bfloat16 autocast the U-Net trains NCHW (PyTorch's bfloat16 convolutions are fastest
  * there). Each (sample, group) is then one contiguous run of n * HW values, so one task reads
  * it for the statistics and again, from cache, for the affine map and SiLU: one pass over
  * memory instead of the native norm, the per-sample affine map and SiLU as three. Values are
  * widened to float (exact), computed as above and rounded once to the nearest bfloat16 (ties
  * to even, NaN kept), as PyTorch rounds. Tasks never share a sum, so results do not depend on
- * the thread count. */
+ * the thread count. The backward pass is local to a (sample, group) too: the gradient through
+ * SiLU goes to a float scratch run with its channel sums, then dL/dx = a g + p x + q is
+ * rounded once (PyTorch's bfloat16 chain rounds after SiLU's backward and again after the
+ * norm's). */
 
 #define SPAN 1024 /* values summed in float before adding into the double accumulators */
+#define STACK_FLOATS 4096 /* a backward task's scratch up to this size lives on its stack (16 KiB) */
 
-/* x, y [B, C, HW] bfloat16 bits; weight, bias [C] (w_per_sample = 0) or [B, C] float. */
+/* x, y [B, C, HW] bfloat16 bits; weight, bias [C] (w_per_sample = 0) or [B, C] float. a, b
+ * [B, C] and mean, rstd [B, G] receive the coefficients for the backward pass, or are all NULL
+ * (inference). */
 void limner_gn_forward_bf16_nchw(const uint16_t *x, const float *weight, const float *bias, int w_per_sample,
-                                 int64_t B, int64_t HW, int64_t C, int64_t G, float eps, int act, uint16_t *y) {
+                                 int64_t B, int64_t HW, int64_t C, int64_t G, float eps, int act, uint16_t *y,
+                                 float *a, float *b, float *mean, float *rstd) {
     int64_t n = C / G;
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < B * G; t++) {
@@ -275,7 +282,7 @@ void limner_gn_forward_bf16_nchw(const uint16_t *x, const float *weight, const f
         for (int64_t i0 = 0; i0 < count; i0 += SPAN) {
             int64_t i1 = i0 + SPAN < count ? i0 + SPAN : count;
             float f1 = 0.0f, f2 = 0.0f;
-#pragma omp simd reduction(+ : f1, f2)
+#pragma omp simd simdlen(16) reduction(+ : f1, f2)
             for (int64_t i = i0; i < i1; i++) {
                 float v = bf16_load(xg[i]) - k;
                 f1 += v;
@@ -287,22 +294,105 @@ void limner_gn_forward_bf16_nchw(const uint16_t *x, const float *weight, const f
         double m = s1 / (double)count, var = s2 / (double)count - m * m;
         double mu = (double)k + m;
         float rs = (float)(1.0 / sqrt((var > 0.0 ? var : 0.0) + (double)eps));
+        if (mean) {
+            mean[t] = (float)mu;
+            rstd[t] = rs;
+        }
         const float *w = weight + (w_per_sample ? bi * C : 0);
         const float *bb = bias + (w_per_sample ? bi * C : 0);
         for (int64_t c = c0; c < c0 + n; c++) {
             float ac = rs * w[c], bc = bb[c] - (float)mu * ac;
+            if (a) {
+                a[bi * C + c] = ac;
+                b[bi * C + c] = bc;
+            }
             const uint16_t *xc = xg + (c - c0) * HW;
             uint16_t *yc = yg + (c - c0) * HW;
             if (act) {
-#pragma omp simd
+#pragma omp simd simdlen(16)
                 for (int64_t i = 0; i < HW; i++) {
                     float z = bf16_load(xc[i]) * ac + bc;
                     yc[i] = bf16_round(z * sigmoid(z));
                 }
             } else {
-#pragma omp simd
+#pragma omp simd simdlen(16)
                 for (int64_t i = 0; i < HW; i++) yc[i] = bf16_round(bf16_load(xc[i]) * ac + bc);
             }
         }
     }
+}
+
+/* Backward of the above. x, gy, gx [B, C, HW] bfloat16 bits (gx may not alias x or gy); a, b,
+ * mean, rstd from the forward; weight [C] or [B, C]. Writes the per-sample gradients gw, gb
+ * [B, C] of the norm's weight and bias. Returns 0, or -1 when out of memory. */
+int limner_gn_backward_bf16_nchw(const uint16_t *x, const uint16_t *gy, const float *weight, int w_per_sample,
+                                 const float *a, const float *b, const float *mean, const float *rstd,
+                                 int64_t B, int64_t HW, int64_t C, int64_t G, int act,
+                                 uint16_t *gx, float *gw, float *gb) {
+    int64_t n = C / G;
+    int failed = 0;
+#pragma omp parallel for schedule(static) reduction(| : failed)
+    for (int64_t t = 0; t < B * G; t++) {
+        int64_t bi = t / G, c0 = (t % G) * n, count = n * HW;
+        float small[STACK_FLOATS]; /* dL/dz of this group: on the stack when it fits */
+        float *g = count <= STACK_FLOATS ? small : malloc(sizeof(float) * count);
+        if (!g) {
+            failed = 1;
+            continue;
+        }
+        const uint16_t *xg = x + (bi * C + c0) * HW, *gyg = gy + (bi * C + c0) * HW;
+        const float *w = weight + (w_per_sample ? bi * C : 0);
+        float mu = mean[t];
+        double rs = rstd[t], A = 0.0, Bsum = 0.0;
+        /* pass 1: g through SiLU, S1 = sum g and S2 = sum g (x - mu) per channel */
+        for (int64_t c = c0; c < c0 + n; c++) {
+            float ac = a[bi * C + c], bc = b[bi * C + c];
+            const uint16_t *xc = xg + (c - c0) * HW, *gc = gyg + (c - c0) * HW;
+            float *out = g + (c - c0) * HW;
+            double s1 = 0.0, s2 = 0.0;
+            for (int64_t i0 = 0; i0 < HW; i0 += SPAN) {
+                int64_t i1 = i0 + SPAN < HW ? i0 + SPAN : HW;
+                float f1 = 0.0f, f2 = 0.0f;
+                if (act) {
+#pragma omp simd simdlen(16) reduction(+ : f1, f2)
+                    for (int64_t i = i0; i < i1; i++) {
+                        float xv = bf16_load(xc[i]), z = xv * ac + bc, sg = sigmoid(z);
+                        float gv = bf16_load(gc[i]) * sg * (1.0f + z * (1.0f - sg));
+                        out[i] = gv;
+                        f1 += gv;
+                        f2 += gv * (xv - mu);
+                    }
+                } else {
+#pragma omp simd simdlen(16) reduction(+ : f1, f2)
+                    for (int64_t i = i0; i < i1; i++) {
+                        float gv = bf16_load(gc[i]);
+                        out[i] = gv;
+                        f1 += gv;
+                        f2 += gv * (bf16_load(xc[i]) - mu);
+                    }
+                }
+                s1 += f1;
+                s2 += f2;
+            }
+            double gxhat = rs * s2;
+            gw[bi * C + c] = (float)gxhat;
+            gb[bi * C + c] = (float)s1;
+            A += w[c] * s1;
+            Bsum += w[c] * gxhat;
+        }
+        double N = (double)count;
+        double pd = -rs * rs * Bsum / N;
+        float p = (float)pd, q = (float)(pd * -(double)mu - rs * A / N);
+        /* pass 2: dL/dx = a g + p x + q, rounded once */
+        for (int64_t c = c0; c < c0 + n; c++) {
+            float ac = a[bi * C + c];
+            const uint16_t *xc = xg + (c - c0) * HW;
+            const float *gc = g + (c - c0) * HW;
+            uint16_t *out = gx + (bi * C + c) * HW;
+#pragma omp simd simdlen(16)
+            for (int64_t i = 0; i < HW; i++) out[i] = bf16_round(ac * gc[i] + p * bf16_load(xc[i]) + q);
+        }
+        if (g != small) free(g);
+    }
+    return failed ? -1 : 0;
 }
