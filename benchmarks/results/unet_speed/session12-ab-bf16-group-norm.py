@@ -1,6 +1,10 @@
-"""In-process interleaved A/B: bf16 NCHW group norm kernel (new) vs native ops, U-Net small bf16 training step."""
+"""In-process interleaved A/B: bf16 NCHW group norm kernel (new) vs native ops, U-Net small bf16 training step.
+
+Usage (from the repository root): .venv/bin/python benchmarks/results/unet_speed/session12-ab-bf16-group-norm.py [ROUNDS]
+"""
 import sys, time, statistics
-sys.path.insert(0, "/work/main/benchmarks")
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for unet_speed
 from limner.allocator import tune_allocator
 tune_allocator()
 import torch

@@ -176,7 +176,7 @@ class _KernelGroupNormAct(torch.autograd.Function):
         gx, gw, gb = kernels.group_norm_act_backward(x, grad, weight, a, b, mean, rstd, ctx.groups, ctx.act)
         if weight.dim() == 1:
             gw, gb = gw.sum(0), gb.sum(0)
-        return gx, gw.to(weight.dtype), gb.to(weight.dtype), None, None, None
+        return gx, gw, gb, None, None, None
 
 
 def _backward(
