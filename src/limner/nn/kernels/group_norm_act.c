@@ -161,6 +161,25 @@ DEFINE_GN_FORWARD(limner_gn_forward, float, f32_load, f32_store, channel_sums)
  * output; a, b, mean, rstd are scratch for the caller. */
 DEFINE_GN_FORWARD(limner_gn_forward_bf16_cl, uint16_t, bf16_load, bf16_round, channel_sums_bf16)
 
+/* The group step of the backward pass, shared by both layouts. Per channel c of a group, from
+ * its sums S1 = sum dL/dz and S2 = sum dL/dz (x - mu): the parameter gradients gw = rstd S2 and
+ * gb = S1, and the group's weighted sums A = sum w S1, Bsum = sum w gw (channels in order). */
+static inline void channel_backward(double s1, double s2, double rs, float w, float *gw, float *gb, double *A,
+                                    double *Bsum) {
+    double gxhat = rs * s2;
+    *gw = (float)gxhat;
+    *gb = (float)s1;
+    *A += w * s1;
+    *Bsum += w * gxhat;
+}
+
+/* Then, over the group's count = n * HW values, dL/dx = a dL/dz + p x + q with these p and q. */
+static inline void group_backward(double A, double Bsum, double rs, double mu, double count, float *p, float *q) {
+    double pd = -rs * rs * Bsum / count;
+    *p = (float)pd;
+    *q = (float)(pd * -mu - rs * A / count);
+}
+
 /* Backward. gy: dL/dy [B, HW, C]; a, b, mean, rstd from the forward. Writes gx [B, HW, C] (may
  * not alias x or gy) and the per-sample gradients gw, gb [B, C] of the norm's weight and bias
  * (the caller sums them over B for [C] parameters). Returns 0, or -1 when out of memory. */
@@ -207,21 +226,14 @@ int limner_gn_backward(const float *x, const float *gy, const float *weight, int
             }
             const float *w = weight + (w_per_sample ? bi * C : 0);
             for (int64_t g = 0; g < G; g++) {
-                double rs = rstd[bi * G + g], d = -(double)mean[bi * G + g];
-                double A = 0.0, Bsum = 0.0;
+                double rs = rstd[bi * G + g], A = 0.0, Bsum = 0.0;
+                for (int64_t c = g * n; c < (g + 1) * n; c++)
+                    channel_backward(s[c], s[C + c], rs, w[c], gw + bi * C + c, gb + bi * C + c, &A, &Bsum);
+                float p, q;
+                group_backward(A, Bsum, rs, mean[bi * G + g], (double)n * (double)HW, &p, &q);
                 for (int64_t c = g * n; c < (g + 1) * n; c++) {
-                    double gxhat = rs * s[C + c];
-                    gw[bi * C + c] = (float)gxhat;
-                    gb[bi * C + c] = (float)s[c];
-                    A += w[c] * s[c];
-                    Bsum += w[c] * gxhat;
-                }
-                double count = (double)n * (double)HW;
-                double p = -rs * rs * Bsum / count;
-                double q = p * d - rs * A / count;
-                for (int64_t c = g * n; c < (g + 1) * n; c++) {
-                    pq[bi * 2 * C + c] = (float)p;
-                    pq[bi * 2 * C + C + c] = (float)q;
+                    pq[bi * 2 * C + c] = p;
+                    pq[bi * 2 * C + C + c] = q;
                 }
             }
         }
@@ -374,15 +386,10 @@ int limner_gn_backward_bf16_nchw(const uint16_t *x, const uint16_t *gy, const fl
                 s1 += f1;
                 s2 += f2;
             }
-            double gxhat = rs * s2;
-            gw[bi * C + c] = (float)gxhat;
-            gb[bi * C + c] = (float)s1;
-            A += w[c] * s1;
-            Bsum += w[c] * gxhat;
+            channel_backward(s1, s2, rs, w[c], gw + bi * C + c, gb + bi * C + c, &A, &Bsum);
         }
-        double N = (double)count;
-        double pd = -rs * rs * Bsum / N;
-        float p = (float)pd, q = (float)(pd * -(double)mu - rs * A / N);
+        float p, q;
+        group_backward(A, Bsum, rs, mu, (double)count, &p, &q);
         /* pass 2: dL/dx = a g + p x + q, rounded once */
         for (int64_t c = c0; c < c0 + n; c++) {
             float ac = a[bi * C + c];
