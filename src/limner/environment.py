@@ -103,6 +103,7 @@ def describe() -> dict[str, Any]:
     from limner import __version__
     from limner.allocator import allocator_status
     from limner.data.cache import default_cache_dir
+    from limner.generation.precision import cpu_bf16_native
     from limner.nn import kernels
     from limner.nn.conv import winograd_status
 
@@ -119,6 +120,9 @@ def describe() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "capability": torch.backends.cpu.get_cpu_capability(),
             "onednn": torch.backends.mkldnn.is_available(),
+            "bfloat16": ("fast: oneDNN runs it on this CPU's AVX-512 or AMX" if cpu_bf16_native()
+                         else "slow: no bfloat16 vector instructions (AVX-512 or AMX); --precision bf16 runs "
+                              "PyTorch's reference loops, 10-40x slower than fp32"),
         },
         "cuda": {
             "available": cuda,

@@ -96,7 +96,8 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=["fp32", "bf16"], default="fp32",
         help="bf16 runs the network under bfloat16 autocast: faster on recent GPUs and on CPUs with "
-             "AVX-512, slightly different pixels, kept in the generation record (default: fp32)")
+             "AVX-512, 10-40x slower on CPUs with AVX2 only (`limner env` says which this is); "
+             "slightly different pixels, kept in the generation record (default: fp32)")
 
 
 def add_family_options(parser: argparse.ArgumentParser, *, only: tuple[str, ...] | None = None) -> None:
