@@ -17,6 +17,10 @@ from limner.training.ema import EMA
 
 needs_prepack = pytest.mark.skipif(not prepack_available(), reason="this PyTorch build has no oneDNN prepacking")
 
+needs_bf16 = pytest.mark.skipif(not conv_module.cpu_bf16_native(),
+                                reason="this CPU has no bfloat16 vector instructions (AVX2 only): oneDNN cannot "
+                                       "reorder bfloat16 weights, so the packed bfloat16 path is off here")
+
 CL = torch.channels_last
 
 
@@ -56,6 +60,7 @@ def test_packed_matches_plain_convolution(args, kwargs, shape):
 
 
 @needs_prepack
+@needs_bf16
 @pytest.mark.parametrize("args,kwargs,shape", CASES)
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
 def test_packed_bfloat16_autocast_matches_autocast_bitwise(args, kwargs, shape, input_dtype):
@@ -78,6 +83,25 @@ def test_packed_bfloat16_autocast_matches_autocast_bitwise(args, kwargs, shape, 
         out = conv(x32)
         assert out.dtype == torch.float32 and conv._packed.entry[1][-1] != (tuple(x.shape), torch.bfloat16)
         torch.testing.assert_close(out, _reference(conv, x32), rtol=1e-4, atol=1e-4)
+
+
+@needs_prepack
+def test_without_bfloat16_instructions_autocast_runs_plain_and_float32_stays_packed(monkeypatch):
+    """On an AVX2-only CPU oneDNN refuses bfloat16 weight reorders; the bf16 call must take
+    autocast's own path without turning prepacking off for the float32 calls that follow."""
+    monkeypatch.setattr(conv_module, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(conv_module, "_disabled_reason", None)
+    conv, x = _conv(32, 32, 3, padding=1), _input((2, 32, 8, 8))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        assert conv._packed.entry is None
+        conv.fast = False
+        plain = conv(x)
+    torch.testing.assert_close(y, plain, rtol=0, atol=0)
+    conv.fast = True
+    with torch.inference_mode():
+        conv(x)
+    assert conv_module._disabled_reason is None and conv._packed.entry is not None
 
 
 @needs_prepack

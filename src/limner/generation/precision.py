@@ -19,23 +19,11 @@ import logging
 import torch
 
 from limner.errors import UsageError
+from limner.nn.conv import cpu_bf16_native
 
 __all__ = ["cpu_bf16_native", "precision_context", "slow_bf16_reason", "warn_if_slow_bf16"]
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def cpu_bf16_native() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions and matrix products on this CPU's own vector
-    instructions (it asks the CPU: AVX-512 or AMX). Without them PyTorch's bfloat16 CPU ops fall
-    back to reference loops; on a 2-core AVX2 AMD EPYC (family 25 model 1) a 3x3 convolution of
-    16x64x16x16 took 118 ms in bfloat16 against 2.7 ms in float32, a matrix product 28x longer,
-    and a training step of the small U-Net 24x longer."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a PyTorch build without oneDNN
-        return False
 
 
 def slow_bf16_reason(device: torch.device | str) -> str | None:

@@ -48,6 +48,7 @@ Winograd path is skipped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -95,6 +96,19 @@ def _get_ops() -> tuple[Callable[..., Tensor], Callable[..., Tensor]] | None:
 def prepack_available() -> bool:
     """Whether :class:`Conv2d` can use reordered weights in this process."""
     return _get_ops() is not None
+
+
+@functools.cache
+def cpu_bf16_native() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions and matrix products on this CPU's own vector
+    instructions (it asks the CPU: AVX-512 or AMX). Without them PyTorch's bfloat16 CPU ops fall
+    back to reference loops; on a 2-core AVX2 AMD EPYC (family 25 model 1) a 3x3 convolution of
+    16x64x16x16 took 118 ms in bfloat16 against 2.7 ms in float32, a matrix product 28x longer,
+    and a training step of the small U-Net 24x longer."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch build without oneDNN
+        return False
 
 
 def _disable(error: BaseException) -> None:
@@ -280,7 +294,8 @@ class Conv2d(nn.Conv2d):
             return None
         if not torch.is_autocast_enabled("cpu"):
             return torch.float32 if x.dtype == torch.float32 else None
-        if torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16):
+        if (torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+                and cpu_bf16_native()):  # oneDNN refuses to reorder bfloat16 weights without it
             return torch.bfloat16
         return None
 
