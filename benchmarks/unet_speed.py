@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_worker(*args.worker, args.warmup, args.iters, args.threads, args.malloc)))
         return
     if args.precisions is None:
-        from limner.generation.precision import slow_bf16_reason
+        from limner.nn.bf16 import slow_bf16_reason
 
         args.precisions = ["fp32", "bf16"]
         if (reason := slow_bf16_reason("cpu")) is not None:

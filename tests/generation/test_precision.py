@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from limner.errors import UsageError
-from limner.generation import precision as P
+from limner.generation import precision
+from limner.nn import bf16 as P
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def test_slow_cpu_warns_once_with_the_reason(monkeypatch, caplog, fresh_warnings
     monkeypatch.setattr(P, "cpu_bf16_native", lambda: False)
     caplog.set_level(logging.WARNING, logger=P.__name__)
     for _ in range(3):
-        with P.precision_context("bf16", "cpu"):
+        with precision.precision_context("bf16", "cpu"):
             pass
     (record,) = _warnings(caplog)
     message = record.getMessage()
@@ -43,10 +44,10 @@ def test_slow_cpu_warns_once_with_the_reason(monkeypatch, caplog, fresh_warnings
 def test_no_warning_where_bf16_is_fast_or_not_asked_for(monkeypatch, caplog, fresh_warnings):
     caplog.set_level(logging.WARNING, logger=P.__name__)
     monkeypatch.setattr(P, "cpu_bf16_native", lambda: True)
-    with P.precision_context("bf16", "cpu"):
+    with precision.precision_context("bf16", "cpu"):
         pass
     monkeypatch.setattr(P, "cpu_bf16_native", lambda: False)
-    with P.precision_context("fp32", "cpu"):
+    with precision.precision_context("fp32", "cpu"):
         pass
     assert P.slow_bf16_reason("meta") is None  # only the CPU's own instructions matter
     assert _warnings(caplog) == []
@@ -54,7 +55,7 @@ def test_no_warning_where_bf16_is_fast_or_not_asked_for(monkeypatch, caplog, fre
 
 def test_unknown_precision_is_a_usage_error():
     with pytest.raises(UsageError, match="fp16"):
-        P.precision_context("fp16", "cpu")
+        precision.precision_context("fp16", "cpu")
 
 
 def test_training_warns_too(monkeypatch, caplog, fresh_warnings, tmp_path):

@@ -48,7 +48,6 @@ Winograd path is skipped.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -60,6 +59,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from limner.nn import kernels
+from limner.nn.bf16 import cpu_bf16_native
 
 __all__ = ["WINOGRAD_TILE", "Conv2d", "DerivedWeight", "cpu_kernel_setting", "prepack_available", "winograd_status"]
 
@@ -96,19 +96,6 @@ def _get_ops() -> tuple[Callable[..., Tensor], Callable[..., Tensor]] | None:
 def prepack_available() -> bool:
     """Whether :class:`Conv2d` can use reordered weights in this process."""
     return _get_ops() is not None
-
-
-@functools.cache
-def cpu_bf16_native() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions and matrix products on this CPU's own vector
-    instructions (it asks the CPU: AVX-512 or AMX). Without them PyTorch's bfloat16 CPU ops fall
-    back to reference loops; on a 2-core AVX2 AMD EPYC (family 25 model 1) a 3x3 convolution of
-    16x64x16x16 took 118 ms in bfloat16 against 2.7 ms in float32, a matrix product 28x longer,
-    and a training step of the small U-Net 24x longer."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a PyTorch build without oneDNN
-        return False
 
 
 def _disable(error: BaseException) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from limner import __version__
 from limner.data.batch import Batch
 from limner.errors import CheckpointError, NonFiniteLossError, UsageError
-from limner.generation.precision import warn_if_slow_bf16
+from limner.nn.bf16 import warn_if_slow_bf16
 from limner.models.base import Family
 from limner.training import distributed as D
 from limner.training.callbacks import (
