@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Sample the bundled `emoji` model (64 px latent diffusion trained by limner on 3,895 "
             "captioned Noto emoji, prompts through the frozen MiniLM encoder) for a few prompts and "
-            "write a labelled grid. `limner demo train` trains a small model yourself (about 7 "
-            "minutes on 2 CPU cores)."
+            "write a labelled grid. `limner demo train` trains a small model yourself (6-14 "
+            "minutes on 2 CPU cores: 6 with AVX-512, 13 on an AVX2-only AMD EPYC)."
         ),
     )
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the grid (default: out/demo)")
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train the `small` diffusion preset on the bundled emoji subset (data/emoji-demo, "
             "captioned Noto emoji) at 32 px, then write a labelled grid for a few prompts. "
-            "Takes about 7 minutes on 2 CPU cores. The demo trains with batch 16 and "
+            "Takes 6-14 minutes on 2 CPU cores (6 with AVX-512, 13 on an AVX2-only AMD EPYC). The demo trains with batch 16 and "
             "P_mean -0.8 instead of the preset's 32 and -0.4: on 224 colour images, twice the "
             "updates and more training at low noise levels give the prompts' colours and clean "
             "flat areas within the time."
@@ -120,5 +120,5 @@ def run_bundled(args: argparse.Namespace) -> int:
     print("Next:")
     print('  .venv/bin/limner sample emoji --prompt "woman astronaut, dark skin tone" --num 8 --out out/')
     print("  .venv/bin/limner studio          # the web studio (pick the bundled emoji model there)")
-    print("  .venv/bin/limner demo train      # train your own small model (about 7 min on 2 cores)")
+    print("  .venv/bin/limner demo train      # train your own small model (6-14 min on 2 cores)")
     return 0
