@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "captioned Noto emoji) at 32 px, then write a labelled grid for a few prompts. "
             "Takes 6-14 minutes on 2 CPU cores (6 with AVX-512, 13 on an AVX2-only AMD EPYC). "
             "The demo trains with batch 16 and P_mean -0.8 instead of the preset's 32 and -0.4: "
-            "on 224 colour images, twice the updates and more training at low noise levels give the prompts' colours and clean "
-            "flat areas within the time."
+            "on 224 colour images, twice the updates and more training at low noise levels give "
+            "the prompts' colours and clean flat areas within the time."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
