@@ -103,8 +103,8 @@ def describe() -> dict[str, Any]:
     from limner import __version__
     from limner.allocator import allocator_status
     from limner.data.cache import default_cache_dir
-    from limner.nn.bf16 import cpu_bf16_native
     from limner.nn import kernels
+    from limner.nn.bf16 import cpu_bf16_native
     from limner.nn.conv import winograd_status
 
     cuda = torch.cuda.is_available()

@@ -27,8 +27,8 @@ from torch import nn
 from limner import __version__
 from limner.data.batch import Batch
 from limner.errors import CheckpointError, NonFiniteLossError, UsageError
-from limner.nn.bf16 import warn_if_slow_bf16
 from limner.models.base import Family
+from limner.nn.bf16 import warn_if_slow_bf16
 from limner.training import distributed as D
 from limner.training.callbacks import (
     Callback,
@@ -138,7 +138,8 @@ class Trainer:
         config.validate(self.dist.world_size)
         self.device = D.resolve_device(config.device, self.dist)
         self.dist = D.init_distributed(self.device)
-        warn_if_slow_bf16(config.precision, self.device)
+        if self.dist.rank == 0:
+            warn_if_slow_bf16(config.precision, self.device)
         try:
             self._setup(run_config, callbacks, progress, resume, allow_config_change)
         except BaseException:
