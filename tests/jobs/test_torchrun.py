@@ -124,7 +124,8 @@ def save(signum, frame):
     sys.exit(2)
 signal.signal(signal.SIGINT, save)
 signal.signal(signal.SIGTERM, save)
-(folder / "rank.pid").write_text(str(os.getpid()))
+(folder / "rank.pid.part").write_text(str(os.getpid()))
+os.replace(folder / "rank.pid.part", folder / "rank.pid")  # whole, or not there yet
 time.sleep(600)
 """
 
