@@ -30,6 +30,7 @@ from limner.errors import UsageError
 from limner.explain import render
 from limner.explain.base import ExplainResult, ExplainRun, register_view
 from limner.explain.hooks import NetCall, Panel, hooks_for
+from limner.nn.bf16 import warn_if_slow_bf16
 
 MAX_CHART_GROUPS = 36
 
@@ -90,6 +91,7 @@ class ExplainStepContext:
         self.modules, self.optimizers, self.schedulers = modules, optimizers, schedulers
         self.step, self._generator = step, generator
         self.grad_clip, self.grad_accum, self.precision, self.device = grad_clip, grad_accum, precision, device
+        warn_if_slow_bf16(precision, device)
         self.calls: list[NetCall] = []
         self.layers: list[LayerStat] = []
         self.totals: dict[str, dict[str, float]] = {}
