@@ -154,6 +154,13 @@ def test_bf16_precision_is_recorded_and_replayed(straight_run, tmp_path):
     a, b = (np.stack([np.asarray(Image.open(p), dtype=np.int16) for p in files]) for files in (full, low))
     assert not np.array_equal(a, b) and np.abs(a - b).mean() < 8
     assert read_record(full[1]).dtype == "float32" and read_record(low[1]).dtype == "bfloat16"
+    from limner.nn import conv
+
+    # bfloat16 sampling takes the Winograd kernel too (on bfloat16 maps), and the record says so
+    assert read_record(low[1]).cpu_kernels == conv.cpu_kernel_setting(bfloat16=True)
+    assert read_record(full[1]).cpu_kernels == conv.cpu_kernel_setting()
+    if read_record(full[1]).cpu_kernels.startswith("compiled+winograd"):
+        assert read_record(low[1]).cpu_kernels == read_record(full[1]).cpu_kernels + "+bf16"
     assert "Precision: bf16" in Image.open(low[1]).text["parameters"]
     assert "Precision" not in Image.open(full[1]).text["parameters"]
     assert main(["sample", "--from-image", str(low[1]), "--out", str(tmp_path / "again")]) == 0

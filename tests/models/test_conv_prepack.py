@@ -63,10 +63,13 @@ def test_packed_matches_plain_convolution(args, kwargs, shape):
 @needs_bf16
 @pytest.mark.parametrize("args,kwargs,shape", CASES)
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
-def test_packed_bfloat16_autocast_matches_autocast_bitwise(args, kwargs, shape, input_dtype):
+def test_packed_bfloat16_autocast_matches_autocast_bitwise(args, kwargs, shape, input_dtype, monkeypatch):
     """Under CPU bfloat16 autocast the reordered bfloat16 weight gives exactly what autocast's
     own convolution gives (the same oneDNN kernel, without re-casting and re-ordering the
-    weight at every call), so sampling in bf16 replays bitwise whichever path ran."""
+    weight at every call), so sampling in bf16 replays bitwise whichever path ran. (The first
+    case is a Winograd one: LIMNER_WINOGRAD_BF16=0 hands it to this path; test_winograd.py
+    covers the Winograd side.)"""
+    monkeypatch.setattr(conv_module, "WINOGRAD_BF16", False)
     conv, x = _conv(*args, **kwargs), _input(shape).to(input_dtype)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv(x)
@@ -91,6 +94,7 @@ def test_without_bfloat16_instructions_autocast_runs_plain_and_float32_stays_pac
     autocast's own path without turning prepacking off for the float32 calls that follow."""
     monkeypatch.setattr(conv_module, "cpu_bf16_native", lambda: False)
     monkeypatch.setattr(conv_module, "_disabled_reason", None)
+    monkeypatch.setattr(conv_module, "WINOGRAD_BF16", False)  # else this 3x3 convolution is Winograd's
     conv, x = _conv(32, 32, 3, padding=1), _input((2, 32, 8, 8))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv(x)

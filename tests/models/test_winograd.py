@@ -20,6 +20,12 @@ def _rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
+def _rel2(a, b):
+    """Relative error in the Euclidean norm: the mean effect of rounding, where the largest
+    error (_rel) is one bfloat16 rounding step of the largest value for either method."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
 CASES = [  # N, Cin, Cout, H, W, bias
     (2, 32, 32, 16, 16, True),
     (3, 16, 48, 12, 20, False),  # non-square, a 16-wide output column tile
@@ -127,6 +133,9 @@ def test_supports_winograd_only_where_the_kernel_applies():
     assert kernels.supports_winograd(x, w, *ok) == kernels.available()
     assert not kernels.supports_winograd(x.contiguous(), w, *ok)  # NCHW
     assert not kernels.supports_winograd(x.double(), w.double(), *ok)
+    assert not kernels.supports_winograd(x.half(), w, *ok)
+    assert kernels.supports_winograd(x.bfloat16(), w, *ok) == kernels.available()  # bfloat16 autocast's maps
+    assert not kernels.supports_winograd(x.bfloat16(), w.bfloat16(), *ok)  # the weight stays float32
     assert not kernels.supports_winograd(x, w, (2, 2), (1, 1), (1, 1), 1)  # strided
     assert not kernels.supports_winograd(x, w, (1, 1), (0, 0), (1, 1), 1)  # no padding
     assert not kernels.supports_winograd(x, w, (1, 1), "same", (1, 1), 1)
@@ -198,6 +207,8 @@ def test_conv2d_keeps_the_transformed_filter_for_inference_until_the_weight_chan
 
 @needs_kernel
 def test_conv2d_leaves_other_convolutions_to_onednn(monkeypatch):
+    """Small maps, NCHW, float16 autocast, bfloat16 autocast with LIMNER_WINOGRAD_BF16=0, a
+    bfloat16 map outside autocast (nn.Conv2d refuses it: the weight is float32) and fast=False."""
     calls = []
     real = kernels.winograd_conv3x3
     monkeypatch.setattr(kernels, "winograd_conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -206,8 +217,13 @@ def test_conv2d_leaves_other_convolutions_to_onednn(monkeypatch):
     with torch.no_grad():
         assert torch.equal(fast(small), plain(small))
         fast(small.contiguous())  # NCHW
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.float16):
             fast(torch.randn(2, 32, 16, 16).contiguous(memory_format=CL))
+        monkeypatch.setattr(conv, "WINOGRAD_BF16", False)  # LIMNER_WINOGRAD_BF16=0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert fast(torch.randn(2, 32, 16, 16).contiguous(memory_format=CL)).dtype == torch.bfloat16
+        with pytest.raises(RuntimeError):  # as nn.Conv2d: a bfloat16 input needs a bfloat16 weight
+            fast(torch.randn(2, 32, 16, 16).contiguous(memory_format=CL).bfloat16())
         fast.fast = False
         fast(torch.randn(2, 32, 16, 16).contiguous(memory_format=CL))
     assert calls == []
@@ -225,3 +241,73 @@ def test_winograd_can_be_switched_off_or_to_small_tiles(monkeypatch):
         monkeypatch.setenv("LIMNER_WINOGRAD", value)
         monkeypatch.setattr(conv, "WINOGRAD_TILE", conv._winograd_setting())
         assert fast._winograd_tile(x) == tile, value
+
+
+@needs_kernel
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("bias", [True, False])
+def test_winograd_bfloat16_maps_are_the_float32_convolution_rounded_once(tile, bias):
+    """bfloat16 in or out changes only the loads and stores: a bfloat16 input is widened exactly
+    and a bfloat16 output is the float32 result rounded to nearest, ties to even (PyTorch's
+    rounding), bit for bit; NaN stays NaN."""
+    g = torch.Generator().manual_seed(11 + tile)
+    x = (torch.randn(3, 32, 12, 16, generator=g) * 3 + 1).contiguous(memory_format=CL)
+    xb = x.bfloat16()
+    U = kernels.winograd_filter(torch.randn(48, 32, 3, 3, generator=g) * 0.2, tile=tile)
+    b = torch.randn(48, generator=g) if bias else None
+    widened = kernels.winograd_conv3x3(xb.float(), U, b)  # the float32 path on the same values
+    both = kernels.winograd_conv3x3(xb, U, b, out_dtype=torch.bfloat16)
+    assert both.dtype == torch.bfloat16 and both.is_contiguous(memory_format=CL)
+    assert torch.equal(both, widened.bfloat16())
+    assert torch.equal(kernels.winograd_conv3x3(xb, U, b, out_dtype=torch.float32), widened)
+    assert kernels.winograd_conv3x3(xb, U, b).dtype == torch.bfloat16  # default: the input's dtype
+    assert torch.equal(kernels.winograd_conv3x3(x, U, b, out_dtype=torch.bfloat16),
+                       kernels.winograd_conv3x3(x, U, b).bfloat16())
+    xb[0, 5, 3, 7] = float("nan")
+    assert kernels.winograd_conv3x3(xb, U, b)[0, :, 2:5, 6:9].isnan().all()
+    with pytest.raises(TypeError, match="float32 and bfloat16"):
+        kernels.winograd_conv3x3(x.half(), U)
+
+
+def _autocast_step(module, x, go):
+    xi = x.clone().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(xi)
+    y.backward(go)
+    return y, xi.grad, module.weight.grad, None if module.bias is None else module.bias.grad
+
+
+@needs_kernel
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tile,size", [(4, 16), (2, 16), (4, 10)])
+def test_conv2d_under_bfloat16_autocast_computes_in_float32_and_rounds_like_onednn(x_dtype, tile, size,
+                                                                                  monkeypatch):
+    """Under CPU bfloat16 autocast the 3x3 convolutions run the float32 Winograd kernel on the
+    bfloat16 maps: the output and input gradient in the dtypes autocast gives (bfloat16 output,
+    the input's dtype for its gradient), the weight gradient from oneDNN's bfloat16 backward as
+    autocast computes it, and each at least as close to float64 as oneDNN's bfloat16 convolution."""
+    monkeypatch.setattr(conv, "WINOGRAD_TILE", tile)
+    fast, plain = _conv_pair()
+    g = torch.Generator().manual_seed(size)
+    x = (torch.randn(4, 32, size, size, generator=g) * 2).to(x_dtype).contiguous(memory_format=CL)
+    go = torch.randn(4, 64, size, size, generator=g).bfloat16().contiguous(memory_format=CL)
+    y1, gx1, gw1, gb1 = _autocast_step(fast, x, go)
+    y2, gx2, gw2, gb2 = _autocast_step(plain, x, go)
+    assert type(y1.grad_fn).__name__ == "_WinogradConv3x3Backward"
+    assert y1.dtype == y2.dtype == torch.bfloat16 and gx1.dtype == gx2.dtype == x_dtype
+    assert gw1.dtype == gb1.dtype == torch.float32
+    # float64 references from the input and the float32 weight (the model's parameter): oneDNN
+    # rounds a float32 input, the weight and the result to bfloat16, the Winograd path the result
+    wd = fast.weight.detach().double().requires_grad_()
+    xd = x.double().requires_grad_()
+    yd = F.conv2d(xd, wd, fast.bias.detach().double(), padding=1)
+    yd.backward(go.double())
+    assert _rel2(y1, yd) < _rel2(y2, yd) < 0.01
+    assert _rel2(gx1, xd.grad) < _rel2(gx2, xd.grad) < 0.01
+    assert _rel2(gw1, wd.grad) < 0.01 and torch.equal(gw1, gw2)  # the same oneDNN bfloat16 product
+    exact_gb = go.double().sum((0, 2, 3))
+    assert _rel2(gb1, exact_gb) <= _rel2(gb2, exact_gb)
+    # sampling: the same kernel without the autograd function, the same bits
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fast(x), y1.detach())

@@ -300,7 +300,8 @@ def make_record(
         limner_version=__version__,
         torch_version=torch.__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        cpu_kernels=cpu_kernel_setting() if torch.device(loaded.device).type == "cpu" else None,
+        cpu_kernels=(cpu_kernel_setting(bfloat16=request.precision == "bf16")
+                     if torch.device(loaded.device).type == "cpu" else None),
         # the run's defaults too, so the record names the temperature etc. it was sampled with
         options={**{k: v for k, v in defaults.items() if k not in REQUEST_FIELDS}, **breq.options},
     )
@@ -384,7 +385,7 @@ def regenerate(record: GenerationRecord, *, run: str | None = None, device: str 
             f"the record says {record.model_hash}: the weights changed"
         )
     if record.cpu_kernels is not None and torch.device(loaded.device).type == "cpu":
-        now = cpu_kernel_setting()
+        now = cpu_kernel_setting(bfloat16=record.dtype == "bfloat16")
         if now != record.cpu_kernels:
             log.warning(
                 "the image was made with CPU kernels %r, this process uses %r: pixels may differ slightly "

@@ -18,6 +18,21 @@ no worse than oneDNN. ``LIMNER_WINOGRAD=2`` keeps to F(2x2, 3x3), ``LIMNER_WINOG
 the path off (read at import). The transformed filters are kept across inference calls like the
 reordered weight below.
 
+**Under bfloat16 autocast** the same kernel takes the bfloat16 maps (or float32 ones) and returns
+bfloat16, as autocast's convolution would: it widens each input exactly, computes in float32 with
+the float32 weight, and rounds each output once, so its result is closer to the exact product than
+oneDNN's bfloat16 convolution (which also rounds the weight to bfloat16). The input gradient comes
+from the kernel the same way; the filter gradient from oneDNN's bfloat16 backward, as autocast's.
+Sampling runs channels-last under bfloat16 autocast, so its 3x3 convolutions take this path: on a
+2-core AMD EPYC model 17 (AVX-512 with bfloat16 instructions, where oneDNN's bfloat16
+convolutions run near the CPU's bfloat16 peak) they took ~28% less time than oneDNN's on the
+small U-Net's shapes and a network evaluation ~9% less, as F(4x4, 3x3) does a quarter of the
+multiplies. bfloat16 training runs NCHW (``limner.models.diffusion.unet``: PyTorch's NCHW group
+norm's bfloat16 backward is fast in NCHW), which this channels-last kernel does not take. Winograd in
+bfloat16 arithmetic was not taken: with the transformed tiles rounded to bfloat16, F(4x4, 3x3)
+gives ~2.5% relative error (15x a direct bfloat16 convolution's) and F(2x2, 3x3) ~0.4% (2.5x).
+``LIMNER_WINOGRAD_BF16=0`` leaves bfloat16 convolutions to oneDNN.
+
 **Reordered weights.**
 On the CPU, PyTorch runs float32 convolutions through oneDNN, which computes in a blocked weight
 layout (e.g. 16 output x 16 input channels per block). ``nn.Conv2d`` hands it the plain weight, so
@@ -28,8 +43,8 @@ small U-Net at batch 16 the reorders are ~10% of a network evaluation.
 For the other convolutions, when gradients are off and the input is a float32 channels-last CPU
 tensor, :class:`Conv2d` reorders its weight once (``mkldnn_reorder_conv2d_weight``)
 and calls oneDNN's convolution directly with the reordered copy (``mkldnn._convolution_pointwise``).
-Under CPU bfloat16 autocast (where the Winograd path steps aside) every convolution does the
-same with a bfloat16 copy of the weight: autocast's own path casts the weight to bfloat16 and
+Under CPU bfloat16 autocast every convolution the Winograd path does not take does the same
+with a bfloat16 copy of the weight: autocast's own path casts the weight to bfloat16 and
 oneDNN reorders it again at every call, ~10% of a bf16 network evaluation of the small U-Net,
 and up to 45% of the time of a convolution over a 4x4 map.
 This is what PyTorch's inductor does when it freezes a model for inference, and what Intel's
@@ -161,44 +176,53 @@ def _winograd_setting() -> int:
 
 WINOGRAD_TILE = _winograd_setting()
 WINOGRAD_WGRAD = os.environ.get("LIMNER_WINOGRAD_WGRAD", "1") != "0"  # F(4x4) filter gradients by Winograd
+WINOGRAD_BF16 = os.environ.get("LIMNER_WINOGRAD_BF16", "1") != "0"  # Winograd under bfloat16 autocast too
 
 
 def winograd_status() -> str:
-    """One line for ``limner env``: which Winograd convolution float32 CPU training and sampling
-    use, or why none."""
+    """One line for ``limner env``: which Winograd convolution CPU training and sampling use, or
+    why none."""
     if not WINOGRAD_TILE:
         return "off (LIMNER_WINOGRAD=0)"
     if not kernels.available():
         return "off (no compiled kernels)"
     tile = f"F({WINOGRAD_TILE}x{WINOGRAD_TILE}, 3x3)"
-    if WINOGRAD_TILE != 4:
-        return tile
-    wgrad = "in Winograd's domain" if WINOGRAD_WGRAD else "by oneDNN (LIMNER_WINOGRAD_WGRAD=0)"
-    return f"{tile} where H and W are multiples of 4, else F(2x2, 3x3); filter gradients of F(4x4) {wgrad}"
+    if WINOGRAD_TILE == 4:
+        wgrad = "in Winograd's domain" if WINOGRAD_WGRAD else "by oneDNN (LIMNER_WINOGRAD_WGRAD=0)"
+        tile = f"{tile} where H and W are multiples of 4, else F(2x2, 3x3); filter gradients of F(4x4) {wgrad}"
+    bf16 = ("float32 Winograd with bfloat16 maps" if WINOGRAD_BF16
+            else "oneDNN's bfloat16 convolutions (LIMNER_WINOGRAD_BF16=0)")
+    return f"{tile}; under bfloat16 autocast {bf16}"
 
 
-def cpu_kernel_setting() -> str:
-    """What float32 CPU results depend on beyond the weights and inputs, for generation records:
-    ``"pytorch"`` (no compiled kernels), ``"compiled"`` (group norm and attention kernels, no
-    Winograd) or ``"compiled+winograd4"`` / ``"compiled+winograd2"``. Each rounds differently, so
-    a bitwise replay needs the same one."""
+def cpu_kernel_setting(bfloat16: bool = False) -> str:
+    """What CPU results depend on beyond the weights and inputs, for generation records (of
+    bfloat16 sampling with ``bfloat16``): ``"pytorch"`` (no compiled kernels), ``"compiled"``
+    (group norm and attention kernels, no Winograd) or ``"compiled+winograd4"`` /
+    ``"compiled+winograd2"``, with ``"+bf16"`` where bfloat16 sampling takes the Winograd path
+    too. Each rounds differently, so a bitwise replay needs the same one."""
     if not kernels.available():
         return "pytorch"
-    return f"compiled+winograd{WINOGRAD_TILE}" if WINOGRAD_TILE else "compiled"
+    if not WINOGRAD_TILE:
+        return "compiled"
+    return f"compiled+winograd{WINOGRAD_TILE}" + ("+bf16" if bfloat16 and WINOGRAD_BF16 else "")
 
 
 class _WinogradConv3x3(torch.autograd.Function):
     """3x3 convolution (stride 1, padding 1) whose output and input gradient come from the
     compiled Winograd kernels (the input gradient is the same kernel with every filter rotated
-    by 180 degrees and the channels swapped); the filter gradient from Winograd's domain too for
-    F(4x4, 3x3) (``WINOGRAD_WGRAD``), else with the bias gradient from oneDNN's convolution
-    backward. Saves x and the weight."""
+    by 180 degrees and the channels swapped). The filter gradient: from Winograd's domain for
+    float32 F(4x4, 3x3) (``WINOGRAD_WGRAD``), else from oneDNN's convolution backward (in
+    bfloat16 for a bfloat16 output, as under autocast), with the bias gradient summed in float32.
+    ``out_dtype`` None: float32 throughout; bfloat16: the bfloat16 autocast variant (x float32 or
+    bfloat16, the output and its gradient bfloat16). Saves x and the weight."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, tile: int) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, tile: int,
+                out_dtype: torch.dtype | None) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.tile = bias is not None, tile
-        return kernels.winograd_conv3x3(x, kernels.winograd_filter(weight, tile=tile), bias)
+        ctx.has_bias, ctx.tile, ctx.out_dtype = bias is not None, tile, out_dtype
+        return kernels.winograd_conv3x3(x, kernels.winograd_filter(weight, tile=tile), bias, out_dtype)
 
     @staticmethod
     @once_differentiable
@@ -207,16 +231,26 @@ class _WinogradConv3x3(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = kernels.winograd_conv3x3(grad, kernels.winograd_filter(weight, rotate=True, tile=ctx.tile))
+            gx = kernels.winograd_conv3x3(grad, kernels.winograd_filter(weight, rotate=True, tile=ctx.tile),
+                                          out_dtype=x.dtype)
         want_w, want_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
-        if want_w and ctx.tile == 4 and WINOGRAD_WGRAD:
+        if ctx.out_dtype is None and not (want_w and ctx.tile == 4 and WINOGRAD_WGRAD):
+            if want_w or want_b:  # float32: both from oneDNN's backward
+                _, gw, gb = torch.ops.aten.convolution_backward(
+                    grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False,
+                    [0, 0], 1, [False, want_w, want_b])
+            return gx, gw, gb, None, None
+        if want_b:
+            gb = grad.sum(dim=(0, 2, 3), dtype=torch.float32)
+        if want_w and ctx.out_dtype is None:  # float32 F(4x4, 3x3)
             gw = kernels.winograd_weight_grad(x, grad, tile=4)
-            gb = grad.sum(dim=(0, 2, 3)) if want_b else None
-        elif want_w or want_b:
-            _, gw, gb = torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False,
-                [0, 0], 1, [False, want_w, want_b])
-        return gx, gw, gb, None
+        elif want_w:  # bfloat16: the product autocast's convolution computes, then float32 for the weight
+            dtype = grad.dtype
+            _, gw, _ = torch.ops.aten.convolution_backward(
+                grad, x.to(dtype), weight.detach().to(dtype), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                [False, True, False])
+            gw = gw.float()
+        return gx, gw, gb, None, None
 
 
 class Conv2d(nn.Conv2d):
@@ -233,9 +267,10 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fast and (tile := self._winograd_tile(x)):
+            out_dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else None
             if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-                return _WinogradConv3x3.apply(x, self.weight, self.bias, tile)
-            return kernels.winograd_conv3x3(x, self._winograd_filter(tile), self.bias)
+                return _WinogradConv3x3.apply(x, self.weight, self.bias, tile, out_dtype)
+            return kernels.winograd_conv3x3(x, self._winograd_filter(tile), self.bias, out_dtype)
         if self.fast and (dtype := self._prepack_dtype(x)) is not None:
             ops = _get_ops()
             if ops is not None:
@@ -252,9 +287,14 @@ class Conv2d(nn.Conv2d):
         return super().train(mode)
 
     def _winograd_tile(self, x: Tensor) -> int:
-        """The Winograd output tile for this call (4 where H and W allow, else 2), or 0."""
-        if not (WINOGRAD_TILE and self.padding_mode == "zeros" and x.dim() == 4
-                and x.shape[-2] * x.shape[-1] >= _WINOGRAD_MIN_PIXELS and not torch.is_autocast_enabled("cpu")
+        """The Winograd output tile for this call (4 where H and W allow, else 2), or 0. Under CPU
+        autocast: only for bfloat16 (``WINOGRAD_BF16``), x float32 or bfloat16; else x float32."""
+        if torch.is_autocast_enabled("cpu"):
+            dtype_ok = WINOGRAD_BF16 and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        else:
+            dtype_ok = x.dtype == torch.float32
+        if not (WINOGRAD_TILE and dtype_ok and self.padding_mode == "zeros" and x.dim() == 4
+                and x.shape[-2] * x.shape[-1] >= _WINOGRAD_MIN_PIXELS
                 and kernels.supports_winograd(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
                 and not torch.compiler.is_compiling()):
             return 0

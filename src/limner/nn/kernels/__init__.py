@@ -39,8 +39,8 @@ PyTorch path, which computes the same function (the tests compare the two).
 Group norm: float32 channels-last and bfloat16 NCHW CPU tensors forward and backward
 (:func:`supports`); bfloat16 channels-last CPU tensors forward only, for inference
 (:func:`supports_bf16_inference`). Attention: float32 CPU rows (:func:`supports_attention`).
-3x3 convolutions: float32 channels-last CPU maps (:func:`supports_winograd`). Callers check
-first.
+3x3 convolutions: float32 channels-last CPU maps, or bfloat16 ones computed in float32 with a
+bfloat16 or float32 result (:func:`supports_winograd`). Callers check first.
 """
 
 from __future__ import annotations
@@ -223,6 +223,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.limner_wino_filter.argtypes = [_ptr_t, _ptr_t, _i64, _i64, i32]
     lib.limner_wino4_forward.restype = i32
     lib.limner_wino4_forward.argtypes = lib.limner_wino_forward.argtypes
+    lib.limner_wino_forward_mixed.restype = i32
+    lib.limner_wino_forward_mixed.argtypes = [i32, _ptr_t, i32, _ptr_t, _ptr_t, _ptr_t, i32] + [_i64] * 5
     lib.limner_wino4_filter.restype = None
     lib.limner_wino4_filter.argtypes = lib.limner_wino_filter.argtypes
     lib.limner_wino_tiles.restype = None
@@ -538,10 +540,12 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, 
 def supports_winograd(x: Tensor, weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...] | str,
                       dilation: tuple[int, ...], groups: int) -> bool:
     """Whether :func:`winograd_conv3x3` computes ``F.conv2d(x, weight, ...)`` with these
-    arguments: float32 CPU, x [N, C, H, W] channels-last with H and W even, weight [Cout, C, 3, 3],
-    stride 1, padding 1, no dilation or groups, C and Cout multiples of 16; kernels built."""
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 4
-            or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or tuple(stride) != (1, 1)
+    arguments: x [N, C, H, W] a float32 or bfloat16 CPU map, channels-last, with H and W even;
+    weight [Cout, C, 3, 3] float32; stride 1, padding 1, no dilation or groups, C and Cout
+    multiples of 16; kernels built. (A bfloat16 map with a float32 weight is what bfloat16 autocast
+    hands a convolution; the caller decides when that applies.)"""
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != torch.float32
+            or x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or tuple(stride) != (1, 1)
             or isinstance(padding, str) or tuple(padding) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1):
         return False
     N, C, H, W = x.shape
@@ -566,21 +570,30 @@ def winograd_filter(weight: Tensor, rotate: bool = False, tile: int = 2) -> Tens
     return U
 
 
-def winograd_conv3x3(x: Tensor, U: Tensor, bias: Tensor | None = None) -> Tensor:
+_WINOGRAD_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def winograd_conv3x3(x: Tensor, U: Tensor, bias: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
     """conv2d(x, w, bias, padding=1) for U = :func:`winograd_filter` (w, tile=2 or 4), in
     channels-last memory. Requires :func:`supports_winograd`, and H and W multiples of 4 for
-    tiles of 4."""
+    tiles of 4. x may be float32 or bfloat16 and the result (``out_dtype``, default x's dtype)
+    either: the arithmetic is float32 throughout, a bfloat16 input is widened exactly and a
+    bfloat16 result rounded once (to nearest, ties to even), so a bfloat16 result is the float32
+    convolution of the input, rounded."""
     lib = _loaded("winograd_conv3x3")
     N, C, H, W = x.shape
     Cout = U.shape[2]
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if x.dtype not in _WINOGRAD_DTYPES or out_dtype not in _WINOGRAD_DTYPES:
+        raise TypeError(f"winograd_conv3x3 computes float32 and bfloat16 maps, got {x.dtype} -> {out_dtype}")
     if bias is not None:
         bias = bias.detach().float().contiguous()
-    y = torch.empty((N, Cout, H, W), dtype=x.dtype, memory_format=torch.channels_last)
+    y = torch.empty((N, Cout, H, W), dtype=out_dtype, memory_format=torch.channels_last)
     if U.shape[0] == 36 and (H % 4 or W % 4):
         raise ValueError(f"F(4x4, 3x3) needs H and W divisible by 4, got {H}x{W}")
-    forward = lib.limner_wino_forward if U.shape[0] == 16 else lib.limner_wino4_forward
-    rc = forward(x.data_ptr(), U.contiguous().data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
-                 N, H, W, C, Cout)
+    rc = lib.limner_wino_forward_mixed(2 if U.shape[0] == 16 else 4, x.data_ptr(), int(x.dtype == torch.bfloat16),
+                                       U.contiguous().data_ptr(), None if bias is None else bias.data_ptr(),
+                                       y.data_ptr(), int(out_dtype == torch.bfloat16), N, H, W, C, Cout)
     if rc != 0:
         raise MemoryError("winograd kernel: out of memory")
     return y

@@ -60,6 +60,39 @@ static inline vfloat vload(const float *p) {
 
 static inline void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
 
+/* VL bfloat16 values (raw bits) and VL 32-bit integers, for loading and rounding bfloat16 maps. */
+typedef uint16_t vbf16 __attribute__((vector_size(2 * VL)));
+typedef uint32_t vuint __attribute__((vector_size(4 * VL)));
+
+/* VL bfloat16 values widened to float (exact: a bfloat16 is the top half of a float). */
+static inline vfloat vload_bf16(const uint16_t *p) {
+    vbf16 h;
+    memcpy(&h, p, sizeof h);
+    return (vfloat)(__builtin_convertvector(h, vuint) << 16);
+}
+
+/* VL floats rounded to bfloat16 to nearest, ties to even, as PyTorch rounds; NaN stays NaN. */
+static inline void vstore_bf16(uint16_t *p, vfloat v) {
+    const vuint bits = (vuint)v;
+    const vuint nan = (bits & 0x7fffffffu) > 0x7f800000u; /* all ones where v is NaN */
+    const vuint rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const vbf16 h = __builtin_convertvector((rounded & ~nan) | (0x7fc0u & nan), vbf16);
+    memcpy(p, &h, sizeof h);
+}
+
+/* Element `i` of a map of floats (bf = 0) or bfloat16 values (bf = 1) as VL floats, and the
+ * store back; callers pass bf as a constant, so each instance compiles to one kind of access. */
+static inline __attribute__((always_inline)) vfloat vload_map(const void *map, int64_t i, int bf) {
+    return bf ? vload_bf16((const uint16_t *)map + i) : vload((const float *)map + i);
+}
+
+static inline __attribute__((always_inline)) void vstore_map(void *map, int64_t i, vfloat v, int bf) {
+    if (bf)
+        vstore_bf16((uint16_t *)map + i, v);
+    else
+        vstore((float *)map + i, v);
+}
+
 /* c [GEMM_ROWS][n] = a [GEMM_ROWS][K] . b [K][n], n a multiple of VL, with row strides lda, ldb
  * and ldc: register tiles of GEMM_ROWS rows x 2 VL columns (then GEMM_ROWS x VL for a last VL
  * columns), each output summed over k in order, so the result depends neither on how callers

@@ -25,6 +25,10 @@
  * transform in, P matrix products by gemm_rows8, transform out) and differ in their transforms:
  * F(2x2, 3x3)'s first, then F(4x4, 3x3)'s. Work is split over blocks of tiles, each done by one
  * thread with no sum across threads, so no result depends on the thread count.
+ *
+ * The forward reads x and writes y as floats or as bfloat16 values (limner_wino_forward_mixed, for
+ * bfloat16 autocast): only the loads and stores differ (a bfloat16 is widened exactly, a result
+ * rounded once, to nearest with ties to even), so a bfloat16 result is the float result rounded.
  */
 
 #include <stdint.h>
@@ -84,19 +88,21 @@ static inline void transform_patch(vfloat d[4][4], float *out, int64_t plane) {
     }
 }
 
-/* V[p][i][c] (planes `plane` floats apart) for tiles t0 .. t0+nt of x. */
-static void input_transform(const float *x, int64_t H, int64_t W, int64_t C, int64_t TH, int64_t TW, int64_t t0,
-                            int64_t nt, int64_t plane, float *V) {
+/* V[p][i][c] (planes `plane` floats apart) for tiles t0 .. t0+nt of x, a map of floats (bf = 0)
+ * or of bfloat16 values (bf = 1). */
+static inline __attribute__((always_inline)) void input_transform_as(const void *x, int64_t H, int64_t W, int64_t C,
+                                                                     int64_t TH, int64_t TW, int64_t t0, int64_t nt,
+                                                                     int64_t plane, float *V, int bf) {
     int64_t n, oy, ox;
     tile_origin(t0, 2, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
-        const float *xn = x + n * H * W * C;
+        const int64_t xn = n * H * W * C;
         if (oy >= 1 && oy + 2 < H && ox >= 1 && ox + 2 < W) { /* interior: no padding */
-            const float *p0 = xn + ((oy - 1) * W + ox - 1) * C;
+            const int64_t p0 = xn + ((oy - 1) * W + ox - 1) * C;
             for (int64_t c = 0; c < C; c += VL) {
                 vfloat d[4][4];
                 for (int a = 0; a < 4; a++)
-                    for (int b = 0; b < 4; b++) d[a][b] = vload(p0 + (a * W + b) * C + c);
+                    for (int b = 0; b < 4; b++) d[a][b] = vload_map(x, p0 + (a * W + b) * C + c, bf);
                 transform_patch(d, V + i * C + c, plane);
             }
         } else {
@@ -106,8 +112,9 @@ static void input_transform(const float *x, int64_t H, int64_t W, int64_t C, int
                     const int64_t yy = oy - 1 + a;
                     for (int b = 0; b < 4; b++) {
                         const int64_t xx = ox - 1 + b;
-                        d[a][b] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? vload(xn + (yy * W + xx) * C + c)
-                                                                           : (vfloat){0};
+                        d[a][b] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
+                                      ? vload_map(x, xn + (yy * W + xx) * C + c, bf)
+                                      : (vfloat){0};
                     }
                 }
                 transform_patch(d, V + i * C + c, plane);
@@ -122,13 +129,16 @@ static void gemm_rows(const float *a, int64_t rows, int64_t K, const float *b, i
     for (int64_t i0 = 0; i0 < rows; i0 += ROWS) gemm_rows8(a + i0 * K, K, K, b, Cout, Cout, c + i0 * Cout, Cout);
 }
 
-/* y tiles t0 .. t0+nt from M[p][i][co] (planes `plane` floats apart) (+ bias). */
-static void output_transform(const float *M, int64_t plane, int64_t Cout, const float *bias, int64_t H, int64_t W,
-                             int64_t TH, int64_t TW, int64_t t0, int64_t nt, float *y) {
+/* y tiles t0 .. t0+nt from M[p][i][co] (planes `plane` floats apart) (+ bias), y a map of floats
+ * (bf = 0) or of bfloat16 values (bf = 1, each output rounded once). */
+static inline __attribute__((always_inline)) void output_transform_as(const float *M, int64_t plane, int64_t Cout,
+                                                                      const float *bias, int64_t H, int64_t W,
+                                                                      int64_t TH, int64_t TW, int64_t t0, int64_t nt,
+                                                                      void *y, int bf) {
     int64_t n, oy, ox;
     tile_origin(t0, 2, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
-        float *yn = y + n * H * W * Cout;
+        const int64_t yn = n * H * W * Cout;
         for (int64_t c = 0; c < Cout; c += VL) {
             vfloat s[2][4]; /* A^T m */
             for (int b = 0; b < 4; b++) {
@@ -140,25 +150,42 @@ static void output_transform(const float *M, int64_t plane, int64_t Cout, const 
             }
             const vfloat bv = bias ? vload(bias + c) : (vfloat){0};
             for (int a = 0; a < 2; a++) { /* (A^T m) A */
-                float *out = yn + ((oy + a) * W + ox) * Cout + c;
-                vstore(out, s[a][0] + s[a][1] + s[a][2] + bv);
-                vstore(out + Cout, s[a][1] - s[a][2] - s[a][3] + bv);
+                const int64_t out = yn + ((oy + a) * W + ox) * Cout + c;
+                vstore_map(y, out, s[a][0] + s[a][1] + s[a][2] + bv, bf);
+                vstore_map(y, out + Cout, s[a][1] - s[a][2] - s[a][3] + bv, bf);
             }
         }
         next_tile(2, H, W, &n, &oy, &ox);
     }
 }
 
-typedef void (*input_fn)(const float *x, int64_t H, int64_t W, int64_t C, int64_t TH, int64_t TW, int64_t t0,
+typedef void (*input_fn)(const void *x, int64_t H, int64_t W, int64_t C, int64_t TH, int64_t TW, int64_t t0,
                          int64_t nt, int64_t plane, float *V);
 typedef void (*output_fn)(const float *M, int64_t plane, int64_t Cout, const float *bias, int64_t H, int64_t W,
-                          int64_t TH, int64_t TW, int64_t t0, int64_t nt, float *y);
+                          int64_t TH, int64_t TW, int64_t t0, int64_t nt, void *y);
+
+/* One input_fn and output_fn per transform and map type: NAME_f32 for floats, NAME_bf16 for
+ * bfloat16 values (widened on load, rounded once on store; the arithmetic is float either way). */
+#define DEFINE_INPUT(name, impl, bf)                                                                  \
+    static void name(const void *x, int64_t H, int64_t W, int64_t C, int64_t TH, int64_t TW, int64_t t0, \
+                     int64_t nt, int64_t plane, float *V) {                                           \
+        impl(x, H, W, C, TH, TW, t0, nt, plane, V, bf);                                               \
+    }
+#define DEFINE_OUTPUT(name, impl, bf)                                                                 \
+    static void name(const float *M, int64_t plane, int64_t Cout, const float *bias, int64_t H, int64_t W, \
+                     int64_t TH, int64_t TW, int64_t t0, int64_t nt, void *y) {                        \
+        impl(M, plane, Cout, bias, H, W, TH, TW, t0, nt, y, bf);                                      \
+    }
+DEFINE_INPUT(input_transform_f32, input_transform_as, 0)
+DEFINE_INPUT(input_transform_bf16, input_transform_as, 1)
+DEFINE_OUTPUT(output_transform_f32, output_transform_as, 0)
+DEFINE_OUTPUT(output_transform_bf16, output_transform_as, 1)
 
 /* y = conv3x3(x, w) + bias by F(m x m, 3x3) with P = (m+2)^2 transform points, the transforms
  * given: per block of tiles, the input transform, P matrix products with U [P][Cin][Cout], the
  * output transform. Returns 0, or -1 when scratch memory cannot be allocated. */
-static int winograd_forward(int m, input_fn input, output_fn output, const float *x, const float *U,
-                            const float *bias, float *y, int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t Cout) {
+static int winograd_forward(int m, input_fn input, output_fn output, const void *x, const float *U,
+                            const float *bias, void *y, int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t Cout) {
     const int P = (m + 2) * (m + 2);
     const int64_t TH = H / m, TW = W / m, T = N * TH * TW, NT = block_tiles(P, Cin, Cout);
     const int64_t blocks = (T + NT - 1) / NT;
@@ -190,7 +217,7 @@ static int winograd_forward(int m, input_fn input, output_fn output, const float
  * Returns 0, or -1 when scratch memory cannot be allocated. */
 int limner_wino_forward(const float *x, const float *U, const float *bias, float *y, int64_t N, int64_t H,
                         int64_t W, int64_t Cin, int64_t Cout) {
-    return winograd_forward(2, input_transform, output_transform, x, U, bias, y, N, H, W, Cin, Cout);
+    return winograd_forward(2, input_transform_f32, output_transform_f32, x, U, bias, y, N, H, W, Cin, Cout);
 }
 
 /* k [3][3] = filter (a, b .. b+15) of wt [A][3][3][B], turned by 180 degrees with rotate. */
@@ -253,13 +280,15 @@ static inline void at6(const vfloat m[6], vfloat o[4]) {
     o[3] = d12 + 8.0f * d34 + m[5];
 }
 
-/* V[p][i][c] (planes `plane` floats apart, p = 6 * row + column) for tiles t0 .. t0+nt of x. */
-static void input_transform4(const float *x, int64_t H, int64_t W, int64_t C, int64_t TH, int64_t TW, int64_t t0,
-                             int64_t nt, int64_t plane, float *V) {
+/* V[p][i][c] (planes `plane` floats apart, p = 6 * row + column) for tiles t0 .. t0+nt of x, a
+ * map of floats (bf = 0) or of bfloat16 values (bf = 1). */
+static inline __attribute__((always_inline)) void input_transform4_as(const void *x, int64_t H, int64_t W, int64_t C,
+                                                                      int64_t TH, int64_t TW, int64_t t0, int64_t nt,
+                                                                      int64_t plane, float *V, int bf) {
     int64_t n, oy, ox;
     tile_origin(t0, 4, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
-        const float *xn = x + n * H * W * C;
+        const int64_t xn = n * H * W * C;
         const int interior = oy >= 1 && oy + 4 < H && ox >= 1 && ox + 4 < W;
         for (int64_t c = 0; c < C; c += VL) {
             vfloat d[6][6], t[6][6], col[6], out[6];
@@ -268,7 +297,7 @@ static void input_transform4(const float *x, int64_t H, int64_t W, int64_t C, in
                 for (int b = 0; b < 6; b++) {
                     const int64_t xx = ox - 1 + b;
                     d[a][b] = (interior || (yy >= 0 && yy < H && xx >= 0 && xx < W))
-                                  ? vload(xn + (yy * W + xx) * C + c)
+                                  ? vload_map(x, xn + (yy * W + xx) * C + c, bf)
                                   : (vfloat){0};
                 }
             }
@@ -287,13 +316,16 @@ static void input_transform4(const float *x, int64_t H, int64_t W, int64_t C, in
     }
 }
 
-/* y tiles t0 .. t0+nt from M[p][i][co] (planes `plane` floats apart) (+ bias). */
-static void output_transform4(const float *M, int64_t plane, int64_t Cout, const float *bias, int64_t H, int64_t W,
-                              int64_t TH, int64_t TW, int64_t t0, int64_t nt, float *y) {
+/* y tiles t0 .. t0+nt from M[p][i][co] (planes `plane` floats apart) (+ bias), y a map of floats
+ * (bf = 0) or of bfloat16 values (bf = 1, each output rounded once). */
+static inline __attribute__((always_inline)) void output_transform4_as(const float *M, int64_t plane, int64_t Cout,
+                                                                       const float *bias, int64_t H, int64_t W,
+                                                                       int64_t TH, int64_t TW, int64_t t0, int64_t nt,
+                                                                       void *y, int bf) {
     int64_t n, oy, ox;
     tile_origin(t0, 4, TH, TW, &n, &oy, &ox);
     for (int64_t i = 0; i < nt; i++) {
-        float *yn = y + n * H * W * Cout;
+        const int64_t yn = n * H * W * Cout;
         for (int64_t c = 0; c < Cout; c += VL) {
             vfloat s[4][6], col[6], out[4];
             for (int b = 0; b < 6; b++) { /* A^T m, column by column */
@@ -304,19 +336,37 @@ static void output_transform4(const float *M, int64_t plane, int64_t Cout, const
             const vfloat bv = bias ? vload(bias + c) : (vfloat){0};
             for (int a = 0; a < 4; a++) { /* (A^T m) A, row by row */
                 at6(s[a], out);
-                float *o = yn + ((oy + a) * W + ox) * Cout + c;
-                for (int b = 0; b < 4; b++) vstore(o + b * Cout, out[b] + bv);
+                const int64_t o = yn + ((oy + a) * W + ox) * Cout + c;
+                for (int b = 0; b < 4; b++) vstore_map(y, o + b * Cout, out[b] + bv, bf);
             }
         }
         next_tile(4, H, W, &n, &oy, &ox);
     }
 }
 
+DEFINE_INPUT(input_transform4_f32, input_transform4_as, 0)
+DEFINE_INPUT(input_transform4_bf16, input_transform4_as, 1)
+DEFINE_OUTPUT(output_transform4_f32, output_transform4_as, 0)
+DEFINE_OUTPUT(output_transform4_bf16, output_transform4_as, 1)
+
 /* y = conv3x3(x, w) + bias by F(4x4, 3x3), H and W multiples of 4, U [36][Cin][Cout]
  * (limner_wino4_filter). Returns 0, or -1 when scratch memory cannot be allocated. */
 int limner_wino4_forward(const float *x, const float *U, const float *bias, float *y, int64_t N, int64_t H,
                          int64_t W, int64_t Cin, int64_t Cout) {
-    return winograd_forward(4, input_transform4, output_transform4, x, U, bias, y, N, H, W, Cin, Cout);
+    return winograd_forward(4, input_transform4_f32, output_transform4_f32, x, U, bias, y, N, H, W, Cin, Cout);
+}
+
+/* limner_wino_forward (m = 2) or limner_wino4_forward (m = 4) with x and y each a map of floats or
+ * of bfloat16 values (x_bf16, y_bf16): bfloat16 inputs are widened exactly, the transforms and
+ * products are float, and a bfloat16 output is rounded once at the end, so the result is the
+ * float convolution of the bfloat16 input, rounded (bfloat16 autocast, limner/nn/conv.py). */
+int limner_wino_forward_mixed(int m, const void *x, int x_bf16, const float *U, const float *bias, void *y,
+                              int y_bf16, int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t Cout) {
+    const input_fn input = m == 2 ? (x_bf16 ? input_transform_bf16 : input_transform_f32)
+                                  : (x_bf16 ? input_transform4_bf16 : input_transform4_f32);
+    const output_fn output = m == 2 ? (y_bf16 ? output_transform_bf16 : output_transform_f32)
+                                    : (y_bf16 ? output_transform4_bf16 : output_transform4_f32);
+    return winograd_forward(m, input, output, x, U, bias, y, N, H, W, Cin, Cout);
 }
 
 /* U [36][A][B] = G k G^T (G the 6x3 filter transform) for the filters of wt [A][3][3][B], laid
@@ -410,9 +460,9 @@ void limner_wino_tiles(int m, const float *x, const float *dy, float *V, float *
     for (int64_t blk = 0; blk < blocks; blk++) {
         const int64_t t0 = blk * NT, nt = t0 + NT <= T ? NT : T - t0;
         if (m == 2)
-            input_transform(x, H, W, C, TH, TW, t0, nt, T * C, V + t0 * C);
+            input_transform_f32(x, H, W, C, TH, TW, t0, nt, T * C, V + t0 * C);
         else
-            input_transform4(x, H, W, C, TH, TW, t0, nt, T * C, V + t0 * C);
+            input_transform4_f32(x, H, W, C, TH, TW, t0, nt, T * C, V + t0 * C);
         grad_transform(m, dy, H, W, Co, TH, TW, t0, nt, T * Co, dM + t0 * Co);
     }
 }
