@@ -217,12 +217,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.limner_attention_forward.argtypes = [_ptr_t] * 5 + [_i64] * 13 + [_ptr_t, f32]
     lib.limner_attention_backward.restype = i32
     lib.limner_attention_backward.argtypes = [_ptr_t] * 9 + [_i64] * 21 + [_ptr_t, f32]
-    lib.limner_wino_forward.restype = i32
-    lib.limner_wino_forward.argtypes = [_ptr_t] * 4 + [_i64] * 5
     lib.limner_wino_filter.restype = None
     lib.limner_wino_filter.argtypes = [_ptr_t, _ptr_t, _i64, _i64, i32]
-    lib.limner_wino4_forward.restype = i32
-    lib.limner_wino4_forward.argtypes = lib.limner_wino_forward.argtypes
     lib.limner_wino_forward_mixed.restype = i32
     lib.limner_wino_forward_mixed.argtypes = [i32, _ptr_t, i32, _ptr_t, _ptr_t, _ptr_t, i32] + [_i64] * 5
     lib.limner_wino4_filter.restype = None
@@ -319,7 +315,8 @@ def _time_builds(paths: dict[str, Path], rounds: int = 9) -> dict[str, float]:
         for r in range(rounds + 1):
             for name, lib in libs.items():
                 t0 = time.perf_counter()
-                if lib.limner_wino4_forward(x.data_ptr(), U.data_ptr(), None, y.data_ptr(), N, H, W, C, C) != 0:
+                if lib.limner_wino_forward_mixed(4, x.data_ptr(), 0, U.data_ptr(), None, y.data_ptr(), 0,
+                                                 N, H, W, C, C) != 0:
                     raise RuntimeError(f"{paths[name].name}: out of memory while timing")
                 if r:  # round 0 warms up
                     best[name] = min(best[name], time.perf_counter() - t0)

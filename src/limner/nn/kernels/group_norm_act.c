@@ -57,22 +57,6 @@ static inline float sigmoid(float z) { return 1.0f / (1.0f + exp_poly(-z)); }
 
 static inline float f32_load(float v) { return v; }
 
-static inline float bf16_load(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-/* float -> bfloat16 bits, round to nearest, ties to even (as PyTorch rounds); NaN stays NaN. */
-static inline uint16_t bf16_round(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
-
 DEFINE_CHANNEL_SUMS(channel_sums, float, f32_load)
 DEFINE_CHANNEL_SUMS(channel_sums_bf16, uint16_t, bf16_load)
 

@@ -60,6 +60,24 @@ static inline vfloat vload(const float *p) {
 
 static inline void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
 
+/* bfloat16 values are handled as their raw bits (uint16_t): one value, then VL at a time. Widening
+ * is exact (a bfloat16 is the top half of a float); rounding is to nearest, ties to even, as
+ * PyTorch rounds, and a NaN stays a NaN (0x7fc0). The scalar and vector forms give the same bits. */
+static inline float bf16_load(uint16_t v) {
+    uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t bf16_round(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
 /* VL bfloat16 values (raw bits) and VL 32-bit integers, for loading and rounding bfloat16 maps. */
 typedef uint16_t vbf16 __attribute__((vector_size(2 * VL)));
 typedef uint32_t vuint __attribute__((vector_size(4 * VL)));

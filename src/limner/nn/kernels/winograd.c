@@ -7,7 +7,8 @@
  * the L1 cache: transform a block's input, multiply, transform back (the fused CPU scheme of Jia
  * et al. 2018, https://arxiv.org/abs/1803.10986).
  *
- *   forward          y = conv(x, w) + bias: limner_wino_forward with U from w (limner_wino_filter).
+ *   forward          y = conv(x, w) + bias: limner_wino_forward_mixed with U from w
+ *                    (limner_wino_filter, limner_wino4_filter).
  *   gradient of x    dx = conv(dy, w rotated by 180 degrees, in/out channels swapped): the same
  *                    kernel with U from that filter (limner_wino_filter with rotate).
  *   gradient of w    dU_p = V_p^T dM_p summed over every tile, dM = A dy A^T the gradient of the
@@ -213,13 +214,6 @@ static int winograd_forward(int m, input_fn input, output_fn output, const void 
     return failed ? -1 : 0;
 }
 
-/* y = conv3x3(x, w) + bias with U = G w G^T [16][Cin][Cout]; bias may be NULL.
- * Returns 0, or -1 when scratch memory cannot be allocated. */
-int limner_wino_forward(const float *x, const float *U, const float *bias, float *y, int64_t N, int64_t H,
-                        int64_t W, int64_t Cin, int64_t Cout) {
-    return winograd_forward(2, input_transform_f32, output_transform_f32, x, U, bias, y, N, H, W, Cin, Cout);
-}
-
 /* k [3][3] = filter (a, b .. b+15) of wt [A][3][3][B], turned by 180 degrees with rotate. */
 static inline void load_filter(const float *wt, int64_t a, int64_t b, int64_t B, int rotate, vfloat k[3][3]) {
     for (int i = 0; i < 3; i++)
@@ -232,8 +226,8 @@ static inline void load_filter(const float *wt, int64_t a, int64_t b, int64_t B,
 /* U [16][A][B] = G k G^T for the filters k of wt [A][3][3][B] (B a multiple of 16), each turned
  * by 180 degrees first with rotate. The caller lays out wt: w [Cout][Cin][3][3] permuted to
  * [Cin][3][3][Cout] gives the forward's U [16][Cin][Cout]; permuted to [Cout][3][3][Cin] with
- * rotate, the input gradient's U [16][Cout][Cin] (limner_wino_forward then maps Cout channels to
- * Cin). Vectorised over B. */
+ * rotate, the input gradient's U [16][Cout][Cin] (limner_wino_forward_mixed then maps Cout channels
+ * to Cin). Vectorised over B. */
 void limner_wino_filter(const float *wt, float *U, int64_t A, int64_t B, int rotate) {
     const int64_t plane = A * B;
 #pragma omp parallel for schedule(static)
@@ -349,17 +343,12 @@ DEFINE_INPUT(input_transform4_bf16, input_transform4_as, 1)
 DEFINE_OUTPUT(output_transform4_f32, output_transform4_as, 0)
 DEFINE_OUTPUT(output_transform4_bf16, output_transform4_as, 1)
 
-/* y = conv3x3(x, w) + bias by F(4x4, 3x3), H and W multiples of 4, U [36][Cin][Cout]
- * (limner_wino4_filter). Returns 0, or -1 when scratch memory cannot be allocated. */
-int limner_wino4_forward(const float *x, const float *U, const float *bias, float *y, int64_t N, int64_t H,
-                         int64_t W, int64_t Cin, int64_t Cout) {
-    return winograd_forward(4, input_transform4_f32, output_transform4_f32, x, U, bias, y, N, H, W, Cin, Cout);
-}
-
-/* limner_wino_forward (m = 2) or limner_wino4_forward (m = 4) with x and y each a map of floats or
- * of bfloat16 values (x_bf16, y_bf16): bfloat16 inputs are widened exactly, the transforms and
- * products are float, and a bfloat16 output is rounded once at the end, so the result is the
- * float convolution of the bfloat16 input, rounded (bfloat16 autocast, limner/nn/conv.py). */
+/* y = conv3x3(x, w) + bias by F(m x m, 3x3), m = 2 (U [16][Cin][Cout], limner_wino_filter) or
+ * m = 4 (H and W multiples of 4, U [36][Cin][Cout], limner_wino4_filter); bias may be NULL. x and
+ * y are each a map of floats or of bfloat16 values (x_bf16, y_bf16): bfloat16 inputs are widened
+ * exactly, the transforms and products are float, and a bfloat16 output is rounded once at the
+ * end, so the result is the float convolution of the bfloat16 input, rounded (bfloat16 autocast,
+ * limner/nn/conv.py). Returns 0, or -1 when scratch memory cannot be allocated. */
 int limner_wino_forward_mixed(int m, const void *x, int x_bf16, const float *U, const float *bias, void *y,
                               int y_bf16, int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t Cout) {
     const input_fn input = m == 2 ? (x_bf16 ? input_transform_bf16 : input_transform_f32)
