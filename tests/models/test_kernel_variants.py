@@ -25,7 +25,7 @@ CL = torch.channels_last
 
 def _outputs() -> list[torch.Tensor]:
     """Winograd F(2x2)/F(4x4) forward, filters and filter gradients, attention forward and backward, group norm
-    forward and backward (float32 channels-last and bfloat16 NCHW), through the public entry points, on fixed
+    forward and backward (float32 channels-last, bfloat16 NCHW and channels-last), through the public entry points, on fixed
     inputs."""
     g = torch.Generator().manual_seed(3)
     out = []
@@ -51,6 +51,9 @@ def _outputs() -> list[torch.Tensor]:
     wh, bh = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g)
     yh, *coeffs = kernels.group_norm_act_forward(xh, wh, bh, 16, 1e-5, True)
     gh = torch.randn(2, 64, 8, 8, generator=g).bfloat16()
+    out += [yh, *coeffs, *kernels.group_norm_act_backward(xh, gh, wh, *coeffs, 16, True)]
+    xh, gh = xh.contiguous(memory_format=CL), gh.contiguous(memory_format=CL)  # bfloat16 channels-last
+    yh, *coeffs = kernels.group_norm_act_forward(xh, wh, bh, 16, 1e-5, True)
     return out + [yh, *coeffs, *kernels.group_norm_act_backward(xh, gh, wh, *coeffs, 16, True)]
 
 

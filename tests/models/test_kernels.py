@@ -97,7 +97,8 @@ def test_autograd_through_the_kernel_matches_the_reference_ops():
 
 
 @needs_kernel
-@pytest.mark.parametrize("dtype,layout", [(torch.float32, CL), (torch.bfloat16, torch.contiguous_format)])
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, CL), (torch.bfloat16, torch.contiguous_format),
+                                          (torch.bfloat16, CL)])
 def test_kernel_results_do_not_depend_on_the_thread_count(dtype, layout):
     torch.manual_seed(1)
     x = torch.randn(8, 32, 16, 16).to(dtype).contiguous(memory_format=layout)
@@ -123,8 +124,9 @@ def test_supports_only_what_the_kernel_handles():
     assert kernels.supports(x.contiguous(memory_format=CL), w, 32)
     assert not kernels.supports(x, w, 32)  # NCHW
     assert not kernels.supports(x.contiguous(memory_format=CL).double(), w, 32)
-    assert not kernels.supports(x.contiguous(memory_format=CL).bfloat16(), w, 32)  # bfloat16: NCHW only
+    assert kernels.supports(x.contiguous(memory_format=CL).bfloat16(), w, 32)  # bfloat16: either layout
     assert kernels.supports(x.bfloat16(), w, 32)
+    assert not kernels.supports(x.bfloat16().permute(0, 1, 3, 2), w, 32)  # neither layout
     assert not kernels.supports(x.bfloat16()[:, :, ::2], w, 32)
     assert not kernels.supports(x.bfloat16()[:0], w, 32)
     assert not kernels.supports(x.half(), w, 32)
@@ -168,21 +170,23 @@ def test_bf16_inference_kernel_matches_reference(B, C, H, W, groups, per_sample,
 
 
 @needs_kernel
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
 @pytest.mark.parametrize("B,C,H,W,groups,per_sample,act", BF16_CASES)
-def test_bf16_training_kernel_matches_reference(B, C, H, W, groups, per_sample, act):
-    """bfloat16 NCHW forward and backward against the float64 function of the same bfloat16 values:
-    y and dL/dx rounded once, the parameter gradients float32."""
+def test_bf16_training_kernel_matches_reference(B, C, H, W, groups, per_sample, act, layout):
+    """bfloat16 forward and backward, NCHW and channels-last, against the float64 function of the
+    same bfloat16 values: y and dL/dx rounded once, the parameter gradients float32."""
     g = torch.Generator().manual_seed(B * C + H + 1)
-    x = (torch.randn(B, C, H, W, generator=g) * 2 + 0.5).bfloat16()
+    x = (torch.randn(B, C, H, W, generator=g) * 2 + 0.5).bfloat16().contiguous(memory_format=layout)
     shape = (B, C) if per_sample else (C,)
     weight, bias = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    gy = torch.randn(B, C, H, W, generator=g).bfloat16()
+    gy = torch.randn(B, C, H, W, generator=g).bfloat16()  # NCHW: the backward takes any layout
     assert kernels.supports(x, weight, groups)
     y, a, b, mean, rstd = kernels.group_norm_act_forward(x, weight, bias, groups, 1e-5, act)
-    assert y.dtype == torch.bfloat16 and y.is_contiguous()
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=layout)
     assert torch.equal(y, kernels.group_norm_act_forward_bf16(x, weight, bias, groups, 1e-5, act))  # same bits
     gx, gw, gb = kernels.group_norm_act_backward(x, gy, weight, a, b, mean, rstd, groups, act)
-    assert gx.dtype == torch.bfloat16 and gx.is_contiguous() and gw.dtype == gb.dtype == torch.float32
+    assert gx.dtype == torch.bfloat16 and gx.is_contiguous(memory_format=layout)
+    assert gw.dtype == gb.dtype == torch.float32
     xr, wr, br, yr = _reference(x, weight, bias, groups, act)
     yr.backward(gy.double())
     for got, want in ((y, yr.detach()), (gx, xr.grad)):
@@ -197,8 +201,9 @@ def test_bf16_training_kernel_matches_reference(B, C, H, W, groups, per_sample, 
 
 
 @needs_kernel
-def test_bf16_training_kernel_keeps_a_nan_in_its_group():
-    x = torch.randn(3, 32, 8, 8).bfloat16()
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_bf16_training_kernel_keeps_a_nan_in_its_group(layout):
+    x = torch.randn(3, 32, 8, 8).bfloat16().contiguous(memory_format=layout)
     x[0, 5, 1, 1] = float("nan")  # group 2 of sample 0 (4 channels per group)
     w, b, gy = torch.ones(32), torch.zeros(32), torch.randn(3, 32, 8, 8).bfloat16()
     y, *coeffs = kernels.group_norm_act_forward(x, w, b, 8, 1e-5, True)
@@ -210,7 +215,8 @@ def test_bf16_training_kernel_keeps_a_nan_in_its_group():
 
 
 @needs_kernel
-def test_bf16_training_under_autocast_uses_the_kernel(monkeypatch):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_bf16_training_under_autocast_uses_the_kernel(monkeypatch, layout):
     """A ResBlock-style norm under bfloat16 autocast with gradients: the kernel computes it, and its
     gradients are at least as close to the float64 truth as the reference ops' (which round after
     each of norm, affine map and SiLU)."""
@@ -224,7 +230,7 @@ def test_bf16_training_under_autocast_uses_the_kernel(monkeypatch):
     monkeypatch.setattr(kernels, "group_norm_act_forward", counting)
     torch.manual_seed(0)
     norm = GroupNorm2d(64)
-    x0 = torch.randn(4, 64, 16, 16).bfloat16()
+    x0 = torch.randn(4, 64, 16, 16).bfloat16().contiguous(memory_format=layout)
     scale0, shift0 = torch.randn(4, 64), torch.randn(4, 64)
     gy = torch.randn(4, 64, 16, 16).bfloat16()
     results = {}

@@ -22,8 +22,8 @@ elsewhere. Float32 channels-last maps on the CPU go to the compiled two-pass ker
 :mod:`limner.nn.kernels` when it could be built (about 2x faster than the fused PyTorch steps,
 forward and backward), with the steps above as its fallback; bfloat16 NCHW maps (training and
 sampling under bfloat16 autocast) go to its one-pass-per-group forward and backward, which
-compute in float and round each output once, and bfloat16 channels-last maps that need no
-gradient to its two-pass forward. The fused paths are first-order
+compute in float and round each output once, and bfloat16 channels-last maps to its two-pass
+forward and backward (the same rounding). The fused paths are first-order
 only (no double backward); ``fast=False`` always selects the reference implementation, which
 also serves as the test oracle.
 """

@@ -15,8 +15,9 @@ linear layer into the noise embedding (class or pooled-text conditioning); ``tok
 with ``mask`` [B, T] are cross-attended from every attention block (Rombach et al. 2022,
 https://arxiv.org/abs/2112.10752).
 
-Speed (see ``benchmarks/README.md``): activations run channels-last in float32 and NCHW under
-CPU bfloat16 autocast (whichever layout PyTorch's CPU kernels are faster in); group norm, SiLU
+Speed (see ``benchmarks/README.md``): activations run channels-last, except NCHW under CPU
+low-precision autocast where limner's compiled bfloat16 group norm is missing (PyTorch's own
+channels-last bfloat16 group-norm backward is slow there, and float16 has no kernel); group norm, SiLU
 and the embedding's scale and shift are one fused step where that wins (``limner.nn.norms``);
 attention avoids the slow low-precision CPU kernels; the embeddings of all blocks are one matrix
 product; the decoder's upsampling convolutions use the equivalent transposed-convolution form
@@ -81,9 +82,10 @@ class UNetConfig:
             (adaptive group norm, the default) or "shift" (added before the norm, as in DDPM; the
             norm erases it in one-channel groups). Configs saved without this key are "shift".
         memory_format: activation layout (runtime only, not architecture): "channels_last",
-            "contiguous" (NCHW) or "auto" = channels-last, except NCHW under CPU bfloat16/float16
-            autocast when training (PyTorch's NCHW group norm backward is much faster) or when
-            limner's compiled bfloat16 group norm is unavailable (see benchmarks/README.md).
+            "contiguous" (NCHW) or "auto" = channels-last, except NCHW under CPU float16
+            autocast, or bfloat16 autocast where limner's compiled bfloat16 group norm is
+            unavailable (PyTorch's NCHW group norm backward is much faster; see
+            benchmarks/README.md).
         fast_ops: the faster equivalent ops of ``limner.nn`` (fused group norm where it wins,
             transposed-convolution upsampling, explicit low-precision attention on the CPU);
             False = reference ops (runtime only).
@@ -295,15 +297,17 @@ class UNet(nn.Module):
         return torch.channels_last if choice == "channels_last" else torch.contiguous_format
 
     def _low_precision_cpu_nchw(self, x: Tensor) -> bool:
-        """Under CPU low-precision autocast, NCHW unless this is bfloat16 inference with the
-        compiled one-pass norm (channels-last convolutions are then ~15% faster end to end)."""
+        """Under CPU low-precision autocast, NCHW unless this is bfloat16 with the compiled group
+        norm, whose channels-last forward and backward make channels-last the faster layout
+        (sampling ~15% faster end to end; a training step ~10% faster on a 2-core AMD EPYC
+        model 17, with oneDNN's bfloat16 convolutions or the Winograd kernel alike). Without the
+        kernel, PyTorch's channels-last bfloat16 group-norm backward is the slow one."""
         if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
             return False
         dtype = torch.get_autocast_dtype("cpu")
         if dtype not in (torch.bfloat16, torch.float16):
             return False
-        inference = not torch.is_grad_enabled()
-        return not (inference and dtype == torch.bfloat16 and self.config.fast_ops and kernels.available())
+        return not (dtype == torch.bfloat16 and self.config.fast_ops and kernels.available())
 
     def _check_inputs(self, x: Tensor, noise_labels: Tensor) -> None:
         factor = 2 ** (len(self.config.channels) - 1)

@@ -213,6 +213,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.limner_gn_backward_bf16_nchw.argtypes = lib.limner_gn_backward.argtypes
     lib.limner_gn_forward_bf16_cl.restype = i32
     lib.limner_gn_forward_bf16_cl.argtypes = lib.limner_gn_forward.argtypes
+    lib.limner_gn_backward_bf16_cl.restype = i32
+    lib.limner_gn_backward_bf16_cl.argtypes = lib.limner_gn_backward.argtypes
     lib.limner_attention_forward.restype = i32
     lib.limner_attention_forward.argtypes = [_ptr_t] * 5 + [_i64] * 13 + [_ptr_t, f32]
     lib.limner_attention_backward.restype = i32
@@ -366,12 +368,13 @@ def _channels_last(x: Tensor) -> bool:
 
 def supports(x: Tensor, weight: Tensor, groups: int) -> bool:
     """Whether :func:`group_norm_act_forward` and :func:`group_norm_act_backward` handle this
-    call: x [B, C, H, W] on the CPU, float32 channels-last in memory or bfloat16 NCHW (what
-    bfloat16 autocast training runs in), float32 weight [C] or [B, C], C divisible by
+    call: x [B, C, H, W] on the CPU, float32 channels-last in memory or bfloat16 NCHW or
+    channels-last (bfloat16 autocast training), float32 weight [C] or [B, C], C divisible by
     ``groups``; and the kernels are built."""
     if _fits(x, weight, groups, torch.float32):
         return _channels_last(x) and available()
-    return _fits(x, weight, groups, torch.bfloat16) and x.numel() > 0 and x.is_contiguous() and available()
+    return (_fits(x, weight, groups, torch.bfloat16) and x.numel() > 0
+            and (x.is_contiguous() or _channels_last(x)) and available())
 
 
 def supports_bf16_inference(x: Tensor, weight: Tensor, groups: int) -> bool:
@@ -425,21 +428,22 @@ def group_norm_act_forward(
     x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, act: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y, a [B, C], b [B, C], mean [B, G], rstd [B, G]) with y = SiLU(x * a + b) (or x * a + b)
-    = SiLU(GroupNorm(x)) in x's dtype and layout (float32 channels-last or bfloat16 NCHW; a
-    bfloat16 y is rounded once). Requires :func:`supports`."""
+    = SiLU(GroupNorm(x)) in x's dtype and layout (float32 channels-last, bfloat16 NCHW or
+    channels-last; a bfloat16 y is rounded once). Requires :func:`supports`."""
     lib = _loaded("group_norm_act_forward")
     B, C, H, W = x.shape
     weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
     a, b, mean, rstd = _coefficients(x, groups)
     args = (int(weight.dim() == 2), B, H * W, C, groups, eps, int(act))
-    if x.dtype == torch.bfloat16:
+    if x.dtype == torch.bfloat16 and x.is_contiguous():
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         lib.limner_gn_forward_bf16_nchw(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *args, y.data_ptr(),
                                         a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
         return y, a, b, mean, rstd
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    rc = lib.limner_gn_forward(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *args, y.data_ptr(),
-                               a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
+    kernel = lib.limner_gn_forward_bf16_cl if x.dtype == torch.bfloat16 else lib.limner_gn_forward
+    rc = kernel(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *args, y.data_ptr(),
+                a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
     if rc != 0:
         raise MemoryError("group_norm_act kernel: out of memory")
     return y, a, b, mean, rstd
@@ -453,14 +457,18 @@ def group_norm_act_backward(
     float32; sum over B for [C] parameters."""
     lib = _loaded("group_norm_act_backward")
     B, C, H, W = x.shape
-    layout = torch.contiguous_format if x.dtype == torch.bfloat16 else torch.channels_last
+    nchw = x.dtype == torch.bfloat16 and x.is_contiguous()  # as the forward chose
+    layout = torch.contiguous_format if nchw else torch.channels_last
     grad = grad.to(x.dtype).contiguous(memory_format=layout)
     if grad.data_ptr() == x.data_ptr():  # never in autograd; the kernel may not alias them
         grad = grad.clone(memory_format=layout)
     weight = weight.detach().contiguous()
     gx = torch.empty_like(x, memory_format=layout)
     gw, gb = torch.empty(2, B, C, dtype=torch.float32).unbind(0)
-    kernel = lib.limner_gn_backward_bf16_nchw if x.dtype == torch.bfloat16 else lib.limner_gn_backward
+    if nchw:
+        kernel = lib.limner_gn_backward_bf16_nchw
+    else:
+        kernel = lib.limner_gn_backward_bf16_cl if x.dtype == torch.bfloat16 else lib.limner_gn_backward
     rc = kernel(x.data_ptr(), grad.data_ptr(), weight.data_ptr(), int(weight.dim() == 2), a.data_ptr(),
                 b.data_ptr(), mean.data_ptr(), rstd.data_ptr(), B, H * W, C, groups, int(act),
                 gx.data_ptr(), gw.data_ptr(), gb.data_ptr())

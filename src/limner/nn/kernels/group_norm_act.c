@@ -164,87 +164,98 @@ static inline void group_backward(double A, double Bsum, double rs, double mu, d
     *q = (float)(pd * -mu - rs * A / count);
 }
 
-/* Backward. gy: dL/dy [B, HW, C]; a, b, mean, rstd from the forward. Writes gx [B, HW, C] (may
- * not alias x or gy) and the per-sample gradients gw, gb [B, C] of the norm's weight and bias
- * (the caller sums them over B for [C] parameters). Returns 0, or -1 when out of memory. */
-int limner_gn_backward(const float *x, const float *gy, const float *weight, int w_per_sample,
-                       const float *a, const float *b, const float *mean, const float *rstd,
-                       int64_t B, int64_t HW, int64_t C, int64_t G, int act,
-                       float *gx, float *gw, float *gb) {
-    int64_t n = C / G;
-    float *pq = malloc(sizeof(float) * 2 * B * C); /* p, q per (sample, channel) */
-    if (!pq) return -1;
-    int failed = 0;
-#pragma omp parallel for schedule(static) reduction(| : failed)
-    for (int64_t bi = 0; bi < B; bi++) {
-        double *s = malloc(sizeof(double) * 2 * C);
-        float *f = malloc(sizeof(float) * 3 * C);
-        if (!s || !f) {
-            failed = 1;
-        } else {
-            const float *ab = a + bi * C, *bb = b + bi * C;
-            float *mu = f + 2 * C; /* group mean per channel */
-            for (int64_t c = 0; c < C; c++) mu[c] = mean[bi * G + c / n];
-            /* pass 1: g = dL/dz into gx, with its channel sums S1 = sum g and S2 = sum g (x - mu) */
-            for (int64_t c = 0; c < 2 * C; c++) s[c] = 0.0;
-            for (int64_t r0 = 0; r0 < HW; r0 += ROW_BLOCK) {
-                int64_t r1 = r0 + ROW_BLOCK < HW ? r0 + ROW_BLOCK : HW;
-                for (int64_t c = 0; c < 2 * C; c++) f[c] = 0.0f;
-                for (int64_t r = r0; r < r1; r++) {
-                    const float *xr = x + (bi * HW + r) * C, *gr = gy + (bi * HW + r) * C;
-                    float *out = gx + (bi * HW + r) * C;
-#pragma omp simd
-                    for (int64_t c = 0; c < C; c++) {
-                        float g = gr[c];
-                        if (act) {
-                            float z = xr[c] * ab[c] + bb[c];
-                            float sg = sigmoid(z);
-                            g = g * sg * (1.0f + z * (1.0f - sg));
-                        }
-                        out[c] = g;
-                        f[c] += g;
-                        f[C + c] += g * (xr[c] - mu[c]);
-                    }
-                }
-                for (int64_t c = 0; c < 2 * C; c++) s[c] += f[c];
-            }
-            const float *w = weight + (w_per_sample ? bi * C : 0);
-            for (int64_t g = 0; g < G; g++) {
-                double rs = rstd[bi * G + g], A = 0.0, Bsum = 0.0;
-                for (int64_t c = g * n; c < (g + 1) * n; c++)
-                    channel_backward(s[c], s[C + c], rs, w[c], gw + bi * C + c, gb + bi * C + c, &A, &Bsum);
-                float p, q;
-                group_backward(A, Bsum, rs, mean[bi * G + g], (double)n * (double)HW, &p, &q);
-                for (int64_t c = g * n; c < (g + 1) * n; c++) {
-                    pq[bi * 2 * C + c] = p;
-                    pq[bi * 2 * C + C + c] = q;
-                }
-            }
-        }
-        free(s);
-        free(f);
+/* Backward over [B, HW, C] maps of T. gy: dL/dy; a, b, mean, rstd from the forward. Writes gx
+ * (may not alias x or gy) and the per-sample gradients gw, gb [B, C] of the norm's weight and
+ * bias (the caller sums them over B for [C] parameters). Pass 1 writes g = dL/dz, in float, to
+ * gx itself for float maps (SCRATCH = 0) or to a float scratch map for bfloat16 ones, so that
+ * pass 2, dL/dx = a g + p x + q, rounds once. Returns 0, or -1 when out of memory. */
+#define DEFINE_GN_BACKWARD(NAME, T, LOAD, STORE, SCRATCH)                                                 \
+    int NAME(const T *x, const T *gy, const float *weight, int w_per_sample, const float *a, const float *b, \
+             const float *mean, const float *rstd, int64_t B, int64_t HW, int64_t C, int64_t G, int act,   \
+             T *gx, float *gw, float *gb) {                                                                \
+        int64_t n = C / G;                                                                                 \
+        float *pq = malloc(sizeof(float) * 2 * B * C); /* p, q per (sample, channel) */                    \
+        float *gs = SCRATCH ? malloc(sizeof(float) * (size_t)(B * HW * C)) : (float *)gx;                  \
+        if (!pq || !gs) {                                                                                  \
+            free(pq);                                                                                      \
+            if (SCRATCH) free(gs);                                                                         \
+            return -1;                                                                                     \
+        }                                                                                                  \
+        int failed = 0;                                                                                    \
+        _Pragma("omp parallel for schedule(static) reduction(| : failed)")                                 \
+        for (int64_t bi = 0; bi < B; bi++) {                                                               \
+            double *s = malloc(sizeof(double) * 2 * C);                                                    \
+            float *f = malloc(sizeof(float) * 3 * C);                                                      \
+            if (!s || !f) {                                                                                \
+                failed = 1;                                                                                \
+            } else {                                                                                       \
+                const float *ab = a + bi * C, *bb = b + bi * C;                                            \
+                float *mu = f + 2 * C; /* group mean per channel */                                        \
+                for (int64_t c = 0; c < C; c++) mu[c] = mean[bi * G + c / n];                              \
+                /* pass 1: g = dL/dz, with its channel sums S1 = sum g and S2 = sum g (x - mu) */          \
+                for (int64_t c = 0; c < 2 * C; c++) s[c] = 0.0;                                            \
+                for (int64_t r0 = 0; r0 < HW; r0 += ROW_BLOCK) {                                           \
+                    int64_t r1 = r0 + ROW_BLOCK < HW ? r0 + ROW_BLOCK : HW;                                \
+                    for (int64_t c = 0; c < 2 * C; c++) f[c] = 0.0f;                                       \
+                    for (int64_t r = r0; r < r1; r++) {                                                    \
+                        const T *xr = x + (bi * HW + r) * C, *gr = gy + (bi * HW + r) * C;                 \
+                        float *out = gs + (bi * HW + r) * C;                                               \
+                        _Pragma("omp simd") for (int64_t c = 0; c < C; c++) {                              \
+                            float g = LOAD(gr[c]), xv = LOAD(xr[c]);                                       \
+                            if (act) {                                                                     \
+                                float z = xv * ab[c] + bb[c];                                              \
+                                float sg = sigmoid(z);                                                     \
+                                g = g * sg * (1.0f + z * (1.0f - sg));                                     \
+                            }                                                                              \
+                            out[c] = g;                                                                    \
+                            f[c] += g;                                                                     \
+                            f[C + c] += g * (xv - mu[c]);                                                  \
+                        }                                                                                  \
+                    }                                                                                      \
+                    for (int64_t c = 0; c < 2 * C; c++) s[c] += f[c];                                      \
+                }                                                                                          \
+                const float *w = weight + (w_per_sample ? bi * C : 0);                                     \
+                for (int64_t g = 0; g < G; g++) {                                                          \
+                    double rs = rstd[bi * G + g], A = 0.0, Bsum = 0.0;                                     \
+                    for (int64_t c = g * n; c < (g + 1) * n; c++)                                          \
+                        channel_backward(s[c], s[C + c], rs, w[c], gw + bi * C + c, gb + bi * C + c, &A, &Bsum); \
+                    float p, q;                                                                            \
+                    group_backward(A, Bsum, rs, mean[bi * G + g], (double)n * (double)HW, &p, &q);         \
+                    for (int64_t c = g * n; c < (g + 1) * n; c++) {                                        \
+                        pq[bi * 2 * C + c] = p;                                                            \
+                        pq[bi * 2 * C + C + c] = q;                                                        \
+                    }                                                                                      \
+                }                                                                                          \
+            }                                                                                              \
+            free(s);                                                                                       \
+            free(f);                                                                                       \
+        }                                                                                                  \
+        if (!failed) { /* pass 2: dL/dx = a * g + p * x + q */                                             \
+            int64_t blocks = (HW + TASK_ROWS - 1) / TASK_ROWS;                                             \
+            _Pragma("omp parallel for schedule(static)")                                                   \
+            for (int64_t t = 0; t < B * blocks; t++) {                                                     \
+                int64_t bi = t / blocks, r0 = (t % blocks) * TASK_ROWS;                                    \
+                int64_t r1 = r0 + TASK_ROWS < HW ? r0 + TASK_ROWS : HW;                                    \
+                const float *ab = a + bi * C, *p = pq + bi * 2 * C, *q = p + C;                            \
+                for (int64_t r = r0; r < r1; r++) {                                                        \
+                    const T *xr = x + (bi * HW + r) * C;                                                   \
+                    const float *gr = gs + (bi * HW + r) * C;                                              \
+                    T *out = gx + (bi * HW + r) * C;                                                       \
+                    _Pragma("omp simd") for (int64_t c = 0; c < C; c++)                                    \
+                        out[c] = STORE(ab[c] * gr[c] + p[c] * LOAD(xr[c]) + q[c]);                         \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        free(pq);                                                                                          \
+        if (SCRATCH) free(gs);                                                                             \
+        return failed ? -1 : 0;                                                                            \
     }
-    if (failed) {
-        free(pq);
-        return -1;
-    }
-    /* pass 2: dL/dx = a * g + p * x + q, in place over g */
-    int64_t blocks = (HW + TASK_ROWS - 1) / TASK_ROWS;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < B * blocks; t++) {
-        int64_t bi = t / blocks, r0 = (t % blocks) * TASK_ROWS;
-        int64_t r1 = r0 + TASK_ROWS < HW ? r0 + TASK_ROWS : HW;
-        const float *ab = a + bi * C, *p = pq + bi * 2 * C, *q = p + C;
-        for (int64_t r = r0; r < r1; r++) {
-            const float *xr = x + (bi * HW + r) * C;
-            float *out = gx + (bi * HW + r) * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) out[c] = ab[c] * out[c] + p[c] * xr[c] + q[c];
-        }
-    }
-    free(pq);
-    return 0;
-}
+
+/* float32 backward: g goes to gx and pass 2 updates it in place. */
+DEFINE_GN_BACKWARD(limner_gn_backward, float, f32_load, f32_store, 0)
+
+/* bfloat16 channels-last backward (bfloat16 autocast training with channels-last maps). */
+DEFINE_GN_BACKWARD(limner_gn_backward_bf16_cl, uint16_t, bf16_load, bf16_round, 1)
 
 /* ---- bfloat16, NCHW, forward and backward ------------------------------------------------
  * Under CPU bfloat16 autocast the U-Net trains NCHW (PyTorch's bfloat16 convolutions are fastest
