@@ -23,12 +23,12 @@ bfloat16, as autocast's convolution would: it widens each input exactly, compute
 the float32 weight, and rounds each output once, so its result is closer to the exact product than
 oneDNN's bfloat16 convolution (which also rounds the weight to bfloat16). The input gradient comes
 from the kernel the same way; the filter gradient from oneDNN's bfloat16 backward, as autocast's.
-Sampling runs channels-last under bfloat16 autocast, so its 3x3 convolutions take this path: on a
-2-core AMD EPYC model 17 (AVX-512 with bfloat16 instructions, where oneDNN's bfloat16
-convolutions run near the CPU's bfloat16 peak) they took ~28% less time than oneDNN's on the
-small U-Net's shapes and a network evaluation ~9% less, as F(4x4, 3x3) does a quarter of the
-multiplies. bfloat16 training runs NCHW (``limner.models.diffusion.unet``: the group norm's
-bfloat16 backward is fast in NCHW), which this channels-last kernel does not take. Winograd in
+The U-Net runs channels-last under bfloat16 autocast wherever the compiled kernels are built, so
+its 3x3 convolutions take this path: on a 2-core AMD EPYC model 17 (AVX-512 with bfloat16
+instructions, where oneDNN's bfloat16 convolutions run near the CPU's bfloat16 peak) they took
+~28% less time than oneDNN's on the small U-Net's shapes and a network evaluation ~9% less, as
+F(4x4, 3x3) does a quarter of the multiplies. In training the gain is smaller (the filter
+gradient, oneDNN's bfloat16 one, is as fast as float32 Winograd's there). Winograd in
 bfloat16 arithmetic was not taken: with the transformed tiles rounded to bfloat16, F(4x4, 3x3)
 gives ~2.5% relative error (15x a direct bfloat16 convolution's) and F(2x2, 3x3) ~0.4% (2.5x).
 ``LIMNER_WINOGRAD_BF16=0`` leaves bfloat16 convolutions to oneDNN.

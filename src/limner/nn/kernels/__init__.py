@@ -36,8 +36,8 @@ against the OpenMP runtime PyTorch already loaded, so it follows ``torch.set_num
 Without a compiler, or with ``LIMNER_KERNELS=0``, nothing is compiled and every caller uses the
 PyTorch path, which computes the same function (the tests compare the two).
 
-Group norm: float32 channels-last and bfloat16 NCHW CPU tensors forward and backward
-(:func:`supports`); bfloat16 channels-last CPU tensors forward only, for inference
+Group norm: float32 channels-last and bfloat16 NCHW or channels-last CPU tensors forward and
+backward (:func:`supports`); bfloat16 forward without coefficients, for inference
 (:func:`supports_bf16_inference`). Attention: float32 CPU rows (:func:`supports_attention`).
 3x3 convolutions: float32 channels-last CPU maps, or bfloat16 ones computed in float32 with a
 bfloat16 or float32 result (:func:`supports_winograd`). Callers check first.

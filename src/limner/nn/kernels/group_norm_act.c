@@ -1,4 +1,5 @@
-/* Group norm + SiLU over channels-last float32 maps, forward and backward, two passes each.
+/* Group norm + SiLU over channels-last float32 or bfloat16 maps, forward and backward, two passes
+ * each; and over NCHW bfloat16 maps, one pass per group each way (below).
  *
  * Compiled on first use by limner/nn/kernels/__init__.py (cc -O3 -march=native -fopenmp) and
  * called through ctypes with raw pointers; Python checks every shape, dtype and layout first.
@@ -258,8 +259,9 @@ DEFINE_GN_BACKWARD(limner_gn_backward, float, f32_load, f32_store, 0)
 DEFINE_GN_BACKWARD(limner_gn_backward_bf16_cl, uint16_t, bf16_load, bf16_round, 1)
 
 /* ---- bfloat16, NCHW, forward and backward ------------------------------------------------
- * Under CPU bfloat16 autocast the U-Net trains NCHW (PyTorch's bfloat16 convolutions are fastest
- * there). Each (sample, group) is then one contiguous run of n * HW values, so one task reads
+ * NCHW bfloat16 maps (the U-Net's layout under bfloat16 autocast with memory_format="contiguous",
+ * and its layout before the channels-last backward above existed). Each (sample, group) is one
+ * contiguous run of n * HW values, so one task reads
  * it for the statistics and again, from cache, for the affine map and SiLU: one pass over
  * memory instead of the native norm, the per-sample affine map and SiLU as three. Values are
  * widened to float (exact), computed as above and rounded once to the nearest bfloat16 (ties
