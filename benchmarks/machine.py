@@ -17,5 +17,9 @@ def machine_description(threads: int, *extras: str) -> str:
     """``CPU, N logical CPUs, torch X (T threads)`` followed by ``extras`` (e.g. peer versions)."""
     import torch
 
-    parts = [f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads)", *extras]
+    from limner.environment import cpu_caches
+
+    caches = cpu_caches()
+    cpu = f"{cpu_name()}{f' [{caches}]' if caches else ''}"
+    parts = [f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads} threads)", *extras]
     return ", ".join(parts)

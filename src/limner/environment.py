@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["cpu_description", "cpu_model", "cpu_signature", "describe"]
+__all__ = ["cpu_caches", "cpu_description", "cpu_model", "cpu_signature", "describe"]
 
 # Optional extras and what they enable (pyproject's [project.optional-dependencies]).
 EXTRAS = {
@@ -87,6 +87,27 @@ def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     return None
 
 
+def cpu_caches(root: str = "/sys/devices/system/cpu/cpu0/cache") -> str | None:
+    """The caches of one core as Linux reports them, e.g. "L1d 32K, L2 1024K, L3 32768K" (L1
+    instruction caches left out), or None where it does not. Kernel block sizes and the speed of
+    memory-bound steps depend on them, and cloud CPUs of one name differ here too."""
+    found: list[tuple[int, str]] = []
+    try:
+        entries = sorted(e for e in os.listdir(root) if e.startswith("index"))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            level, kind, size = (open(os.path.join(root, entry, name), encoding="ascii").read().strip()
+                                 for name in ("level", "type", "size"))
+        except (OSError, UnicodeDecodeError):
+            continue
+        if kind == "Instruction" or not level.isdigit() or not size:
+            continue
+        found.append((int(level), f"L{level}{'d' if kind == 'Data' else ''} {size}"))
+    return ", ".join(label for _, label in sorted(found)) or None
+
+
 def cpu_description() -> str:
     """What a speed figure names: the model, the x86 family/model numbers where known, and the
     widest vector instructions PyTorch uses here, e.g. "AMD EPYC (family 25 model 1, AVX2)"."""
@@ -116,6 +137,7 @@ def describe() -> dict[str, Any]:
         "cpu": {
             "model": cpu_model(),
             "signature": cpu_signature(),
+            "caches": cpu_caches(),
             "logical_cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "capability": torch.backends.cpu.get_cpu_capability(),

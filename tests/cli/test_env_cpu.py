@@ -59,3 +59,22 @@ def test_cpu_signature_tells_cpus_of_one_name_apart(tmp_path):
     described = environment.cpu_description()
     assert described.startswith(environment.cpu_model())
     assert torch.backends.cpu.get_cpu_capability() in described
+
+
+def test_cpu_caches_from_sysfs(tmp_path):
+    """Data and unified caches in level order, instruction caches left out; None without sysfs."""
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction", "32K"),
+                                                 ("3", "Unified", "107520K"), ("2", "Unified", "2048K")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(value + "\n")
+    (tmp_path / "uevent").write_text("")
+    assert environment.cpu_caches(str(tmp_path)) == "L1d 48K, L2 2048K, L3 107520K"
+    assert environment.cpu_caches(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.skipif(not Path("/sys/devices/system/cpu/cpu0/cache").is_dir(), reason="needs Linux sysfs caches")
+def test_env_prints_this_machines_caches(cli, tmp_path):
+    caches = json.loads(cli("env", "--json", cache=tmp_path).stdout)["cpu"]["caches"]
+    assert caches == environment.cpu_caches() and caches.startswith("L1")
