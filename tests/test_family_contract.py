@@ -49,8 +49,11 @@ def checkpoint_tensors(run: Path) -> dict[str, np.ndarray]:
 
 
 # Every registered family, plus the other backbone a family can be built with (the DiT behind
-# the EDM denoiser): the same contract, with the setting that selects it.
-CASES = [(family, ()) for family in sorted(FAMILIES)] + [("diffusion", ("--set", "family.backbone=dit"))]
+# the EDM denoiser) and bfloat16 autocast training (on the CPU the U-Net then runs channels-last
+# through the compiled bfloat16 group norm and Winograd kernels, whose results must not depend
+# on a restart either): the same contract, with the setting that selects it.
+CASES = [(family, ()) for family in sorted(FAMILIES)] + [("diffusion", ("--set", "family.backbone=dit")),
+                                                         ("diffusion", ("--precision", "bf16"))]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: "+".join([c[0], *c[1][1::2]]))
