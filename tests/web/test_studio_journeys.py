@@ -132,9 +132,10 @@ def test_how_an_image_was_made_from_the_gallery_and_on_learn(open_page, studio):
     page.goto(f"/#/learn?run={RUN}&view=timeline")
     learn.locator(".explain[data-view=timeline]").wait_for(timeout=JOB_TIMEOUT * 1000)
     learn.get_by_label("View").select_option("filmstrip")
-    choices = learn.locator("select[name=image_id] option")
-    choices.first.wait_for(state="attached")
-    assert str(other) in [choices.nth(i).get_attribute("value") for i in range(choices.count())]
+    # the list loads after the view changes: wait for the new image, then read the whole list
+    learn.locator(f"select[name=image_id] option[value='{other}']").wait_for(state="attached")
+    values = learn.locator("select[name=image_id]").evaluate("s => [...s.options].map(o => o.value)")
+    assert values[0] == str(other) and str(boat) in values and len(set(values)) == len(values), values
     learn.get_by_label("Image", exact=True).select_option(str(other))
     learn.locator(".explain[data-view=filmstrip]").get_by_text(f"The last frame is image {other} itself").wait_for(
         timeout=JOB_TIMEOUT * 1000)
