@@ -424,6 +424,17 @@ def group_norm_act_forward_bf16(x: Tensor, weight: Tensor, bias: Tensor, groups:
     return y
 
 
+def _group_norm_kernels(lib: ctypes.CDLL, x: Tensor) -> tuple[torch.memory_format, Any, Any]:
+    """(layout, forward, backward) of the group-norm kernels for x (:func:`supports`): bfloat16
+    NCHW maps take the one-pass-per-group pair, float32 and bfloat16 channels-last maps the
+    two-pass pair of their dtype. Both passes of one call choose here, so they always agree."""
+    if x.dtype != torch.bfloat16:
+        return torch.channels_last, lib.limner_gn_forward, lib.limner_gn_backward
+    if x.is_contiguous():
+        return torch.contiguous_format, lib.limner_gn_forward_bf16_nchw, lib.limner_gn_backward_bf16_nchw
+    return torch.channels_last, lib.limner_gn_forward_bf16_cl, lib.limner_gn_backward_bf16_cl
+
+
 def group_norm_act_forward(
     x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, act: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -434,17 +445,11 @@ def group_norm_act_forward(
     B, C, H, W = x.shape
     weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
     a, b, mean, rstd = _coefficients(x, groups)
-    args = (int(weight.dim() == 2), B, H * W, C, groups, eps, int(act))
-    if x.dtype == torch.bfloat16 and x.is_contiguous():
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
-        lib.limner_gn_forward_bf16_nchw(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *args, y.data_ptr(),
-                                        a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
-        return y, a, b, mean, rstd
-    y = torch.empty_like(x, memory_format=torch.channels_last)
-    kernel = lib.limner_gn_forward_bf16_cl if x.dtype == torch.bfloat16 else lib.limner_gn_forward
-    rc = kernel(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), *args, y.data_ptr(),
-                a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
-    if rc != 0:
+    layout, forward, _ = _group_norm_kernels(lib, x)
+    y = torch.empty_like(x, memory_format=layout)
+    rc = forward(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), int(weight.dim() == 2), B, H * W, C, groups,
+                 eps, int(act), y.data_ptr(), a.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr())
+    if rc:  # -1: out of memory (the NCHW bfloat16 forward allocates nothing and returns None)
         raise MemoryError("group_norm_act kernel: out of memory")
     return y, a, b, mean, rstd
 
@@ -457,19 +462,14 @@ def group_norm_act_backward(
     float32; sum over B for [C] parameters."""
     lib = _loaded("group_norm_act_backward")
     B, C, H, W = x.shape
-    nchw = x.dtype == torch.bfloat16 and x.is_contiguous()  # as the forward chose
-    layout = torch.contiguous_format if nchw else torch.channels_last
+    layout, _, backward = _group_norm_kernels(lib, x)
     grad = grad.to(x.dtype).contiguous(memory_format=layout)
     if grad.data_ptr() == x.data_ptr():  # never in autograd; the kernel may not alias them
         grad = grad.clone(memory_format=layout)
     weight = weight.detach().contiguous()
     gx = torch.empty_like(x, memory_format=layout)
     gw, gb = torch.empty(2, B, C, dtype=torch.float32).unbind(0)
-    if nchw:
-        kernel = lib.limner_gn_backward_bf16_nchw
-    else:
-        kernel = lib.limner_gn_backward_bf16_cl if x.dtype == torch.bfloat16 else lib.limner_gn_backward
-    rc = kernel(x.data_ptr(), grad.data_ptr(), weight.data_ptr(), int(weight.dim() == 2), a.data_ptr(),
+    rc = backward(x.data_ptr(), grad.data_ptr(), weight.data_ptr(), int(weight.dim() == 2), a.data_ptr(),
                 b.data_ptr(), mean.data_ptr(), rstd.data_ptr(), B, H * W, C, groups, int(act),
                 gx.data_ptr(), gw.data_ptr(), gb.data_ptr())
     if rc != 0:
