@@ -14,6 +14,7 @@ import platform
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["cpu_caches", "cpu_description", "cpu_model", "cpu_signature", "describe"]
@@ -93,12 +94,12 @@ def cpu_caches(root: str = "/sys/devices/system/cpu/cpu0/cache") -> str | None:
     memory-bound steps depend on them, and cloud CPUs of one name differ here too."""
     found: list[tuple[int, str]] = []
     try:
-        entries = sorted(e for e in os.listdir(root) if e.startswith("index"))
+        entries = sorted(p for p in Path(root).iterdir() if p.name.startswith("index"))
     except OSError:
         return None
     for entry in entries:
         try:
-            level, kind, size = (open(os.path.join(root, entry, name), encoding="ascii").read().strip()
+            level, kind, size = ((entry / name).read_text(encoding="ascii").strip()
                                  for name in ("level", "type", "size"))
         except (OSError, UnicodeDecodeError):
             continue

@@ -16,8 +16,8 @@ with ``mask`` [B, T] are cross-attended from every attention block (Rombach et a
 https://arxiv.org/abs/2112.10752).
 
 Speed (see ``benchmarks/README.md``): activations run channels-last, except NCHW under CPU
-low-precision autocast where limner's compiled bfloat16 group norm is missing (PyTorch's own
-channels-last bfloat16 group-norm backward is slow there, and float16 has no kernel); group norm, SiLU
+float16 autocast and under bfloat16 autocast where limner's compiled bfloat16 group norm is
+missing (PyTorch's own channels-last low-precision group-norm backward is slow); group norm, SiLU
 and the embedding's scale and shift are one fused step where that wins (``limner.nn.norms``);
 attention avoids the slow low-precision CPU kernels; the embeddings of all blocks are one matrix
 product; the decoder's upsampling convolutions use the equivalent transposed-convolution form
