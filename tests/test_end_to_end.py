@@ -266,3 +266,33 @@ def test_ctrl_c_saves_and_resume_continues(tiny_data, cli, tmp_path):
     cli(*args(straight, stopped_at + 2), cache=tmp_path / "cache")
     a, b = checkpoint_tensors(straight), checkpoint_tensors(run)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_layer_the_machines_plan_gives_to_onednn_is_named_in_the_record(straight_run, tmp_path, monkeypatch,
+                                                                         caplog):
+    """Where this machine's measured plan (limner.nn.conv_plan) runs a layer's forward by oneDNN,
+    the record says so (another machine's plan may round differently); replaying under the same
+    plan is exact and silent, under another it warns."""
+    from limner.generation import pipeline
+    from limner.generation.pngmeta import read_record
+    from limner.nn import conv, conv_plan, kernels
+
+    if not kernels.available():
+        pytest.skip(f"needs the compiled CPU kernels ({kernels.status()})")
+    onednn = conv_plan.Plan(forward=False)
+    monkeypatch.setattr(conv_plan, "choose", lambda key, measure: conv_plan._note(key, onednn))
+    common = ["sample", str(straight_run), "--prompt", "green heart", "--steps", "3", "--num", "1", "--seed", "2"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    png = sorted((tmp_path / "a").glob("*.png"))[0]
+    record = read_record(png)
+    assert record.cpu_kernels.startswith(conv.cpu_kernel_setting() + "+onednn:")
+    with caplog.at_level("WARNING", logger="limner.generation.pipeline"):
+        same = pipeline.regenerate(record)
+    assert not caplog.records
+    assert np.array_equal(np.asarray(same.image), np.asarray(Image.open(png)))
+    monkeypatch.undo()  # the suite's setting: every layer on Winograd
+    with caplog.at_level("WARNING", logger="limner.generation.pipeline"):
+        other = pipeline.regenerate(record)
+    assert "pixels may differ slightly" in caplog.text and "+onednn:" in caplog.text
+    assert other.record.cpu_kernels == conv.cpu_kernel_setting()
+    assert np.abs(np.asarray(other.image, dtype=np.int16) - np.asarray(Image.open(png), dtype=np.int16)).max() <= 2

@@ -127,6 +127,7 @@ def describe() -> dict[str, Any]:
     from limner.data.cache import default_cache_dir
     from limner.nn import kernels
     from limner.nn.bf16 import cpu_bf16_native
+    from limner.nn import conv_plan
     from limner.nn.conv import winograd_status
 
     cuda = torch.cuda.is_available()
@@ -154,6 +155,7 @@ def describe() -> dict[str, Any]:
         },
         "kernels": kernels.status(),
         "winograd": winograd_status(),
+        "conv_plans": conv_plan.status(),
         "allocator": allocator_status(),
         "extras": {dist: {"version": _version(dist), "enables": use} for dist, use in EXTRAS.items()},
         "dataset_cache": str(default_cache_dir()),

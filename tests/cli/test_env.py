@@ -38,3 +38,23 @@ def test_env_reports_the_winograd_setting(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("LIMNER_WINOGRAD", "2")
     monkeypatch.setenv("LIMNER_KERNELS", "0")
     assert json.loads(cli("env", "--json", cache=tmp_path).stdout)["winograd"] == "off (no compiled kernels)"
+
+
+def test_env_reports_the_convolution_plans(cli, tmp_path, monkeypatch):
+    from limner.nn import kernels
+
+    monkeypatch.setenv("LIMNER_CONV_TUNE", "0")
+    assert json.loads(cli("env", "--json", cache=tmp_path).stdout)["conv_plans"].startswith(
+        "off (LIMNER_CONV_TUNE=0)")
+    if not kernels.available():
+        return
+    # measuring on, a kernel folder with this machine's build but no plans yet
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    (folder / f"{kernels.build_id()}.so").symlink_to(kernels._kernel_dir() / f"{kernels.build_id()}.so")
+    for tuning in kernels._kernel_dir().glob("tuning-*.json"):
+        (folder / tuning.name).write_bytes(tuning.read_bytes())
+    monkeypatch.setenv("LIMNER_CONV_TUNE", "1")
+    monkeypatch.setenv("LIMNER_KERNEL_DIR", str(folder))
+    line = json.loads(cli("env", "--json", cache=tmp_path).stdout)["conv_plans"]
+    assert line.startswith("measured per layer shape on this CPU: 0 shapes timed") and str(folder) in line

@@ -171,7 +171,7 @@ def test_conv2d_trains_through_winograd_like_nn_conv2d(bias, tile, size, monkeyp
         y.backward(go)
         outs.append((y.detach(), xi.grad, module.weight.grad, module.bias.grad if bias else None))
         if module is fast:
-            assert type(y.grad_fn).__name__ == "_WinogradConv3x3Backward"
+            assert type(y.grad_fn).__name__ == "_PlannedConv3x3Backward"
     (y1, gx1, gw1, gb1), (y2, gx2, gw2, gb2) = outs
     assert _rel(y1, y2) < 2 * BOUND[tile] and _rel(gx1, gx2) < 2 * BOUND[tile]
     if fast._winograd_tile(x) == 4:  # F(4x4, 3x3): the filter gradient in Winograd's domain too
@@ -294,7 +294,7 @@ def test_conv2d_under_bfloat16_autocast_computes_in_float32_and_rounds_like_oned
     go = torch.randn(4, 64, size, size, generator=g).bfloat16().contiguous(memory_format=CL)
     y1, gx1, gw1, gb1 = _autocast_step(fast, x, go)
     y2, gx2, gw2, gb2 = _autocast_step(plain, x, go)
-    assert type(y1.grad_fn).__name__ == "_WinogradConv3x3Backward"
+    assert type(y1.grad_fn).__name__ == "_PlannedConv3x3Backward"
     assert y1.dtype == y2.dtype == torch.bfloat16 and gx1.dtype == gx2.dtype == x_dtype
     assert gw1.dtype == gb1.dtype == torch.float32
     # float64 references from the input and the float32 weight (the model's parameter): oneDNN

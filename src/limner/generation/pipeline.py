@@ -10,6 +10,7 @@ import datetime as _dt
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ from limner.generation.request import (
 from limner.models.base import ProgressCallback
 from limner.models.declaration import REQUEST_FIELDS
 from limner.models.registry import family_class
-from limner.nn.conv import cpu_kernel_setting
 from limner.models.weights import load_module_weights
+from limner.nn import conv_plan
+from limner.nn.conv import cpu_kernel_setting
+from limner.nn.conv_plan import Plan
 from limner.runs.layout import checkpoint_dirs, find_latest_valid, model_hash, read_run_config
 
 MAX_SEED = 2**63 - 1
@@ -187,11 +190,11 @@ def generate(
     for breq in batch_requests(request, label):
         if edit is not None:
             edit.apply(breq)
-        with precision_context(request.precision, loaded.device):
+        with precision_context(request.precision, loaded.device), conv_plan.trace() as plans:
             result = loaded.family.generate(breq, callback=callback)
         images = result.images if edit is None else edit.composite(result.images)
         for i, seed in enumerate(result.seeds):
-            record = make_record(loaded, request, breq, seed, i, result.images.shape, label)
+            record = make_record(loaded, request, breq, seed, i, result.images.shape, label, plans)
             if edit is not None:
                 record = replace(record, **edit.record_fields())
             out.append(GeneratedImage(to_pil(images[i]), record))
@@ -272,9 +275,10 @@ def _resolve_label(loaded: LoadedRun, label: int | str | None) -> int | None:
 
 def make_record(
     loaded: LoadedRun, request: GenerationRequest, breq: BatchRequest, seed: int, index: int,
-    shape: torch.Size, label: int | None,
+    shape: torch.Size, label: int | None, plans: Mapping[str, Plan] | None = None,
 ) -> GenerationRecord:
-    """The record of one image: the request plus everything resolved for it."""
+    """The record of one image: the request plus everything resolved for it (``plans``: the
+    convolution plans its sampling used, :func:`limner.nn.conv_plan.trace`)."""
     defaults = loaded.family.option_defaults()
     return GenerationRecord(
         prompt=request.prompt,
@@ -300,7 +304,7 @@ def make_record(
         limner_version=__version__,
         torch_version=torch.__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        cpu_kernels=(cpu_kernel_setting(bfloat16=request.precision == "bf16")
+        cpu_kernels=(cpu_kernel_setting(bfloat16=request.precision == "bf16", plans=plans)
                      if torch.device(loaded.device).type == "cpu" else None),
         # the run's defaults too, so the record names the temperature etc. it was sampled with
         options={**{k: v for k, v in defaults.items() if k not in REQUEST_FIELDS}, **breq.options},
@@ -384,12 +388,12 @@ def regenerate(record: GenerationRecord, *, run: str | None = None, device: str 
             f"run {request.run} step {record.step} has model hash {loaded.model_hash}, "
             f"the record says {record.model_hash}: the weights changed"
         )
-    if record.cpu_kernels is not None and torch.device(loaded.device).type == "cpu":
-        now = cpu_kernel_setting(bfloat16=record.dtype == "bfloat16")
-        if now != record.cpu_kernels:
-            log.warning(
-                "the image was made with CPU kernels %r, this process uses %r: pixels may differ slightly "
-                "(LIMNER_KERNELS and LIMNER_WINOGRAD select them; see `limner env`)", record.cpu_kernels, now,
-            )
     images = generate(request, loaded=loaded, callback=callback)
+    now = images[record.index].record.cpu_kernels  # which kernels this replay's sampling used
+    if record.cpu_kernels is not None and now is not None and now != record.cpu_kernels:
+        log.warning(
+            "the image was made with CPU kernels %r, this process used %r: pixels may differ slightly "
+            "(LIMNER_KERNELS, LIMNER_WINOGRAD and the machine's measured convolution plans select them; "
+            "see `limner env`)", record.cpu_kernels, now,
+        )
     return replace(images[record.index], record=replace(images[record.index].record, created=record.created))

@@ -63,17 +63,21 @@ Winograd path is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import weakref
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.nn import functional as F
 
-from limner.nn import kernels
+from limner.nn import conv_plan, kernels
+from limner.nn.conv_plan import Plan
 from limner.nn.bf16 import cpu_bf16_native
 
 __all__ = ["WINOGRAD_TILE", "Conv2d", "DerivedWeight", "cpu_kernel_setting", "prepack_available", "winograd_status"]
@@ -195,62 +199,89 @@ def winograd_status() -> str:
     return f"{tile}; under bfloat16 autocast {bf16}"
 
 
-def cpu_kernel_setting(bfloat16: bool = False) -> str:
+def cpu_kernel_setting(bfloat16: bool = False, plans: Mapping[str, Plan] | None = None) -> str:
     """What CPU results depend on beyond the weights and inputs, for generation records (of
     bfloat16 sampling with ``bfloat16``): ``"pytorch"`` (no compiled kernels), ``"compiled"``
     (group norm and attention kernels, no Winograd) or ``"compiled+winograd4"`` /
     ``"compiled+winograd2"``, with ``"+bf16"`` where bfloat16 sampling takes the Winograd path
-    too. Each rounds differently, so a bitwise replay needs the same one."""
+    too, and ``"+onednn:<digest>"`` where this machine's measured plans (``plans``, from
+    :func:`conv_plan.trace` around the sampling) gave some layers' forward to oneDNN (the
+    digest names which). Each rounds differently, so a bitwise replay needs the same one."""
     if not kernels.available():
         return "pytorch"
     if not WINOGRAD_TILE:
         return "compiled"
-    return f"compiled+winograd{WINOGRAD_TILE}" + ("+bf16" if bfloat16 and WINOGRAD_BF16 else "")
+    setting = f"compiled+winograd{WINOGRAD_TILE}" + ("+bf16" if bfloat16 and WINOGRAD_BF16 else "")
+    moved = sorted(key for key, plan in (plans or {}).items() if not plan.forward)
+    if moved:
+        setting += "+onednn:" + hashlib.sha256("\n".join(moved).encode()).hexdigest()[:8]
+    return setting
 
 
-class _WinogradConv3x3(torch.autograd.Function):
-    """3x3 convolution (stride 1, padding 1) whose output and input gradient come from the
-    compiled Winograd kernels (the input gradient is the same kernel with every filter rotated
-    by 180 degrees and the channels swapped). The filter gradient: from Winograd's domain for
-    float32 F(4x4, 3x3) (``WINOGRAD_WGRAD``), else from oneDNN's convolution backward (in
-    bfloat16 for a bfloat16 output, as under autocast), with the bias gradient summed in float32.
-    ``out_dtype`` None: float32 throughout; bfloat16: the bfloat16 autocast variant (x float32 or
-    bfloat16, the output and its gradient bfloat16). Saves x and the weight."""
+def _onednn_conv(x: Tensor, weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype | None) -> Tensor:
+    """The convolution nn.Conv2d computes for this call: oneDNN's, in bfloat16 for ``out_dtype``
+    bfloat16 (as autocast casts x, weight and bias), else float32."""
+    if out_dtype is not None:
+        x, weight = x.to(out_dtype), weight.to(out_dtype)
+        bias = None if bias is None else bias.to(out_dtype)
+    return F.conv2d(x, weight, bias, 1, 1)
+
+
+def _onednn_backward(grad: Tensor, x: Tensor, weight: Tensor, want_x: bool, want_w: bool, want_b: bool
+                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """oneDNN's gradients of conv2d(x, weight, padding=1) in grad's dtype (x and weight cast to it,
+    as autocast's convolution computed them), for the parts asked for."""
+    dtype = grad.dtype
+    return torch.ops.aten.convolution_backward(
+        grad, x.to(dtype), weight.detach().to(dtype), [weight.shape[0]] if want_b else None, [1, 1], [1, 1], [1, 1],
+        False, [0, 0], 1, [want_x, want_w, want_b])
+
+
+class _PlannedConv3x3(torch.autograd.Function):
+    """3x3 convolution (stride 1, padding 1) whose parts run where :class:`conv_plan.Plan` says:
+    the output by the compiled Winograd kernel or oneDNN; the input gradient by the same kernel
+    with every filter rotated by 180 degrees and the channels swapped, or oneDNN; the filter
+    gradient from Winograd's domain (float32 F(4x4, 3x3) with ``WINOGRAD_WGRAD`` only) or oneDNN's
+    backward (in bfloat16 for a bfloat16 output, as under autocast), the bias gradient then with
+    it in float32, else summed in float32. ``out_dtype`` None: float32 throughout; bfloat16: the
+    bfloat16 autocast variant (x float32 or bfloat16, the output and its gradient bfloat16).
+    Saves x and the weight."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, tile: int,
-                out_dtype: torch.dtype | None) -> Tensor:
+                out_dtype: torch.dtype | None, plan: Plan) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.tile, ctx.out_dtype = bias is not None, tile, out_dtype
-        return kernels.winograd_conv3x3(x, kernels.winograd_filter(weight, tile=tile), bias, out_dtype)
+        ctx.has_bias, ctx.tile, ctx.out_dtype, ctx.plan = bias is not None, tile, out_dtype, plan
+        if plan.forward:
+            return kernels.winograd_conv3x3(x, kernels.winograd_filter(weight, tile=tile), bias, out_dtype)
+        return _onednn_conv(x, weight, bias, out_dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
+        plan: Plan = ctx.plan
         grad = grad.contiguous(memory_format=torch.channels_last)
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        wino_x = want_x and plan.input_grad
+        wino_w = want_w and plan.weight_grad and ctx.out_dtype is None and ctx.tile == 4 and WINOGRAD_WGRAD
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
+        if wino_x:
             gx = kernels.winograd_conv3x3(grad, kernels.winograd_filter(weight, rotate=True, tile=ctx.tile),
                                           out_dtype=x.dtype)
-        want_w, want_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.out_dtype is None and not (want_w and ctx.tile == 4 and WINOGRAD_WGRAD):
-            if want_w or want_b:  # float32: both from oneDNN's backward
-                _, gw, gb = torch.ops.aten.convolution_backward(
-                    grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False,
-                    [0, 0], 1, [False, want_w, want_b])
-            return gx, gw, gb, None, None
-        if want_b:
+        # float32 with oneDNN's filter gradient: the bias gradient from the same call, as nn.Conv2d's
+        onednn_b = want_b and ctx.out_dtype is None and not wino_w
+        if (want_x and not wino_x) or (want_w and not wino_w) or onednn_b:
+            dx, dw, db = _onednn_backward(grad, x, weight, want_x and not wino_x, want_w and not wino_w, onednn_b)
+            gx = gx if dx is None else dx.to(x.dtype)
+            gw = None if dw is None else dw.float()
+            gb = db
+        if want_b and gb is None:
             gb = grad.sum(dim=(0, 2, 3), dtype=torch.float32)
-        if want_w and ctx.out_dtype is None:  # float32 F(4x4, 3x3)
+        if wino_w:
             gw = kernels.winograd_weight_grad(x, grad, tile=4)
-        elif want_w:  # bfloat16: the product autocast's convolution computes, then float32 for the weight
-            dtype = grad.dtype
-            _, gw, _ = torch.ops.aten.convolution_backward(
-                grad, x.to(dtype), weight.detach().to(dtype), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                [False, True, False])
-            gw = gw.float()
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 class Conv2d(nn.Conv2d):
@@ -268,9 +299,16 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.fast and (tile := self._winograd_tile(x)):
             out_dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else None
-            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-                return _WinogradConv3x3.apply(x, self.weight, self.bias, tile, out_dtype)
-            return kernels.winograd_conv3x3(x, self._winograd_filter(tile), self.bias, out_dtype)
+            training = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+            plan = self._plan(x, tile, out_dtype, training)
+            if training and plan.any_winograd(training):
+                return _PlannedConv3x3.apply(x, self.weight, self.bias, tile, out_dtype, plan)
+            if not training and plan.forward:
+                return kernels.winograd_conv3x3(x, self._winograd_filter(tile), self.bias, out_dtype)
+        return self._onednn_forward(x)
+
+    def _onednn_forward(self, x: Tensor) -> Tensor:
+        """nn.Conv2d's convolution, by the reordered-weight path where it applies."""
         if self.fast and (dtype := self._prepack_dtype(x)) is not None:
             ops = _get_ops()
             if ops is not None:
@@ -299,6 +337,44 @@ class Conv2d(nn.Conv2d):
                 and not torch.compiler.is_compiling()):
             return 0
         return 4 if WINOGRAD_TILE == 4 and x.shape[-2] % 4 == 0 and x.shape[-1] % 4 == 0 else 2
+
+    def _plan(self, x: Tensor, tile: int, out_dtype: torch.dtype | None, training: bool) -> Plan:
+        """Which parts of this call run the Winograd kernels (:mod:`limner.nn.conv_plan`):
+        measured on this CPU the first time a shape is seen, then kept."""
+        N, C, H, W = x.shape
+        key = conv_plan.plan_key(training, out_dtype is not None, N, C, H, W, self.out_channels, tile,
+                                 self.bias is not None)
+        return conv_plan.choose(key, lambda: self._measure(x, tile, out_dtype, training))
+
+    def _measure(self, x: Tensor, tile: int, out_dtype: torch.dtype | None, training: bool
+                 ) -> dict[str, tuple[float, float]]:
+        """Best ms of (Winograd, oneDNN) per part of this call, on scratch tensors of its shape
+        (batch rounded up as in the plan's key) from a private generator."""
+        gen = torch.Generator().manual_seed(0)
+        N, C, H, W = x.shape
+        n = 1 << max(0, N - 1).bit_length()
+        cl = torch.channels_last
+        xs = torch.randn(n, C, H, W, generator=gen).to(x.dtype).contiguous(memory_format=cl)
+        w = self.weight.detach()
+        b = None if self.bias is None else self.bias.detach()
+        with torch.no_grad():
+            if not training:
+                U = kernels.winograd_filter(w, tile=tile)
+                winograd = lambda: kernels.winograd_conv3x3(xs, U, b, out_dtype)  # noqa: E731
+                return conv_plan.time_parts({"forward": (winograd, lambda: self._onednn_forward(xs))})
+            g = torch.randn(n, self.out_channels, H, W, generator=gen).to(out_dtype or torch.float32)
+            g = g.contiguous(memory_format=cl)
+            parts = {
+                "forward": (lambda: kernels.winograd_conv3x3(xs, kernels.winograd_filter(w, tile=tile), b, out_dtype),
+                            lambda: _onednn_conv(xs, w, b, out_dtype)),
+                "input_grad": (lambda: kernels.winograd_conv3x3(g, kernels.winograd_filter(w, rotate=True, tile=tile),
+                                                                out_dtype=xs.dtype),
+                               lambda: _onednn_backward(g, xs, w, True, False, False)),
+            }
+            if tile == 4 and out_dtype is None and WINOGRAD_WGRAD:
+                parts["weight_grad"] = (lambda: kernels.winograd_weight_grad(xs, g, tile=4),
+                                        lambda: _onednn_backward(g, xs, w, False, True, False))
+            return conv_plan.time_parts(parts)
 
     def _winograd_filter(self, tile: int) -> Tensor:
         """The transformed filters, kept while the weight is unchanged (as the reordered weight)."""

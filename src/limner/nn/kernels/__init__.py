@@ -66,8 +66,8 @@ from torch import Tensor
 from limner.environment import cpu_model
 from limner.fsutil import atomic_write
 
-__all__ = ["attention_backward", "attention_forward", "available", "group_norm_act_backward", "group_norm_act_forward",
-           "group_norm_act_forward_bf16", "status", "supports", "supports_attention", "supports_bf16_inference",
+__all__ = ["attention_backward", "attention_forward", "available", "build_id", "group_norm_act_backward",
+           "group_norm_act_forward", "group_norm_act_forward_bf16", "status", "supports", "supports_attention", "supports_bf16_inference",
            "supports_winograd", "winograd_conv3x3", "winograd_filter"]
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _status = "not loaded yet"
+_build_id: str | None = None  # the loaded library's file name (sources, compiler, CPU, torch, variant)
 _tried = False
 
 _ptr_t = ctypes.c_void_p  # tensors are passed as their data_ptr() ints (cheaper than casts)
@@ -166,25 +167,25 @@ def _sweep_stale_temps(folder: Path, max_age_s: float = 3600.0) -> None:
 
 
 def _load() -> ctypes.CDLL | None:
-    global _lib, _status, _tried
+    global _lib, _status, _build_id, _tried
     if _tried:  # every group-norm call asks: no lock once the answer is known
         return _lib
     with _lock:
         if not _tried:
-            _lib, _status = _open()
+            _lib, _status, _build_id = _open()
             _tried = True  # only after _lib is final, for the unlocked check above
         return _lib
 
 
-def _open() -> tuple[ctypes.CDLL | None, str]:
-    """Build (or find) and load the library: (library or None, status line)."""
+def _open() -> tuple[ctypes.CDLL | None, str, str | None]:
+    """Build (or find) and load the library: (library or None, status line, build id or None)."""
     if os.environ.get("LIMNER_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
-        return None, "disabled (LIMNER_KERNELS=0)"
+        return None, "disabled (LIMNER_KERNELS=0)", None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         status = "no C compiler found (set CC); using the PyTorch ops"
         log.info("limner kernels: %s", status)
-        return None, status
+        return None, status, None
     try:
         key = _source_key(cc)
         variant, how = _choose_variant(cc, key)
@@ -193,8 +194,8 @@ def _open() -> tuple[ctypes.CDLL | None, str]:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         status = f"build failed, using the PyTorch ops: {exc}"
         log.warning("limner kernels: %s", status)
-        return None, status
-    return lib, f"compiled ({path}; {how})"
+        return None, status, None
+    return lib, f"compiled ({path}; {how})", path.stem
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -346,6 +347,13 @@ def _file_lock(path: Path) -> Iterator[None]:
 def available() -> bool:
     """Whether the compiled kernels are usable (compiles them on the first call)."""
     return _load() is not None
+
+
+def build_id() -> str | None:
+    """The loaded build's name (it hashes the sources, compiler, CPU flags, torch and variant), or
+    None without the compiled kernels; what was measured with one build holds for it."""
+    _load()
+    return _build_id
 
 
 def status() -> str:

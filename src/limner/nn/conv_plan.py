@@ -1,0 +1,227 @@
+"""Which method computes each part of a 3x3 convolution on this CPU: measured once, then kept.
+
+limner's Winograd kernels (:mod:`limner.nn.conv`) beat oneDNN's direct convolutions on most
+layers of a small U-Net on the AMD EPYCs they were written on. That is a fact about those CPUs,
+not a law. oneDNN is Intel's library and its speed differs by CPU. Even on an AMD EPYC family 25
+model 17, the Winograd filter gradient of a 32-channel layer at 32x32 (batch 32) took 2-3x
+oneDNN's time while its forward took half. So where the compiled kernels could take a 3x3
+convolution, each part of it is given to whichever method ran it faster on this machine:
+
+- the forward pass (in training with the filter transform each call, since the weight changes
+  every step; in inference with the transformed or oneDNN-reordered filter kept);
+- the input gradient (Winograd with the rotated filter, or oneDNN's backward);
+- the filter gradient (Winograd's domain, for float32 F(4x4, 3x3) only, or oneDNN's backward).
+
+The idea is cuDNN's benchmark mode (``torch.backends.cudnn.benchmark``: time the algorithms for a
+shape at its first call) together with FFTW's "wisdom" (Frigo & Johnson, "The design and
+implementation of FFTW3", 2005): the measured choice is saved and reused. The first call of a
+shape times the candidates on scratch tensors of that shape (a private random generator, so the
+global random stream is untouched; each candidate in turn for several rounds, so that other load
+on the machine slows them alike; the best time of each counts). oneDNN takes a part only when it
+was at least :data:`MARGIN` faster, so timing noise leaves a layer on Winograd, the method the
+tests and figures describe. The choices go to ``conv-plan-<hash>.json`` beside the compiled kernels,
+keyed by the build (sources, compiler, CPU flags, torch, kernel variant) and the CPU model, and
+within it by mode (training or inference), precision, batch (rounded up to a power of two),
+channels, map size, Winograd tile and thread count. Every later call and every later process on
+the machine reads the choice instead of timing (a file lock keeps concurrent processes, DDP ranks
+say, from timing the same shape twice). So results stay bitwise deterministic for a given machine
+and setting, and exact resume holds. Timing a new shape costs a few tens of milliseconds for
+sampling and ~0.2 s for training, once per machine.
+
+``LIMNER_CONV_TUNE=0`` turns the measuring off: every convolution the Winograd kernels can take
+runs them in full (limner's behaviour before plans). The test suite runs that way, so that
+timing cannot change its results, and tests the plans themselves on their own.
+
+Sampling records which layers left Winograd, since that changes rounding
+(:func:`limner.nn.conv.cpu_kernel_setting`): :func:`trace` collects the plans a block of code used.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from limner.environment import cpu_model
+from limner.fsutil import atomic_write
+from limner.nn import kernels
+
+__all__ = ["MARGIN", "PARTS", "Plan", "TUNE", "WINOGRAD", "choose", "decide", "plan_key", "status", "time_parts",
+           "trace"]
+
+log = logging.getLogger(__name__)
+
+TUNE = os.environ.get("LIMNER_CONV_TUNE", "1").strip().lower() not in ("0", "off", "false", "no")
+# oneDNN takes a part only when its best time is below (1 - MARGIN) x Winograd's: on the EPYC model 17
+# two runs of the same oneDNN convolution differed by up to ~20% in single timings, ~5% in best-of-7.
+MARGIN = 0.10
+ROUNDS = 7  # timed rounds per candidate, after one warm-up round
+PARTS = ("forward", "input_grad", "weight_grad")
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which parts of one convolution run limner's Winograd kernels (True) or oneDNN (False).
+    ``input_grad`` and ``weight_grad`` matter only in training; ``weight_grad`` only for float32
+    F(4x4, 3x3), the one case with a Winograd filter gradient."""
+
+    forward: bool = True
+    input_grad: bool = True
+    weight_grad: bool = True
+
+    def any_winograd(self, training: bool) -> bool:
+        return self.forward or (training and (self.input_grad or self.weight_grad))
+
+    def describe(self) -> str:
+        return ", ".join(f"{part} {'winograd' if getattr(self, part) else 'onednn'}" for part in PARTS)
+
+
+WINOGRAD = Plan()  # every part on the Winograd kernels: the plan without measuring
+
+_trace: contextvars.ContextVar[dict[str, Plan] | None] = contextvars.ContextVar("limner_conv_plan_trace",
+                                                                                  default=None)
+_lock = threading.Lock()
+_plans: dict[str, Plan] = {}  # this process's plans, from the file and from timing
+_loaded_from: Path | None = None
+
+
+def plan_key(training: bool, bfloat16: bool, batch: int, in_channels: int, height: int, width: int,
+             out_channels: int, tile: int, bias: bool) -> str:
+    """The key one choice is kept under: what the relative speed of the methods depends on. The
+    batch is rounded up to a power of two (a sampler's last, smaller batch reuses the full one's)."""
+    rounded = 1 << max(0, int(batch) - 1).bit_length()
+    return (f"{'train' if training else 'infer'} {'bf16' if bfloat16 else 'fp32'} n{rounded} "
+            f"{in_channels}x{height}x{width}->{out_channels} f{tile} b{int(bias)} t{torch.get_num_threads()}")
+
+
+def decide(ms: dict[str, tuple[float, float]], margin: float = MARGIN) -> Plan:
+    """The plan from best times (Winograd ms, oneDNN ms) per part: oneDNN where it was more than
+    ``margin`` faster; parts not timed stay on Winograd."""
+    return Plan(**{part: not (part in ms and ms[part][1] < (1.0 - margin) * ms[part][0]) for part in PARTS})
+
+
+def time_parts(parts: dict[str, tuple[Callable[[], Any], Callable[[], Any]]],
+               rounds: int = ROUNDS) -> dict[str, tuple[float, float]]:
+    """Best wall time in ms of each (Winograd, oneDNN) candidate per part: one warm-up round, then
+    ``rounds`` rounds in which every candidate runs once in turn."""
+    best = {part: [float("inf"), float("inf")] for part in parts}
+    for r in range(rounds + 1):
+        for part, candidates in parts.items():
+            for i, run in enumerate(candidates):
+                t0 = time.perf_counter()
+                run()
+                if r:
+                    best[part][i] = min(best[part][i], (time.perf_counter() - t0) * 1e3)
+    return {part: (times[0], times[1]) for part, times in best.items()}
+
+
+def _plan_file() -> Path:
+    identity = f"{kernels.build_id()}\0{cpu_model()}\0{_FORMAT}".encode()
+    return kernels._kernel_dir() / f"conv-plan-{hashlib.sha256(identity).hexdigest()[:16]}.json"
+
+
+def _read(path: Path) -> dict[str, dict[str, Any]]:
+    """The plan entries of a plan file; none where it is missing or unreadable (they are timed again)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    entries = data.get("plans") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return {}
+    return {key: entry for key, entry in entries.items()
+            if isinstance(entry, dict) and all(entry.get(part) in ("winograd", "onednn") for part in PARTS)}
+
+
+def _plan_of(entry: dict[str, Any]) -> Plan:
+    return Plan(**{part: entry[part] == "winograd" for part in PARTS})
+
+
+def _load_file() -> None:
+    """Fill this process's plans from the plan file (once; caller holds _lock)."""
+    global _loaded_from
+    path = _plan_file()
+    if _loaded_from != path:
+        _plans.clear()
+        _plans.update({key: _plan_of(entry) for key, entry in _read(path).items()})
+        _loaded_from = path
+
+
+def choose(key: str, measure: Callable[[], dict[str, tuple[float, float]]]) -> Plan:
+    """The plan kept for ``key`` on this machine; the first time, ``measure()`` (best ms of
+    Winograd and oneDNN per part), decided and saved. :data:`WINOGRAD` when measuring is off."""
+    if not TUNE:
+        return _note(key, WINOGRAD)
+    plan = _plans.get(key)
+    if plan is None:
+        with _lock:
+            _load_file()
+            plan = _plans.get(key)
+            if plan is None:
+                plan = _measure_and_save(key, measure)
+                _plans[key] = plan
+    return _note(key, plan)
+
+
+def _measure_and_save(key: str, measure: Callable[[], dict[str, tuple[float, float]]]) -> Plan:
+    path = _plan_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with kernels._file_lock(path.with_suffix(".lock")):
+        entries = _read(path)
+        if key in entries:  # another process timed it meanwhile
+            return _plan_of(entries[key])
+        ms = measure()
+        plan = decide(ms)
+        entries[key] = {**{part: "winograd" if getattr(plan, part) else "onednn" for part in PARTS},
+                        "ms": {part: [round(w, 4), round(o, 4)] for part, (w, o) in ms.items()},
+                        "timed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        document = {"format": _FORMAT, "cpu": cpu_model(), "torch": torch.__version__, "build": kernels.build_id(),
+                    "plans": dict(sorted(entries.items()))}
+        atomic_write(path, lambda f: f.write(json.dumps(document, indent=1).encode()), fsync=False)
+    times = "; ".join(f"{part} {w:.2f} vs {o:.2f} ms" for part, (w, o) in ms.items())
+    log.info("limner conv plan: %s: %s (Winograd vs oneDNN: %s)", key, plan.describe(), times)
+    return plan
+
+
+def _note(key: str, plan: Plan) -> Plan:
+    used = _trace.get()
+    if used is not None:
+        used[key] = plan
+    return plan
+
+
+@contextmanager
+def trace() -> Iterator[dict[str, Plan]]:
+    """Collect {key: plan} of every convolution plan looked up in this thread (or task) inside
+    the block."""
+    used: dict[str, Plan] = {}
+    token = _trace.set(used)
+    try:
+        yield used
+    finally:
+        _trace.reset(token)
+
+
+def status() -> str:
+    """One line for ``limner env``: whether plans are measured and what this machine's file holds."""
+    if not TUNE:
+        return "off (LIMNER_CONV_TUNE=0): Winograd wherever its kernels apply"
+    if not kernels.available():
+        return "not used (no compiled kernels)"
+    path = _plan_file()
+    entries = _read(path)
+    moved = sum(1 for entry in entries.values() if any(entry[part] == "onednn" for part in PARTS))
+    return (f"measured per layer shape on this CPU: {len(entries)} shapes timed, {moved} with a part on "
+            f"oneDNN ({path})")
