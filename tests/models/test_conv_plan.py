@@ -242,3 +242,26 @@ def test_the_record_setting_names_layers_whose_forward_left_winograd():
     assert moved.startswith(base + "+onednn:") and len(moved) == len(base) + len("+onednn:") + 8
     assert conv.cpu_kernel_setting(plans={"infer fp32 b": Plan(forward=False)}) != moved  # which layers
     assert conv.cpu_kernel_setting(plans={"train fp32 a": Plan(forward=True, input_grad=False)}) == base
+
+
+def test_a_shape_whose_timing_fails_stays_on_winograd_unsaved(plans, caplog):
+    def fails():
+        raise RuntimeError("out of memory while timing")
+
+    with caplog.at_level("WARNING", logger="limner.nn.conv_plan"):
+        assert conv_plan.choose("k", fails) == conv_plan.WINOGRAD
+    assert "timing k failed" in caplog.text
+    assert not conv_plan._plan_file().exists()  # a later process times it again
+    assert conv_plan.choose("k", lambda: pytest.fail("timed again in this process")) == conv_plan.WINOGRAD
+
+
+def test_a_folder_that_cannot_be_written_keeps_the_plan_in_this_process(plans, monkeypatch, caplog):
+    def no_writes(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(conv_plan, "atomic_write", no_writes)
+    timed = []
+    with caplog.at_level("WARNING", logger="limner.nn.conv_plan"):
+        assert conv_plan.choose("k", lambda: timed.append(1) or {"forward": (3.0, 1.0)}) == Plan(forward=False)
+    assert "cannot keep plans" in caplog.text and timed == [1]
+    assert conv_plan.choose("k", lambda: pytest.fail("timed again in this process")) == Plan(forward=False)

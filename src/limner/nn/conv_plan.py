@@ -176,23 +176,45 @@ def choose(key: str, measure: Callable[[], dict[str, tuple[float, float]]]) -> P
 
 
 def _measure_and_save(key: str, measure: Callable[[], dict[str, tuple[float, float]]]) -> Plan:
+    """Time, decide and add the plan to the file, under the file's lock. Where timing fails (out
+    of memory, say) the shape keeps to Winograd in this process, nothing saved; where the folder
+    is not writable the plan is kept in this process only (each process then times it anew)."""
     path = _plan_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with kernels._file_lock(path.with_suffix(".lock")):
-        entries = _read(path)
-        if key in entries:  # another process timed it meanwhile
-            return _plan_of(entries[key])
+    plan: Plan | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with kernels._file_lock(path.with_suffix(".lock")):
+            entries = _read(path)
+            if key in entries:  # another process timed it meanwhile
+                return _plan_of(entries[key])
+            plan, ms = _timed_plan(key, measure)
+            if ms is None:
+                return plan
+            entries[key] = {**{part: "winograd" if getattr(plan, part) else "onednn" for part in PARTS},
+                            "ms": {part: [round(w, 4), round(o, 4)] for part, (w, o) in ms.items()},
+                            "timed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            document = {"format": _FORMAT, "cpu": cpu_model(), "torch": torch.__version__,
+                        "build": kernels.build_id(), "plans": dict(sorted(entries.items()))}
+            atomic_write(path, lambda f: f.write(json.dumps(document, indent=1).encode()), fsync=False)
+            return plan
+    except OSError as error:
+        log.warning("limner conv plan: cannot keep plans in %s (%s); this process times each shape itself",
+                    path, error)
+        return plan if plan is not None else _timed_plan(key, measure)[0]
+
+
+def _timed_plan(key: str, measure: Callable[[], dict[str, tuple[float, float]]]
+                ) -> tuple[Plan, dict[str, tuple[float, float]] | None]:
+    """(plan, the times it was decided from), or (WINOGRAD, None) where timing failed."""
+    try:
         ms = measure()
-        plan = decide(ms)
-        entries[key] = {**{part: "winograd" if getattr(plan, part) else "onednn" for part in PARTS},
-                        "ms": {part: [round(w, 4), round(o, 4)] for part, (w, o) in ms.items()},
-                        "timed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        document = {"format": _FORMAT, "cpu": cpu_model(), "torch": torch.__version__, "build": kernels.build_id(),
-                    "plans": dict(sorted(entries.items()))}
-        atomic_write(path, lambda f: f.write(json.dumps(document, indent=1).encode()), fsync=False)
+    except (RuntimeError, MemoryError) as error:
+        log.warning("limner conv plan: timing %s failed (%s); it runs on the Winograd kernels", key, error)
+        return WINOGRAD, None
+    plan = decide(ms)
     times = "; ".join(f"{part} {w:.2f} vs {o:.2f} ms" for part, (w, o) in ms.items())
     log.info("limner conv plan: %s: %s (Winograd vs oneDNN: %s)", key, plan.describe(), times)
-    return plan
+    return plan, ms
 
 
 def _note(key: str, plan: Plan) -> Plan:
