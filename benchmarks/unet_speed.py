@@ -145,7 +145,7 @@ def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, th
     with plans as used:
         step()  # the first call includes one-off costs (and compilation for limner-compile)
     first = time.perf_counter() - t0
-    moved = sorted(f"{key}: {plan.describe()}" for key, plan in used.items() if plan != type(plan)())  # Plan(): all Winograd
+    moved = sorted(f"{key}: {traced.plan.describe()}" for key, traced in used.items() if traced.moved)
     times = _timed(step, warmup - 1, iters)
     return {
         "model": name, "precision": precision, "mode": mode, "times": times,
@@ -153,7 +153,7 @@ def run_worker(name: str, precision: str, mode: str, warmup: int, iters: int, th
         "first_s": first, "rss_mb": _max_rss_mb(), "rss_before_mb": rss_before,
         "params": sum(p.numel() for p in net.parameters()), "threads": torch.get_num_threads(),
         "kernels": kernels, "winograd": winograd, "allocator": allocator_status(),
-        "conv_plans": (f"{len(used)} shapes, {len(moved)} with a part on oneDNN" if used else "-"), "onednn_parts": moved,
+        "conv_plans": (f"{len(used)} shapes, {len(moved)} not as the fixed rule" if used else "-"), "moved_parts": moved,
     }
 
 
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     if built:
         print(f"limner's compiled kernels: {'; '.join(built)}")
         print(f"limner's Winograd convolutions: {'; '.join(sorted({r.get('winograd', '-') for r in results if r['model'] == 'limner'}))}")
-        for precision, mode, plans, parts in sorted({(r["precision"], r["mode"], r["conv_plans"], tuple(r["onednn_parts"]))
+        for precision, mode, plans, parts in sorted({(r["precision"], r["mode"], r["conv_plans"], tuple(r["moved_parts"]))
                                                      for r in results if r["model"] == "limner"}):
             print(f"limner's convolution plans (measured on this CPU), {precision} {mode}: {plans}"
                   + "".join(f"\n  {part}" for part in parts))

@@ -270,8 +270,8 @@ def test_ctrl_c_saves_and_resume_continues(tiny_data, cli, tmp_path):
 
 def test_a_layer_the_machines_plan_gives_to_onednn_is_named_in_the_record(straight_run, tmp_path, monkeypatch,
                                                                          caplog):
-    """Where this machine's measured plan (limner.nn.conv_plan) runs a layer's forward by oneDNN,
-    the record says so (another machine's plan may round differently); replaying under the same
+    """Where this machine's measured plan (limner.nn.conv_plan) runs a layer's forward by another
+    method than the fixed rule's (here oneDNN), the record says so (another machine's plan may round differently); replaying under the same
     plan is exact and silent, under another it warns."""
     from limner.generation import pipeline
     from limner.generation.pngmeta import read_record
@@ -279,13 +279,17 @@ def test_a_layer_the_machines_plan_gives_to_onednn_is_named_in_the_record(straig
 
     if not kernels.available():
         pytest.skip(f"needs the compiled CPU kernels ({kernels.status()})")
-    onednn = conv_plan.Plan(forward=False)
-    monkeypatch.setattr(conv_plan, "choose", lambda key, measure: conv_plan._note(key, onednn))
+    onednn = conv_plan.Plan()  # every part by oneDNN, wherever the fixed rule says Winograd
+
+    def choose(key, default, measure):
+        return conv_plan._note(key, onednn, default)
+
+    monkeypatch.setattr(conv_plan, "choose", choose)
     common = ["sample", str(straight_run), "--prompt", "green heart", "--steps", "3", "--num", "1", "--seed", "2"]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     png = sorted((tmp_path / "a").glob("*.png"))[0]
     record = read_record(png)
-    assert record.cpu_kernels.startswith(conv.cpu_kernel_setting() + "+onednn:")
+    assert record.cpu_kernels.startswith(conv.cpu_kernel_setting() + "+plan:")
     with caplog.at_level("WARNING", logger="limner.generation.pipeline"):
         same = pipeline.regenerate(record)
     assert not caplog.records
@@ -293,6 +297,6 @@ def test_a_layer_the_machines_plan_gives_to_onednn_is_named_in_the_record(straig
     monkeypatch.undo()  # the suite's setting: every layer on Winograd
     with caplog.at_level("WARNING", logger="limner.generation.pipeline"):
         other = pipeline.regenerate(record)
-    assert "pixels may differ slightly" in caplog.text and "+onednn:" in caplog.text
+    assert "pixels may differ slightly" in caplog.text and "+plan:" in caplog.text
     assert other.record.cpu_kernels == conv.cpu_kernel_setting()
     assert np.abs(np.asarray(other.image, dtype=np.int16) - np.asarray(Image.open(png), dtype=np.int16)).max() <= 2

@@ -42,12 +42,20 @@ def plans(tmp_path, monkeypatch):
     return kernel_dir
 
 
-def test_decide_moves_a_part_to_onednn_only_when_it_was_clearly_faster():
-    ms = {"forward": (1.0, 0.95), "input_grad": (1.0, 0.85), "weight_grad": (2.0, 2.5)}
-    assert conv_plan.decide(ms) == Plan(forward=True, input_grad=False, weight_grad=True)
-    assert conv_plan.decide(ms, margin=0.0) == Plan(forward=False, input_grad=False, weight_grad=True)
-    assert conv_plan.decide({"forward": (1.0, 0.5)}) == Plan(forward=False)  # parts not timed stay
-    assert conv_plan.decide({}) == conv_plan.WINOGRAD
+W4, W2, D = conv_plan.WINOGRAD4, conv_plan.WINOGRAD2, conv_plan.ONEDNN
+RULE = Plan(W4, W4, W4)  # the fixed rule on a float32 map from 8x8 up with sides of multiples of 4
+
+
+def test_decide_leaves_the_fixed_rule_only_for_a_clearly_faster_method():
+    ms = {"forward": {W4: 1.0, W2: 1.3, D: 0.95}, "input_grad": {W4: 1.0, W2: 0.85, D: 0.88},
+          "weight_grad": {W4: 2.0, D: 2.5}}
+    assert conv_plan.decide(ms, RULE) == Plan(forward=W4, input_grad=W2, weight_grad=W4)
+    assert conv_plan.decide(ms, RULE, margin=0.0) == Plan(forward=D, input_grad=W2, weight_grad=W4)
+    assert conv_plan.decide({"forward": {W4: 1.0, D: 0.5}}, RULE) == Plan(D, W4, W4)  # parts not timed stay
+    assert conv_plan.decide({}, RULE) == RULE
+    small_map = Plan()  # the rule's oneDNN below 8x8: Winograd must beat it
+    assert conv_plan.decide({"forward": {W4: 0.8, W2: 0.95, D: 1.0}}, small_map) == Plan(forward=W4)
+    assert conv_plan.decide({"forward": {W4: 0.95, D: 1.0}}, small_map) == small_map
 
 
 def test_time_parts_lets_the_candidates_take_turns_and_keeps_each_ones_best(monkeypatch):
@@ -63,10 +71,14 @@ def test_time_parts_lets_the_candidates_take_turns_and_keeps_each_ones_best(monk
         return run
 
     monkeypatch.setattr(conv_plan.time, "perf_counter", lambda: now[0])
-    best = conv_plan.time_parts({"a": (candidate("a-w"), candidate("a-o")),
-                                 "b": (candidate("b-w"), candidate("b-o"))}, rounds=3)
+    best = conv_plan.time_parts({"a": {W4: candidate("a-w"), D: candidate("a-o")},
+                                 "b": {W4: candidate("b-w"), D: candidate("b-o")}}, rounds=3)
     assert calls == ["a-w", "a-o", "b-w", "b-o"] * 4  # one warm-up round, then turns
-    assert best == {"a": pytest.approx((3.0, 2.0)), "b": pytest.approx((1.0, 3.0))}
+    assert best == {"a": {W4: pytest.approx(3.0), D: pytest.approx(2.0)},
+                    "b": {W4: pytest.approx(1.0), D: pytest.approx(3.0)}}
+
+
+CANDIDATES = {"forward": (W4, W2, D), "input_grad": (W4, W2, D), "weight_grad": (W4, D)}
 
 
 def test_a_plan_is_measured_once_then_read_from_the_file(plans):
@@ -74,37 +86,37 @@ def test_a_plan_is_measured_once_then_read_from_the_file(plans):
 
     def measure():
         measured.append(1)
-        return {"forward": (2.0, 1.0), "input_grad": (1.0, 2.0)}
+        return {"forward": {W4: 2.0, W2: 3.0, D: 1.0}, "input_grad": {W4: 1.0, W2: 1.5, D: 2.0}}
 
-    key = conv_plan.plan_key(True, False, 24, 32, 16, 16, 64, 4, True)
-    assert "n32 " in key and key.startswith("train fp32")  # the batch rounded up to a power of two
-    expected = Plan(forward=False, input_grad=True, weight_grad=True)
+    key = conv_plan.plan_key(True, False, 24, 32, 16, 16, 64, True, CANDIDATES)
+    assert key == f"train fp32 n32 32x16x16->64 b1 t{torch.get_num_threads()} f42d i42d w4d"  # batch rounded up
+    expected = Plan(forward=D, input_grad=W4, weight_grad=W4)
     with conv_plan.trace() as used:
-        assert conv_plan.choose(key, measure) == expected
-        assert conv_plan.choose(key, measure) == expected
-    assert measured == [1] and used == {key: expected}
+        assert conv_plan.choose(key, RULE, measure) == expected
+        assert conv_plan.choose(key, RULE, measure) == expected
+    assert measured == [1, 1] and used == {key: (expected, RULE)} and used[key].moved  # timed twice: it moved
     document = json.loads(conv_plan._plan_file().read_text())
-    assert document["plans"][key]["forward"] == "onednn" and document["plans"][key]["ms"]["forward"] == [2.0, 1.0]
+    entry = document["plans"][key]
+    assert entry["forward"] == D and entry["ms"]["forward"] == {W4: 2.0, W2: 3.0, D: 1.0}
     assert document["cpu"] and document["torch"] == torch.__version__
     # another process: nothing in memory, the file decides
     conv_plan._plans.clear()
     conv_plan._loaded_from = None
-    assert conv_plan.choose(key, lambda: pytest.fail("timed again")) == expected
-    # measuring off: every part on Winograd, nothing timed
+    assert conv_plan.choose(key, RULE, lambda: pytest.fail("timed again")) == expected
+    # measuring off: the fixed rule, nothing timed
     conv_plan.TUNE = False
-    assert conv_plan.choose("another", lambda: pytest.fail("timed")) == conv_plan.WINOGRAD
+    assert conv_plan.choose("another", RULE, lambda: pytest.fail("timed")) == RULE
 
 
 def test_an_unreadable_plan_file_is_measured_again_and_rewritten(plans):
     path = conv_plan._plan_file()
     path.write_text('{"plans": {"k": {"forward": "gpu"}}, "trailing')
-    assert conv_plan.choose("k", lambda: {"forward": (1.0, 3.0)}) == conv_plan.WINOGRAD
-    assert json.loads(path.read_text())["plans"]["k"]["forward"] == "winograd"
-    path.write_text(json.dumps({"plans": {"k": {"forward": "sideways", "input_grad": "winograd",
-                                                 "weight_grad": "winograd"}}}))
+    assert conv_plan.choose("k", RULE, lambda: {"forward": {W4: 1.0, D: 3.0}}) == RULE
+    assert json.loads(path.read_text())["plans"]["k"]["forward"] == W4
+    path.write_text(json.dumps({"plans": {"k": {"forward": "sideways", "input_grad": W4, "weight_grad": W4}}}))
     conv_plan._plans.clear()
     conv_plan._loaded_from = None
-    assert conv_plan.choose("k", lambda: {"forward": (3.0, 1.0)}) == Plan(forward=False)
+    assert conv_plan.choose("k", RULE, lambda: {"forward": {W4: 3.0, D: 1.0}}) == Plan(D, W4, W4)
 
 
 def _pair(bias: bool = True, cin: int = 32, cout: int = 48, seed: int = 0) -> tuple[Conv2d, torch.nn.Conv2d]:
@@ -128,11 +140,9 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-ALL_PLANS = [Plan(*bits) for bits in itertools.product((True, False), repeat=3)]
-
-
-# bfloat16 filter gradients are oneDNN's in every plan: weight_grad=False is the same case there
-PLAN_CASES = [(plan, False) for plan in ALL_PLANS] + [(plan, True) for plan in ALL_PLANS if plan.weight_grad]
+# every mix of methods (the filter gradient's Winograd method is float32 F(4x4, 3x3) only)
+PLAN_CASES = ([(Plan(f, i, w), False) for f, i, w in itertools.product((W4, W2, D), (W4, W2, D), (W4, D))]
+              + [(Plan(f, i, D), True) for f, i in itertools.product((W4, W2, D), repeat=2)])
 
 
 @needs_kernel
@@ -140,8 +150,9 @@ PLAN_CASES = [(plan, False) for plan in ALL_PLANS] + [(plan, True) for plan in A
                          ids=lambda v: v.describe().replace(", ", "/").replace(" ", "=") if isinstance(v, Plan)
                          else ("bf16" if v else "fp32"))
 def test_each_part_runs_where_the_plan_says_with_that_methods_result(plan, bf16, monkeypatch):
-    """Parts on oneDNN give nn.Conv2d's bits; parts on Winograd its rounding (F(4x4, 3x3))."""
-    monkeypatch.setattr(conv_plan, "choose", lambda key, measure: plan)
+    """Parts on oneDNN give nn.Conv2d's bits; parts on Winograd its rounding, F(2x2, 3x3) no
+    worse than oneDNN's and F(4x4, 3x3) ~10x that."""
+    monkeypatch.setattr(conv_plan, "choose", lambda key, default, measure: plan)
     fast, plain = _pair()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 32, 16, 16, generator=g).to(torch.bfloat16 if bf16 else torch.float32).contiguous(
@@ -149,25 +160,26 @@ def test_each_part_runs_where_the_plan_says_with_that_methods_result(plan, bf16,
     go = torch.randn(4, 48, 16, 16, generator=g).contiguous(memory_format=CL)
     y1, gx1, gw1, gb1 = _train(fast, x, go, bf16)
     y2, gx2, gw2, gb2 = _train(plain, x, go, bf16)
-    bound = 2e-2 if bf16 else 1e-4  # Winograd against oneDNN (bf16: both round the output)
-    for name, on_winograd, a, b in (("output", plan.forward, y1, y2), ("input gradient", plan.input_grad, gx1, gx2)):
+    bound = {W4: 2e-2 if bf16 else 1e-4, W2: 2e-2 if bf16 else 2e-5}  # against oneDNN (bf16: both round)
+    for name, method, a, b in (("output", plan.forward, y1, y2), ("input gradient", plan.input_grad, gx1, gx2)):
         assert a.dtype == b.dtype, name
-        if on_winograd:
-            assert _rel(a, b) < bound, name
-        else:
+        if method == D:
             assert torch.equal(a, b), f"{name} by oneDNN differs from nn.Conv2d's"
-    if plan.weight_grad and not bf16:
-        assert _rel(gw1, gw2) < 1e-4 and _rel(gb1, gb2) < 1e-5
+        else:
+            assert 0 < _rel(a, b) < bound[method], name
+    if plan.weight_grad == W4:
+        assert 0 < _rel(gw1, gw2) < 1e-4 and _rel(gb1, gb2) < 1e-5
     else:
         assert torch.equal(gw1, gw2), "filter gradient by oneDNN differs from nn.Conv2d's"
         assert torch.equal(gb1, gb2) if not bf16 else _rel(gb1, gb2) < 1e-2
     # inference: the forward alone, oneDNN's by the reordered-weight path
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         yi, reference = fast(x), fast._onednn_forward(x)
-        if not plan.forward:
+        if plan.forward == D:
             assert torch.equal(yi, reference)
         else:
-            assert _rel(yi, reference) < bound
+            assert 0 < _rel(yi, reference) < bound[plan.forward]
+            assert torch.equal(yi, y1)  # the same Winograd method as in training
 
 
 @needs_kernel
@@ -182,8 +194,10 @@ def test_measuring_leaves_the_random_stream_the_weights_and_their_gradients_alon
     assert fast.weight.grad is None and torch.equal(fast.weight, weight)
     (key,) = used
     entry = json.loads(conv_plan._plan_file().read_text())["plans"][key]
-    assert set(entry["ms"]) == {"forward", "input_grad", "weight_grad"}
-    assert all(w > 0 and o > 0 for w, o in entry["ms"].values())
+    assert entry["ms"].keys() == {"forward", "input_grad", "weight_grad"}
+    assert {part: set(ms) for part, ms in entry["ms"].items()} == {
+        "forward": {W4, W2, D}, "input_grad": {W4, W2, D}, "weight_grad": {W4, D}}
+    assert all(t > 0 for ms in entry["ms"].values() for t in ms.values())
     y.sum().backward()
     with conv_plan.trace() as again:
         y2 = fast(x)
@@ -202,7 +216,7 @@ with conv_plan.trace() as used:
     y = fast(x)
 y.backward(torch.ones_like(y))
 torch.save({"y": y.detach(), "gx": x.grad, "gw": fast.weight.grad}, sys.argv[2])
-print(json.dumps({key: plan.describe() for key, plan in used.items()}))
+print(json.dumps({key: traced.plan.describe() for key, traced in used.items()}))
 """
 
 
@@ -210,9 +224,10 @@ print(json.dumps({key: plan.describe() for key, plan in used.items()}))
 def test_a_new_process_follows_the_plan_file_bit_for_bit(plans, tmp_path):
     """A plan written by one process (here a mixed one) decides the next process's methods, so a
     resumed run computes what the first one did."""
-    mixed = Plan(forward=False, input_grad=True, weight_grad=False)
-    key = conv_plan.plan_key(True, False, 4, 32, 16, 16, 48, 4, True)
-    conv_plan.choose(key, lambda: {"forward": (2.0, 1.0), "input_grad": (1.0, 2.0), "weight_grad": (2.0, 1.0)})
+    mixed = Plan(forward=D, input_grad=W2, weight_grad=D)
+    key = conv_plan.plan_key(True, False, 4, 32, 16, 16, 48, True, CANDIDATES)
+    assert conv_plan.choose(key, RULE, lambda: {"forward": {W4: 2.0, D: 1.0}, "input_grad": {W4: 2.0, W2: 1.0},
+                                                "weight_grad": {W4: 2.0, D: 1.0}}) == mixed
     written = conv_plan._plan_file().read_bytes()
     env = {**os.environ, "LIMNER_CONV_TUNE": "1", "LIMNER_KERNEL_DIR": str(plans)}
     proc = subprocess.run([sys.executable, "-c", SUBPROCESS, str(torch.get_num_threads()), str(tmp_path / "out.pt")],
@@ -235,24 +250,26 @@ def test_a_new_process_follows_the_plan_file_bit_for_bit(plans, tmp_path):
 
 
 @needs_kernel
-def test_the_record_setting_names_layers_whose_forward_left_winograd():
+def test_the_record_setting_names_layers_whose_forward_left_the_fixed_rule():
+    T = conv_plan.Traced
     base = conv.cpu_kernel_setting()
-    assert conv.cpu_kernel_setting(plans={"infer fp32 a": conv_plan.WINOGRAD}) == base
-    moved = conv.cpu_kernel_setting(plans={"infer fp32 a": Plan(forward=False), "infer fp32 b": conv_plan.WINOGRAD})
-    assert moved.startswith(base + "+onednn:") and len(moved) == len(base) + len("+onednn:") + 8
-    assert conv.cpu_kernel_setting(plans={"infer fp32 b": Plan(forward=False)}) != moved  # which layers
-    assert conv.cpu_kernel_setting(plans={"train fp32 a": Plan(forward=True, input_grad=False)}) == base
+    assert conv.cpu_kernel_setting(plans={"infer fp32 a": T(RULE, RULE), "infer fp32 s": T(Plan(), Plan())}) == base
+    moved = conv.cpu_kernel_setting(plans={"infer fp32 a": T(Plan(forward=D), RULE), "infer fp32 b": T(RULE, RULE)})
+    assert moved.startswith(base + "+plan:") and len(moved) == len(base) + len("+plan:") + 8
+    assert conv.cpu_kernel_setting(plans={"infer fp32 b": T(Plan(forward=D), RULE)}) != moved  # which layers
+    assert conv.cpu_kernel_setting(plans={"infer fp32 a": T(Plan(forward=W2), RULE)}) != moved  # which method
+    assert conv.cpu_kernel_setting(plans={"train fp32 a": T(Plan(W4, D, W4), RULE)}) == base  # the forward only
 
 
-def test_a_shape_whose_timing_fails_stays_on_winograd_unsaved(plans, caplog):
+def test_a_shape_whose_timing_fails_keeps_the_fixed_rule_unsaved(plans, caplog):
     def fails():
         raise RuntimeError("out of memory while timing")
 
     with caplog.at_level("WARNING", logger="limner.nn.conv_plan"):
-        assert conv_plan.choose("k", fails) == conv_plan.WINOGRAD
+        assert conv_plan.choose("k", RULE, fails) == RULE
     assert "timing k failed" in caplog.text
     assert not conv_plan._plan_file().exists()  # a later process times it again
-    assert conv_plan.choose("k", lambda: pytest.fail("timed again in this process")) == conv_plan.WINOGRAD
+    assert conv_plan.choose("k", RULE, lambda: pytest.fail("timed again in this process")) == RULE
 
 
 def test_a_folder_that_cannot_be_written_keeps_the_plan_in_this_process(plans, monkeypatch, caplog):
@@ -262,6 +279,18 @@ def test_a_folder_that_cannot_be_written_keeps_the_plan_in_this_process(plans, m
     monkeypatch.setattr(conv_plan, "atomic_write", no_writes)
     timed = []
     with caplog.at_level("WARNING", logger="limner.nn.conv_plan"):
-        assert conv_plan.choose("k", lambda: timed.append(1) or {"forward": (3.0, 1.0)}) == Plan(forward=False)
-    assert "cannot keep plans" in caplog.text and timed == [1]
-    assert conv_plan.choose("k", lambda: pytest.fail("timed again in this process")) == Plan(forward=False)
+        assert conv_plan.choose("k", RULE, lambda: timed.append(1) or {"forward": {W4: 3.0, D: 1.0}}) == Plan(D, W4, W4)
+    assert "cannot keep plans" in caplog.text and timed == [1, 1]  # a move is timed twice, not more
+    assert conv_plan.choose("k", RULE, lambda: pytest.fail("timed again in this process")) == Plan(D, W4, W4)
+
+
+def test_a_part_leaves_the_fixed_rule_only_when_a_second_timing_agrees(plans):
+    timings = iter([{"forward": {W4: 2.0, D: 1.0}, "input_grad": {W4: 2.0, W2: 1.0, D: 3.0}},  # both move
+                    {"forward": {W4: 1.0, D: 1.0}, "input_grad": {W4: 2.0, W2: 1.0, D: 3.0}}])  # forward: a burst
+    assert conv_plan.choose("k", RULE, lambda: next(timings)) == Plan(W4, W2, W4)
+    entry = json.loads(conv_plan._plan_file().read_text())["plans"]["k"]
+    assert entry["ms"]["forward"] == {W4: 2.0, D: 1.0} and entry["ms_again"]["forward"] == {W4: 1.0, D: 1.0}
+    assert entry["default"] == RULE.describe()
+    once = iter([{"forward": {W4: 1.0, D: 2.0}}])  # the rule's choice: timed once
+    assert conv_plan.choose("k2", RULE, lambda: next(once)) == RULE
+    assert "ms_again" not in json.loads(conv_plan._plan_file().read_text())["plans"]["k2"]

@@ -31,7 +31,7 @@ from limner.models.registry import family_class
 from limner.models.weights import load_module_weights
 from limner.nn import conv_plan
 from limner.nn.conv import cpu_kernel_setting
-from limner.nn.conv_plan import Plan
+from limner.nn.conv_plan import Traced
 from limner.runs.layout import checkpoint_dirs, find_latest_valid, model_hash, read_run_config
 
 MAX_SEED = 2**63 - 1
@@ -275,7 +275,7 @@ def _resolve_label(loaded: LoadedRun, label: int | str | None) -> int | None:
 
 def make_record(
     loaded: LoadedRun, request: GenerationRequest, breq: BatchRequest, seed: int, index: int,
-    shape: torch.Size, label: int | None, plans: Mapping[str, Plan] | None = None,
+    shape: torch.Size, label: int | None, plans: Mapping[str, Traced] | None = None,
 ) -> GenerationRecord:
     """The record of one image: the request plus everything resolved for it (``plans``: the
     convolution plans its sampling used, :func:`limner.nn.conv_plan.trace`)."""

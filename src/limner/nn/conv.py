@@ -83,7 +83,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
 from limner.nn import conv_plan, kernels
-from limner.nn.conv_plan import Plan
+from limner.nn.conv_plan import Plan, Traced
 from limner.nn.bf16 import cpu_bf16_native
 
 __all__ = ["WINOGRAD_TILE", "Conv2d", "DerivedWeight", "cpu_kernel_setting", "prepack_available", "winograd_status"]
@@ -170,8 +170,10 @@ class DerivedWeight:
 
 # Winograd pays from 8x8 maps up (2-core AVX-512 CPU, batch 32: 1.4-1.6x at 32-64 channels and
 # 16x16-32x32, ~1.1x at 128 channels and 8x8); at 4x4 most of each tile's inputs are padding and
-# it is ~1.4x slower than oneDNN.
+# it is ~1.4x slower than oneDNN. That is the fixed rule (the default plan); measured plans also
+# time Winograd on maps from 4x4 (_PLAN_MIN_PIXELS), where another CPU may decide otherwise.
 _WINOGRAD_MIN_PIXELS = 64
+_PLAN_MIN_PIXELS = 16
 
 
 def _winograd_setting() -> int:
@@ -205,22 +207,23 @@ def winograd_status() -> str:
     return f"{tile}; under bfloat16 autocast {bf16}"
 
 
-def cpu_kernel_setting(bfloat16: bool = False, plans: Mapping[str, Plan] | None = None) -> str:
+def cpu_kernel_setting(bfloat16: bool = False, plans: Mapping[str, Traced] | None = None) -> str:
     """What CPU results depend on beyond the weights and inputs, for generation records (of
     bfloat16 sampling with ``bfloat16``): ``"pytorch"`` (no compiled kernels), ``"compiled"``
     (group norm and attention kernels, no Winograd) or ``"compiled+winograd4"`` /
     ``"compiled+winograd2"``, with ``"+bf16"`` where bfloat16 sampling takes the Winograd path
-    too, and ``"+onednn:<digest>"`` where this machine's measured plans (``plans``, from
-    :func:`conv_plan.trace` around the sampling) gave some layers' forward to oneDNN (the
-    digest names which). Each rounds differently, so a bitwise replay needs the same one."""
+    too, and ``"+plan:<digest>"`` where this machine's measured plans (``plans``, from
+    :func:`conv_plan.trace` around the sampling) gave some layers' forward another method than
+    the fixed rule's (the digest names which layers and methods). Each rounds differently, so a bitwise replay needs the same one."""
     if not kernels.available():
         return "pytorch"
     if not WINOGRAD_TILE:
         return "compiled"
     setting = f"compiled+winograd{WINOGRAD_TILE}" + ("+bf16" if bfloat16 and WINOGRAD_BF16 else "")
-    moved = sorted(key for key, plan in (plans or {}).items() if not plan.forward)
+    moved = sorted(f"{key} {traced.plan.forward}" for key, traced in (plans or {}).items()
+                   if traced.plan.forward != traced.default.forward)
     if moved:
-        setting += "+onednn:" + hashlib.sha256("\n".join(moved).encode()).hexdigest()[:8]
+        setting += "+plan:" + hashlib.sha256("\n".join(moved).encode()).hexdigest()[:8]
     return setting
 
 
@@ -244,21 +247,21 @@ def _onednn_backward(grad: Tensor, x: Tensor, weight: Tensor, want_x: bool, want
 
 
 class _PlannedConv3x3(torch.autograd.Function):
-    """3x3 convolution (stride 1, padding 1) whose parts run where :class:`conv_plan.Plan` says:
-    the output by the compiled Winograd kernel or oneDNN; the input gradient by the same kernel
-    with every filter rotated by 180 degrees and the channels swapped, or oneDNN; the filter
-    gradient from Winograd's domain (float32 F(4x4, 3x3) with ``WINOGRAD_WGRAD`` only) or oneDNN's
-    backward (in bfloat16 for a bfloat16 output, as under autocast), the bias gradient then with
-    it in float32, else summed in float32. ``out_dtype`` None: float32 throughout; bfloat16: the
-    bfloat16 autocast variant (x float32 or bfloat16, the output and its gradient bfloat16).
-    Saves x and the weight."""
+    """3x3 convolution (stride 1, padding 1) whose parts run by the methods a
+    :class:`conv_plan.Plan` names: the output by the compiled Winograd kernel (F(4x4, 3x3) or
+    F(2x2, 3x3)) or oneDNN; the input gradient by the same kernel with every filter rotated by
+    180 degrees and the channels swapped, or oneDNN; the filter gradient from Winograd's domain
+    (float32 F(4x4, 3x3)) or oneDNN's backward (in bfloat16 for a bfloat16 output, as under
+    autocast), the bias gradient then with it in float32, else summed in float32. ``out_dtype``
+    None: float32 throughout; bfloat16: the bfloat16 autocast variant (x float32 or bfloat16, the
+    output and its gradient bfloat16). Saves x and the weight."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, tile: int,
-                out_dtype: torch.dtype | None, plan: Plan) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype | None,
+                plan: Plan) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.tile, ctx.out_dtype, ctx.plan = bias is not None, tile, out_dtype, plan
-        if plan.forward:
+        ctx.has_bias, ctx.out_dtype, ctx.plan = bias is not None, out_dtype, plan
+        if tile := plan.tile("forward"):
             return kernels.winograd_conv3x3(x, kernels.winograd_filter(weight, tile=tile), bias, out_dtype)
         return _onednn_conv(x, weight, bias, out_dtype)
 
@@ -270,11 +273,11 @@ class _PlannedConv3x3(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last)
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        wino_x = want_x and plan.input_grad
-        wino_w = want_w and plan.weight_grad and ctx.out_dtype is None and ctx.tile == 4 and WINOGRAD_WGRAD
+        wino_x = want_x and plan.tile("input_grad")
+        wino_w = want_w and plan.weight_grad == conv_plan.WINOGRAD4 and ctx.out_dtype is None
         gx = gw = gb = None
         if wino_x:
-            gx = kernels.winograd_conv3x3(grad, kernels.winograd_filter(weight, rotate=True, tile=ctx.tile),
+            gx = kernels.winograd_conv3x3(grad, kernels.winograd_filter(weight, rotate=True, tile=wino_x),
                                           out_dtype=x.dtype)
         # float32 with oneDNN's filter gradient: the bias gradient from the same call, as nn.Conv2d's
         onednn_b = want_b and ctx.out_dtype is None and not wino_w
@@ -287,7 +290,7 @@ class _PlannedConv3x3(torch.autograd.Function):
             gb = grad.sum(dim=(0, 2, 3), dtype=torch.float32)
         if wino_w:
             gw = kernels.winograd_weight_grad(x, grad, tile=4)
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None
 
 
 class Conv2d(nn.Conv2d):
@@ -303,13 +306,13 @@ class Conv2d(nn.Conv2d):
         self._packed = DerivedWeight()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fast and (tile := self._winograd_tile(x)):
+        if self.fast and self._winograd_eligible(x):
             out_dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else None
             training = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-            plan = self._plan(x, tile, out_dtype, training)
-            if training and plan.any_winograd(training):
-                return _PlannedConv3x3.apply(x, self.weight, self.bias, tile, out_dtype, plan)
-            if not training and plan.forward:
+            plan = self._plan(x, out_dtype, training)
+            if training and plan.uses_winograd(training):
+                return _PlannedConv3x3.apply(x, self.weight, self.bias, out_dtype, plan)
+            if not training and (tile := plan.tile("forward")):
                 return kernels.winograd_conv3x3(x, self._winograd_filter(tile), self.bias, out_dtype)
         return self._onednn_forward(x)
 
@@ -330,32 +333,57 @@ class Conv2d(nn.Conv2d):
             self._packed.clear()
         return super().train(mode)
 
-    def _winograd_tile(self, x: Tensor) -> int:
-        """The Winograd output tile for this call (4 where H and W allow, else 2), or 0. Under CPU
-        autocast: only for bfloat16 (``WINOGRAD_BF16``), x float32 or bfloat16; else x float32."""
+    def _winograd_eligible(self, x: Tensor) -> bool:
+        """Whether the Winograd kernels can compute this call (a channels-last float32 map, or
+        under CPU autocast a bfloat16 one with ``WINOGRAD_BF16``; shapes as
+        :func:`kernels.supports_winograd` takes them) on a map large enough to be worth a plan:
+        8x8 under the fixed rule, 4x4 where plans are measured."""
         if torch.is_autocast_enabled("cpu"):
             dtype_ok = WINOGRAD_BF16 and torch.get_autocast_dtype("cpu") == torch.bfloat16
         else:
             dtype_ok = x.dtype == torch.float32
-        if not (WINOGRAD_TILE and dtype_ok and self.padding_mode == "zeros" and x.dim() == 4
-                and x.shape[-2] * x.shape[-1] >= _WINOGRAD_MIN_PIXELS
-                and kernels.supports_winograd(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
-                and not torch.compiler.is_compiling()):
-            return 0
-        return 4 if WINOGRAD_TILE == 4 and x.shape[-2] % 4 == 0 and x.shape[-1] % 4 == 0 else 2
+        min_pixels = _PLAN_MIN_PIXELS if conv_plan.TUNE else _WINOGRAD_MIN_PIXELS
+        return bool(WINOGRAD_TILE and dtype_ok and self.padding_mode == "zeros" and x.dim() == 4
+                    and x.shape[-2] * x.shape[-1] >= min_pixels
+                    and kernels.supports_winograd(x, self.weight, self.stride, self.padding, self.dilation,
+                                                  self.groups)
+                    and not torch.compiler.is_compiling())
 
-    def _plan(self, x: Tensor, tile: int, out_dtype: torch.dtype | None, training: bool) -> Plan:
-        """Which parts of this call run the Winograd kernels (:mod:`limner.nn.conv_plan`):
-        measured on this CPU the first time a shape is seen, then kept."""
+    @staticmethod
+    def _candidates(x: Tensor, bfloat16: bool, training: bool) -> dict[str, tuple[str, ...]]:
+        """The methods each part of this call may take: F(4x4, 3x3) where ``LIMNER_WINOGRAD``
+        allows it and H and W are multiples of 4, F(2x2, 3x3), oneDNN; for the filter gradient
+        F(4x4, 3x3) (float32, ``WINOGRAD_WGRAD``) or oneDNN."""
+        four = WINOGRAD_TILE == 4 and x.shape[-2] % 4 == 0 and x.shape[-1] % 4 == 0
+        tiles = ((conv_plan.WINOGRAD4,) if four else ()) + (conv_plan.WINOGRAD2, conv_plan.ONEDNN)
+        if not training:
+            return {"forward": tiles}
+        wgrad = ((conv_plan.WINOGRAD4,) if four and WINOGRAD_WGRAD and not bfloat16 else ()) + (conv_plan.ONEDNN,)
+        return {"forward": tiles, "input_grad": tiles, "weight_grad": wgrad}
+
+    @staticmethod
+    def _default_plan(x: Tensor, candidates: dict[str, tuple[str, ...]]) -> Plan:
+        """The fixed rule (the plan without measuring): from 8x8 maps up, the first candidate of
+        each part (F(4x4, 3x3) where it applies); oneDNN below."""
+        if x.shape[-2] * x.shape[-1] < _WINOGRAD_MIN_PIXELS:
+            return Plan()
+        return Plan(**{part: methods[0] for part, methods in candidates.items()})
+
+    def _plan(self, x: Tensor, out_dtype: torch.dtype | None, training: bool) -> Plan:
+        """The method of each part of this call (:mod:`limner.nn.conv_plan`): measured on this
+        CPU the first time a shape is seen, then kept; the fixed rule where measuring is off."""
         N, C, H, W = x.shape
-        key = conv_plan.plan_key(training, out_dtype is not None, N, C, H, W, self.out_channels, tile,
-                                 self.bias is not None)
-        return conv_plan.choose(key, lambda: self._measure(x, tile, out_dtype, training))
+        candidates = self._candidates(x, out_dtype is not None, training)
+        key = conv_plan.plan_key(training, out_dtype is not None, N, C, H, W, self.out_channels,
+                                 self.bias is not None, candidates)
+        return conv_plan.choose(key, self._default_plan(x, candidates),
+                                lambda: self._measure(x, out_dtype, training, candidates))
 
-    def _measure(self, x: Tensor, tile: int, out_dtype: torch.dtype | None, training: bool
-                 ) -> dict[str, tuple[float, float]]:
-        """Best ms of (Winograd, oneDNN) per part of this call, on scratch tensors of its shape
-        (batch rounded up as in the plan's key) from a private generator."""
+    def _measure(self, x: Tensor, out_dtype: torch.dtype | None, training: bool,
+                 candidates: dict[str, tuple[str, ...]]) -> dict[str, dict[str, float]]:
+        """Best ms of every candidate method per part of this call, on scratch tensors of its
+        shape (batch rounded up as in the plan's key) from a private generator. In training the
+        filter transforms count (the weight changes every step); in inference they are kept."""
         gen = torch.Generator().manual_seed(0)
         N, C, H, W = x.shape
         n = 1 << max(0, N - 1).bit_length()
@@ -363,23 +391,29 @@ class Conv2d(nn.Conv2d):
         xs = torch.randn(n, C, H, W, generator=gen).to(x.dtype).contiguous(memory_format=cl)
         w = self.weight.detach()
         b = None if self.bias is None else self.bias.detach()
+        tile = {conv_plan.WINOGRAD4: 4, conv_plan.WINOGRAD2: 2}
+
+        def forward(method: str) -> Callable[[], Any]:
+            if method == conv_plan.ONEDNN:
+                return (lambda: _onednn_conv(xs, w, b, out_dtype)) if training else (lambda: self._onednn_forward(xs))
+            if training:
+                return lambda: kernels.winograd_conv3x3(xs, kernels.winograd_filter(w, tile=tile[method]), b, out_dtype)
+            U = kernels.winograd_filter(w, tile=tile[method])
+            return lambda: kernels.winograd_conv3x3(xs, U, b, out_dtype)
+
         with torch.no_grad():
-            if not training:
-                U = kernels.winograd_filter(w, tile=tile)
-                winograd = lambda: kernels.winograd_conv3x3(xs, U, b, out_dtype)  # noqa: E731
-                return conv_plan.time_parts({"forward": (winograd, lambda: self._onednn_forward(xs))})
-            g = torch.randn(n, self.out_channels, H, W, generator=gen).to(out_dtype or torch.float32)
-            g = g.contiguous(memory_format=cl)
-            parts = {
-                "forward": (lambda: kernels.winograd_conv3x3(xs, kernels.winograd_filter(w, tile=tile), b, out_dtype),
-                            lambda: _onednn_conv(xs, w, b, out_dtype)),
-                "input_grad": (lambda: kernels.winograd_conv3x3(g, kernels.winograd_filter(w, rotate=True, tile=tile),
-                                                                out_dtype=xs.dtype),
-                               lambda: _onednn_backward(g, xs, w, True, False, False)),
-            }
-            if tile == 4 and out_dtype is None and WINOGRAD_WGRAD:
-                parts["weight_grad"] = (lambda: kernels.winograd_weight_grad(xs, g, tile=4),
-                                        lambda: _onednn_backward(g, xs, w, False, True, False))
+            parts: dict[str, dict[str, Callable[[], Any]]] = {"forward": {m: forward(m) for m in candidates["forward"]}}
+            if training:
+                g = torch.randn(n, self.out_channels, H, W, generator=gen).to(out_dtype or torch.float32)
+                g = g.contiguous(memory_format=cl)
+                parts["input_grad"] = {
+                    m: (lambda m=m: kernels.winograd_conv3x3(
+                        g, kernels.winograd_filter(w, rotate=True, tile=tile[m]), out_dtype=xs.dtype))
+                    if m != conv_plan.ONEDNN else (lambda: _onednn_backward(g, xs, w, True, False, False))
+                    for m in candidates["input_grad"]}
+                if len(candidates["weight_grad"]) > 1:
+                    parts["weight_grad"] = {conv_plan.WINOGRAD4: lambda: kernels.winograd_weight_grad(xs, g, tile=4),
+                                            conv_plan.ONEDNN: lambda: _onednn_backward(g, xs, w, False, True, False)}
             return conv_plan.time_parts(parts)
 
     def _winograd_filter(self, tile: int) -> Tensor:

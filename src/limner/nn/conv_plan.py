@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -57,74 +57,102 @@ from limner.environment import cpu_model
 from limner.fsutil import atomic_write
 from limner.nn import kernels
 
-__all__ = ["MARGIN", "PARTS", "Plan", "TUNE", "WINOGRAD", "choose", "decide", "plan_key", "status", "time_parts",
-           "trace"]
+__all__ = ["MARGIN", "METHODS", "ONEDNN", "PARTS", "Plan", "TUNE", "Traced", "WINOGRAD2", "WINOGRAD4", "choose",
+           "decide", "plan_key", "status", "time_parts", "trace"]
 
 log = logging.getLogger(__name__)
 
 TUNE = os.environ.get("LIMNER_CONV_TUNE", "1").strip().lower() not in ("0", "off", "false", "no")
-# oneDNN takes a part only when its best time is below (1 - MARGIN) x Winograd's: on the EPYC model 17
-# two runs of the same oneDNN convolution differed by up to ~20% in single timings, ~5% in best-of-7.
+# Another method takes a part only when its best time is below (1 - MARGIN) x the default's: on the
+# EPYC model 17 two runs of the same oneDNN convolution differed by up to ~20% in single timings,
+# ~5% in best-of-7.
 MARGIN = 0.10
 ROUNDS = 7  # timed rounds per candidate, after one warm-up round
 PARTS = ("forward", "input_grad", "weight_grad")
-_FORMAT = 1
+WINOGRAD4, WINOGRAD2, ONEDNN = "winograd4", "winograd2", "onednn"  # F(4x4, 3x3), F(2x2, 3x3), direct
+METHODS = (WINOGRAD4, WINOGRAD2, ONEDNN)
+_TILES = {WINOGRAD4: 4, WINOGRAD2: 2, ONEDNN: 0}
+_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Which parts of one convolution run limner's Winograd kernels (True) or oneDNN (False).
-    ``input_grad`` and ``weight_grad`` matter only in training; ``weight_grad`` only for float32
-    F(4x4, 3x3), the one case with a Winograd filter gradient."""
+    """The method of each part of one convolution: ``"winograd4"`` (F(4x4, 3x3)),
+    ``"winograd2"`` (F(2x2, 3x3)) or ``"onednn"``. ``input_grad`` and ``weight_grad`` matter
+    only in training; the filter gradient has a Winograd method only for float32 F(4x4, 3x3)."""
 
-    forward: bool = True
-    input_grad: bool = True
-    weight_grad: bool = True
+    forward: str = ONEDNN
+    input_grad: str = ONEDNN
+    weight_grad: str = ONEDNN
 
-    def any_winograd(self, training: bool) -> bool:
-        return self.forward or (training and (self.input_grad or self.weight_grad))
+    def tile(self, part: str) -> int:
+        """The Winograd output tile of ``part`` (4 or 2), or 0 for oneDNN."""
+        return _TILES[getattr(self, part)]
+
+    def uses_winograd(self, training: bool) -> bool:
+        parts = PARTS if training else ("forward",)
+        return any(getattr(self, part) != ONEDNN for part in parts)
 
     def describe(self) -> str:
-        return ", ".join(f"{part} {'winograd' if getattr(self, part) else 'onednn'}" for part in PARTS)
+        return ", ".join(f"{part} {getattr(self, part)}" for part in PARTS)
 
 
-WINOGRAD = Plan()  # every part on the Winograd kernels: the plan without measuring
+class Traced(NamedTuple):
+    """A plan looked up inside :func:`trace`, with the plan the fixed rule gives the same call
+    (the one used without measuring)."""
 
-_trace: contextvars.ContextVar[dict[str, Plan] | None] = contextvars.ContextVar("limner_conv_plan_trace",
-                                                                                  default=None)
+    plan: Plan
+    default: Plan
+
+    @property
+    def moved(self) -> bool:
+        return self.plan != self.default
+
+
+_trace: contextvars.ContextVar[dict[str, Traced] | None] = contextvars.ContextVar("limner_conv_plan_trace",
+                                                                                   default=None)
 _lock = threading.Lock()
 _plans: dict[str, Plan] = {}  # this process's plans, from the file and from timing
 _loaded_from: Path | None = None
 
 
 def plan_key(training: bool, bfloat16: bool, batch: int, in_channels: int, height: int, width: int,
-             out_channels: int, tile: int, bias: bool) -> str:
-    """The key one choice is kept under: what the relative speed of the methods depends on. The
-    batch is rounded up to a power of two (a sampler's last, smaller batch reuses the full one's)."""
+             out_channels: int, bias: bool, candidates: dict[str, tuple[str, ...]]) -> str:
+    """The key one choice is kept under: what the relative speed of the methods depends on, and
+    which methods were candidates (settings such as ``LIMNER_WINOGRAD=2`` narrow them). The batch
+    is rounded up to a power of two (a sampler's last, smaller batch reuses the full one's)."""
     rounded = 1 << max(0, int(batch) - 1).bit_length()
+    short = {WINOGRAD4: "4", WINOGRAD2: "2", ONEDNN: "d"}
+    methods = " ".join(f"{part[0]}{''.join(short[m] for m in candidates.get(part, ()))}" for part in PARTS)
     return (f"{'train' if training else 'infer'} {'bf16' if bfloat16 else 'fp32'} n{rounded} "
-            f"{in_channels}x{height}x{width}->{out_channels} f{tile} b{int(bias)} t{torch.get_num_threads()}")
+            f"{in_channels}x{height}x{width}->{out_channels} b{int(bias)} t{torch.get_num_threads()} {methods}")
 
 
-def decide(ms: dict[str, tuple[float, float]], margin: float = MARGIN) -> Plan:
-    """The plan from best times (Winograd ms, oneDNN ms) per part: oneDNN where it was more than
-    ``margin`` faster; parts not timed stay on Winograd."""
-    return Plan(**{part: not (part in ms and ms[part][1] < (1.0 - margin) * ms[part][0]) for part in PARTS})
+def decide(ms: dict[str, dict[str, float]], default: Plan, margin: float = MARGIN) -> Plan:
+    """The plan from best times (ms per method, per part): per part the fastest method where it
+    beat ``default``'s method by more than ``margin``, else the default's; parts not timed, or
+    whose default was not timed, keep the default's."""
+    chosen = {}
+    for part in PARTS:
+        incumbent, times = getattr(default, part), ms.get(part, {})
+        best = min(times, key=times.get) if times else incumbent
+        better = incumbent in times and times[best] < (1.0 - margin) * times[incumbent]
+        chosen[part] = best if better else incumbent
+    return Plan(**chosen)
 
 
-def time_parts(parts: dict[str, tuple[Callable[[], Any], Callable[[], Any]]],
-               rounds: int = ROUNDS) -> dict[str, tuple[float, float]]:
-    """Best wall time in ms of each (Winograd, oneDNN) candidate per part: one warm-up round, then
+def time_parts(parts: dict[str, dict[str, Callable[[], Any]]], rounds: int = ROUNDS) -> dict[str, dict[str, float]]:
+    """Best wall time in ms of each method's candidate per part: one warm-up round, then
     ``rounds`` rounds in which every candidate runs once in turn."""
-    best = {part: [float("inf"), float("inf")] for part in parts}
+    best = {part: dict.fromkeys(candidates, float("inf")) for part, candidates in parts.items()}
     for r in range(rounds + 1):
         for part, candidates in parts.items():
-            for i, run in enumerate(candidates):
+            for method, run in candidates.items():
                 t0 = time.perf_counter()
                 run()
                 if r:
-                    best[part][i] = min(best[part][i], (time.perf_counter() - t0) * 1e3)
-    return {part: (times[0], times[1]) for part, times in best.items()}
+                    best[part][method] = min(best[part][method], (time.perf_counter() - t0) * 1e3)
+    return best
 
 
 def _plan_file() -> Path:
@@ -142,11 +170,11 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(entries, dict):
         return {}
     return {key: entry for key, entry in entries.items()
-            if isinstance(entry, dict) and all(entry.get(part) in ("winograd", "onednn") for part in PARTS)}
+            if isinstance(entry, dict) and all(entry.get(part) in METHODS for part in PARTS)}
 
 
 def _plan_of(entry: dict[str, Any]) -> Plan:
-    return Plan(**{part: entry[part] == "winograd" for part in PARTS})
+    return Plan(**{part: entry[part] for part in PARTS})
 
 
 def _load_file() -> None:
@@ -159,25 +187,26 @@ def _load_file() -> None:
         _loaded_from = path
 
 
-def choose(key: str, measure: Callable[[], dict[str, tuple[float, float]]]) -> Plan:
-    """The plan kept for ``key`` on this machine; the first time, ``measure()`` (best ms of
-    Winograd and oneDNN per part), decided and saved. :data:`WINOGRAD` when measuring is off."""
+def choose(key: str, default: Plan, measure: Callable[[], dict[str, dict[str, float]]]) -> Plan:
+    """The plan kept for ``key`` on this machine; the first time, ``measure()`` (best ms per
+    method, per part), decided against ``default`` and saved. ``default`` itself when measuring
+    is off."""
     if not TUNE:
-        return _note(key, WINOGRAD)
+        return _note(key, default, default)
     plan = _plans.get(key)
     if plan is None:
         with _lock:
             _load_file()
             plan = _plans.get(key)
             if plan is None:
-                plan = _measure_and_save(key, measure)
+                plan = _measure_and_save(key, default, measure)
                 _plans[key] = plan
-    return _note(key, plan)
+    return _note(key, plan, default)
 
 
-def _measure_and_save(key: str, measure: Callable[[], dict[str, tuple[float, float]]]) -> Plan:
+def _measure_and_save(key: str, default: Plan, measure: Callable[[], dict[str, dict[str, float]]]) -> Plan:
     """Time, decide and add the plan to the file, under the file's lock. Where timing fails (out
-    of memory, say) the shape keeps to Winograd in this process, nothing saved; where the folder
+    of memory, say) the shape keeps the default in this process, nothing saved; where the folder
     is not writable the plan is kept in this process only (each process then times it anew)."""
     path = _plan_file()
     plan: Plan | None = None
@@ -187,11 +216,13 @@ def _measure_and_save(key: str, measure: Callable[[], dict[str, tuple[float, flo
             entries = _read(path)
             if key in entries:  # another process timed it meanwhile
                 return _plan_of(entries[key])
-            plan, ms = _timed_plan(key, measure)
-            if ms is None:
+            plan, timings = _timed_plan(key, default, measure)
+            if timings is None:
                 return plan
-            entries[key] = {**{part: "winograd" if getattr(plan, part) else "onednn" for part in PARTS},
-                            "ms": {part: [round(w, 4), round(o, 4)] for part, (w, o) in ms.items()},
+            rounded = [{part: {m: round(t, 4) for m, t in times.items()} for part, times in ms.items()}
+                       for ms in timings]
+            entries[key] = {**{part: getattr(plan, part) for part in PARTS}, "default": default.describe(),
+                            "ms": rounded[0], **({"ms_again": rounded[1]} if len(rounded) > 1 else {}),
                             "timed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             document = {"format": _FORMAT, "cpu": cpu_model(), "torch": torch.__version__,
                         "build": kernels.build_id(), "plans": dict(sorted(entries.items()))}
@@ -200,35 +231,44 @@ def _measure_and_save(key: str, measure: Callable[[], dict[str, tuple[float, flo
     except OSError as error:
         log.warning("limner conv plan: cannot keep plans in %s (%s); this process times each shape itself",
                     path, error)
-        return plan if plan is not None else _timed_plan(key, measure)[0]
+        return plan if plan is not None else _timed_plan(key, default, measure)[0]
 
 
-def _timed_plan(key: str, measure: Callable[[], dict[str, tuple[float, float]]]
-                ) -> tuple[Plan, dict[str, tuple[float, float]] | None]:
-    """(plan, the times it was decided from), or (WINOGRAD, None) where timing failed."""
+def _timed_plan(key: str, default: Plan, measure: Callable[[], dict[str, dict[str, float]]]
+                ) -> tuple[Plan, list[dict[str, dict[str, float]]] | None]:
+    """(plan, the timings it was decided from), or (default, None) where timing failed. A part
+    leaves the default's method only when a second, independent timing agrees: a burst of other
+    load on the machine during one timing cannot move it."""
     try:
-        ms = measure()
+        timings = [measure()]
+        plan = decide(timings[0], default)
+        if plan != default:
+            timings.append(measure())
+            second = decide(timings[1], default)
+            plan = Plan(**{part: getattr(plan, part) if getattr(plan, part) == getattr(second, part)
+                           else getattr(default, part) for part in PARTS})
     except (RuntimeError, MemoryError) as error:
-        log.warning("limner conv plan: timing %s failed (%s); it runs on the Winograd kernels", key, error)
-        return WINOGRAD, None
-    plan = decide(ms)
-    times = "; ".join(f"{part} {w:.2f} vs {o:.2f} ms" for part, (w, o) in ms.items())
-    log.info("limner conv plan: %s: %s (Winograd vs oneDNN: %s)", key, plan.describe(), times)
-    return plan, ms
+        log.warning("limner conv plan: timing %s failed (%s); it keeps the default (%s)", key, error,
+                    default.describe())
+        return default, None
+    times = " / ".join("; ".join(f"{part} " + ", ".join(f"{m} {t:.2f}" for m, t in ts.items())
+                                 for part, ts in ms.items()) for ms in timings)
+    log.info("limner conv plan: %s: %s (ms: %s)", key, plan.describe(), times)
+    return plan, timings
 
 
-def _note(key: str, plan: Plan) -> Plan:
+def _note(key: str, plan: Plan, default: Plan) -> Plan:
     used = _trace.get()
     if used is not None:
-        used[key] = plan
+        used[key] = Traced(plan, default)
     return plan
 
 
 @contextmanager
-def trace() -> Iterator[dict[str, Plan]]:
-    """Collect {key: plan} of every convolution plan looked up in this thread (or task) inside
-    the block."""
-    used: dict[str, Plan] = {}
+def trace() -> Iterator[dict[str, Traced]]:
+    """Collect {key: (plan, default)} of every convolution plan looked up in this thread (or
+    task) inside the block."""
+    used: dict[str, Traced] = {}
     token = _trace.set(used)
     try:
         yield used
@@ -244,6 +284,7 @@ def status() -> str:
         return "not used (no compiled kernels)"
     path = _plan_file()
     entries = _read(path)
-    moved = sum(1 for entry in entries.values() if any(entry[part] == "onednn" for part in PARTS))
-    return (f"measured per layer shape on this CPU: {len(entries)} shapes timed, {moved} with a part on "
-            f"oneDNN ({path})")
+    counts = {method: sum(1 for entry in entries.values() for part in PARTS
+                          if entry[part] == method and part in entry.get("ms", {})) for method in METHODS}
+    return (f"measured per layer shape on this CPU: {len(entries)} shapes timed; parts on "
+            + ", ".join(f"{method} {count}" for method, count in counts.items()) + f" ({path})")
