@@ -294,3 +294,8 @@ def test_a_part_leaves_the_fixed_rule_only_when_a_second_timing_agrees(plans):
     once = iter([{"forward": {W4: 1.0, D: 2.0}}])  # the rule's choice: timed once
     assert conv_plan.choose("k2", RULE, lambda: next(once)) == RULE
     assert "ms_again" not in json.loads(conv_plan._plan_file().read_text())["plans"]["k2"]
+
+
+def test_two_timings_that_disagree_on_the_method_but_not_on_leaving_the_rule_take_the_faster_in_both(plans):
+    timings = iter([{"forward": {W4: 3.0, W2: 1.0, D: 2.5}}, {"forward": {W4: 3.0, W2: 1.6, D: 1.5}}])
+    assert conv_plan.choose("k", RULE, lambda: next(timings)) == Plan(W2, W4, W4)  # 2.6 ms in all, oneDNN 4.0

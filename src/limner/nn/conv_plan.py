@@ -234,6 +234,20 @@ def _measure_and_save(key: str, default: Plan, measure: Callable[[], dict[str, d
         return plan if plan is not None else _timed_plan(key, default, measure)[0]
 
 
+def _agreed(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]], default: Plan,
+            margin: float = MARGIN) -> Plan:
+    """Per part, of the methods that beat the default's by ``margin`` in both timings, the one
+    with the least time in the two together; the default's where none did."""
+    chosen = {}
+    for part in PARTS:
+        incumbent = getattr(default, part)
+        a, b = first.get(part, {}), second.get(part, {})
+        winners = [m for m in a if m != incumbent and m in b and incumbent in a and incumbent in b
+                   and a[m] < (1.0 - margin) * a[incumbent] and b[m] < (1.0 - margin) * b[incumbent]]
+        chosen[part] = min(winners, key=lambda m: a[m] + b[m]) if winners else incumbent
+    return Plan(**chosen)
+
+
 def _timed_plan(key: str, default: Plan, measure: Callable[[], dict[str, dict[str, float]]]
                 ) -> tuple[Plan, list[dict[str, dict[str, float]]] | None]:
     """(plan, the timings it was decided from), or (default, None) where timing failed. A part
@@ -244,9 +258,7 @@ def _timed_plan(key: str, default: Plan, measure: Callable[[], dict[str, dict[st
         plan = decide(timings[0], default)
         if plan != default:
             timings.append(measure())
-            second = decide(timings[1], default)
-            plan = Plan(**{part: getattr(plan, part) if getattr(plan, part) == getattr(second, part)
-                           else getattr(default, part) for part in PARTS})
+            plan = _agreed(timings[0], timings[1], default)
     except (RuntimeError, MemoryError) as error:
         log.warning("limner conv plan: timing %s failed (%s); it keeps the default (%s)", key, error,
                     default.describe())
