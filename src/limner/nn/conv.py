@@ -33,11 +33,13 @@ bfloat16 arithmetic was not taken: with the transformed tiles rounded to bfloat1
 gives ~2.5% relative error (15x a direct bfloat16 convolution's) and F(2x2, 3x3) ~0.4% (2.5x).
 ``LIMNER_WINOGRAD_BF16=0`` leaves bfloat16 convolutions to oneDNN.
 
-**Measured per CPU.** Where the Winograd path applies, each part of the call (forward, input
-gradient, filter gradient) runs by the method :mod:`limner.nn.conv_plan` measured faster for that
-shape on this machine (timed at the shape's first call, then read from the machine's plan file;
-``LIMNER_CONV_TUNE=0``: Winograd for every part). :class:`_PlannedConv3x3` computes whatever mix
-a plan names; a plan with no Winograd part takes ``nn.Conv2d``'s own path.
+**Measured per CPU.** The sizes and tiles above are the fixed rule. Where the kernels can take a
+call (from 4x4 maps up), each part of it (forward, input gradient, filter gradient) runs by the
+method, F(4x4, 3x3), F(2x2, 3x3) or oneDNN, that :mod:`limner.nn.conv_plan` measured clearly
+faster than the rule's for that shape on this machine. It is timed at the shape's first call,
+then read from the machine's plan file; ``LIMNER_CONV_TUNE=0`` keeps the rule.
+:class:`_PlannedConv3x3` computes whatever mix a plan names; a plan with no Winograd part takes
+``nn.Conv2d``'s own path.
 
 **Reordered weights.**
 On the CPU, PyTorch runs float32 convolutions through oneDNN, which computes in a blocked weight

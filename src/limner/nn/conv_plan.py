@@ -1,39 +1,46 @@
 """Which method computes each part of a 3x3 convolution on this CPU: measured once, then kept.
 
 limner's Winograd kernels (:mod:`limner.nn.conv`) beat oneDNN's direct convolutions on most
-layers of a small U-Net on the AMD EPYCs they were written on. That is a fact about those CPUs,
-not a law. oneDNN is Intel's library and its speed differs by CPU. Even on an AMD EPYC family 25
-model 17, the Winograd filter gradient of a 32-channel layer at 32x32 (batch 32) took 2-3x
-oneDNN's time while its forward took half. So where the compiled kernels could take a 3x3
-convolution, each part of it is given to whichever method ran it faster on this machine:
+layers of a small U-Net on the AMD EPYCs they were written on, and a fixed rule says where to use
+them: F(4x4, 3x3) on maps from 8x8 up whose sides are multiples of 4, F(2x2, 3x3) on other even
+sizes, oneDNN below 8x8. That rule is a fact about those CPUs, not a law. oneDNN is Intel's
+library and its speed differs by CPU (with AMX, bfloat16 far more so). Even on an AMD EPYC
+family 25 model 17 the Winograd filter gradient of a 32-channel layer at 32x32 (batch 32) ran
+slower than oneDNN's in some timings, while its forward took half oneDNN's time. So where the
+kernels could take a call, each part of it takes the method that ran it fastest on this machine:
 
 - the forward pass (in training with the filter transform each call, since the weight changes
   every step; in inference with the transformed or oneDNN-reordered filter kept);
 - the input gradient (Winograd with the rotated filter, or oneDNN's backward);
 - the filter gradient (Winograd's domain, for float32 F(4x4, 3x3) only, or oneDNN's backward).
 
+The candidates are F(4x4, 3x3) where the sides allow it, F(2x2, 3x3) and oneDNN, on maps from 4x4
+up. The fixed rule's method is the default: another method takes a part only when it beat the
+default's by :data:`MARGIN` in two independent timings (the second only runs when the first says
+to move), so timing noise leaves a layer where the rule puts it.
+
 The idea is cuDNN's benchmark mode (``torch.backends.cudnn.benchmark``: time the algorithms for a
 shape at its first call) together with FFTW's "wisdom" (Frigo & Johnson, "The design and
 implementation of FFTW3", 2005): the measured choice is saved and reused. The first call of a
-shape times the candidates on scratch tensors of that shape (a private random generator, so the
-global random stream is untouched; each candidate in turn for several rounds, so that other load
-on the machine slows them alike; the best time of each counts). oneDNN takes a part only when it
-was at least :data:`MARGIN` faster, so timing noise leaves a layer on Winograd, the method the
-tests and figures describe. The choices go to ``conv-plan-<hash>.json`` beside the compiled kernels,
-keyed by the build (sources, compiler, CPU flags, torch, kernel variant) and the CPU model, and
-within it by mode (training or inference), precision, batch (rounded up to a power of two),
-channels, map size, Winograd tile and thread count. Every later call and every later process on
-the machine reads the choice instead of timing (a file lock keeps concurrent processes, DDP ranks
-say, from timing the same shape twice). So results stay bitwise deterministic for a given machine
-and setting, and exact resume holds. Timing a new shape costs a few tens of milliseconds for
-sampling and ~0.2 s for training, once per machine.
+shape times the candidates on scratch tensors of that shape. They come from a private random
+generator, so the global random stream is untouched. Every candidate runs in turn for several
+rounds, so that other load on the machine slows them alike, and the best time of each counts.
+The choices go to ``conv-plan-<hash>.json`` beside the compiled kernels. The file is keyed by
+the build (sources, compiler, CPU flags, torch, kernel variant) and the CPU model; its entries
+are keyed by mode (training or inference), precision, batch (rounded up to a power of two),
+channels, map size, bias, thread count and the candidates. Every later call and every later
+process on the machine reads the choice instead of timing. A file lock keeps concurrent
+processes (DDP ranks, say) from timing the same shape twice. So results stay bitwise
+deterministic for a given machine and setting, and exact resume holds. Timing a new shape costs
+a few tens of milliseconds for sampling and ~0.2-0.5 s for training, once per machine.
 
-``LIMNER_CONV_TUNE=0`` turns the measuring off: every convolution the Winograd kernels can take
-runs them in full (limner's behaviour before plans). The test suite runs that way, so that
-timing cannot change its results, and tests the plans themselves on their own.
+``LIMNER_CONV_TUNE=0`` turns the measuring off and keeps the fixed rule (limner's behaviour
+before plans). The test suite runs that way, so that timing cannot change its results, and it
+tests the plans themselves on their own.
 
-Sampling records which layers left Winograd, since that changes rounding
-(:func:`limner.nn.conv.cpu_kernel_setting`): :func:`trace` collects the plans a block of code used.
+Sampling records which layers left the rule, since that changes rounding
+(:func:`limner.nn.conv.cpu_kernel_setting`): :func:`trace` collects the plans that a block of
+code used.
 """
 
 from __future__ import annotations
