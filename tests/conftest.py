@@ -9,9 +9,22 @@ import pytest
 
 # Measured convolution plans (limner.nn.conv_plan) choose by timing, so a loaded machine could
 # change which method computes a layer and with it the rounding some tests compare. The suite
-# keeps every layer the kernels can take on them; tests/models/test_conv_plan.py tests the plans.
-# LIMNER_CONV_TUNE=1 scripts/test.sh runs the whole suite with them.
+# keeps the fixed rule; tests/models/test_conv_plan.py tests the plans. `LIMNER_CONV_TUNE=1
+# scripts/test.sh` runs the rest with this machine's plans too; the tests of the fixed rule itself
+# ask for it (the fixed_rule fixture).
 os.environ.setdefault("LIMNER_CONV_TUNE", "0")
+
+
+@pytest.fixture
+def fixed_rule():
+    """The fixed Winograd rule in this process and in the processes it starts, whatever
+    LIMNER_CONV_TUNE says: for tests of that rule and of what it records."""
+    from limner.nn import conv_plan
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv_plan, "TUNE", False)
+        mp.setenv("LIMNER_CONV_TUNE", "0")
+        yield
 
 # CI clones the repository somewhere else with ../shared beside it, so resolve from the repo root.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

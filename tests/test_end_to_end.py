@@ -142,7 +142,7 @@ def test_sigma_max_changes_the_start_and_is_replayed_from_the_record(straight_ru
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(low)))
 
 
-def test_bf16_precision_is_recorded_and_replayed(straight_run, tmp_path):
+def test_bf16_precision_is_recorded_and_replayed(straight_run, tmp_path, fixed_rule):
     """--precision bf16 samples under bfloat16 autocast: close to float32 but not the same
     pixels, so the record keeps it (dtype) and --from-image replays it bitwise."""
     from limner.generation.pngmeta import read_record
@@ -173,7 +173,8 @@ def test_bf16_precision_is_recorded_and_replayed(straight_run, tmp_path):
     assert np.abs(np.asarray(frames[0], dtype=np.int16) - b[0]).max() <= 2
 
 
-def test_the_record_names_the_cpu_kernels_and_a_replay_with_others_warns(straight_run, tmp_path, monkeypatch, caplog):
+def test_the_record_names_the_cpu_kernels_and_a_replay_with_others_warns(straight_run, tmp_path, monkeypatch, caplog,
+                                                                         fixed_rule):
     """Compiled kernels and the Winograd tile round differently, so the record keeps which ran;
     replaying under another setting still works but says the pixels may differ."""
     from limner.generation import pipeline
@@ -269,7 +270,7 @@ def test_ctrl_c_saves_and_resume_continues(tiny_data, cli, tmp_path):
 
 
 def test_a_layer_the_machines_plan_gives_to_onednn_is_named_in_the_record(straight_run, tmp_path, monkeypatch,
-                                                                         caplog):
+                                                                         caplog, fixed_rule):
     """Where this machine's measured plan (limner.nn.conv_plan) runs a layer's forward by another
     method than the fixed rule's (here oneDNN), the record says so (another machine's plan may round differently); replaying under the same
     plan is exact and silent, under another it warns."""

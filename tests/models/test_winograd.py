@@ -214,7 +214,7 @@ def test_conv2d_keeps_the_transformed_filter_for_inference_until_the_weight_chan
 
 
 @needs_kernel
-def test_conv2d_leaves_other_convolutions_to_onednn(monkeypatch):
+def test_conv2d_leaves_other_convolutions_to_onednn(monkeypatch, fixed_rule):
     """Small maps, NCHW, float16 autocast, bfloat16 autocast with LIMNER_WINOGRAD_BF16=0, a
     bfloat16 map outside autocast (nn.Conv2d refuses it: the weight is float32) and fast=False."""
     calls = []
