@@ -38,6 +38,7 @@ def plans(tmp_path, monkeypatch):
     monkeypatch.setenv("LIMNER_KERNEL_DIR", str(kernel_dir))
     monkeypatch.setattr(conv_plan, "TUNE", True)
     monkeypatch.setattr(conv_plan, "_plans", {})
+    monkeypatch.setattr(conv_plan, "_pinned", {})
     monkeypatch.setattr(conv_plan, "_loaded_from", None)
     return kernel_dir
 
@@ -299,3 +300,17 @@ def test_a_part_leaves_the_fixed_rule_only_when_a_second_timing_agrees(plans):
 def test_two_timings_that_disagree_on_the_method_but_not_on_leaving_the_rule_take_the_faster_in_both(plans):
     timings = iter([{"forward": {W4: 3.0, W2: 1.0, D: 2.5}}, {"forward": {W4: 3.0, W2: 1.6, D: 1.5}}])
     assert conv_plan.choose("k", RULE, lambda: next(timings)) == Plan(W2, W4, W4)  # 2.6 ms in all, oneDNN 4.0
+
+
+def test_pinned_plans_from_a_checkpoint_come_before_the_machines_file(plans):
+    conv_plan.choose("k", RULE, lambda: {"forward": {W4: 1.0, D: 2.0}})  # the file: the rule
+    with conv_plan.trace() as used:
+        conv_plan.choose("k", RULE, lambda: pytest.fail("timed"))
+    saved = conv_plan.plans_of(used)
+    assert saved == {"k": {"forward": W4, "input_grad": W4, "weight_grad": W4}}
+    assert conv_plan.pin({"k": {"forward": D, "input_grad": W2, "weight_grad": D},
+                          "bad": {"forward": "gpu", "input_grad": D, "weight_grad": D}, "worse": 3}) == 1
+    assert conv_plan.choose("k", RULE, lambda: pytest.fail("timed")) == Plan(D, W2, D)
+    assert conv_plan.choose("bad", RULE, lambda: {}) == RULE  # not pinned: timed as usual
+    conv_plan.TUNE = False  # LIMNER_CONV_TUNE=0 asks for the fixed rule, pins or not
+    assert conv_plan.choose("k", RULE, lambda: pytest.fail("timed")) == RULE

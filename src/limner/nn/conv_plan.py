@@ -31,7 +31,10 @@ are keyed by mode (training or inference), precision, batch (rounded up to a pow
 channels, map size, bias, thread count and the candidates. Every later call and every later
 process on the machine reads the choice instead of timing. A file lock keeps concurrent
 processes (DDP ranks, say) from timing the same shape twice. So results stay bitwise
-deterministic for a given machine and setting, and exact resume holds. Timing a new shape costs
+deterministic for a given machine and setting. A training checkpoint also carries the plans its
+run used (:func:`plans_of`), and a resume pins them (:func:`pin`) ahead of the file. So exact
+resume holds even where the cache was cleared and timed again, or another machine resumes the
+run (as far as oneDNN computes the same bits there). Timing a new shape costs
 a few tens of milliseconds for sampling and ~0.2-0.5 s for training, once per machine.
 
 ``LIMNER_CONV_TUNE=0`` turns the measuring off and keeps the fixed rule (limner's behaviour
@@ -52,7 +55,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +68,7 @@ from limner.fsutil import atomic_write
 from limner.nn import kernels
 
 __all__ = ["MARGIN", "METHODS", "ONEDNN", "PARTS", "Plan", "TUNE", "Traced", "WINOGRAD2", "WINOGRAD4", "choose",
-           "decide", "plan_key", "status", "time_parts", "trace"]
+           "decide", "pin", "plan_key", "plans_of", "status", "time_parts", "trace"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,7 @@ _trace: contextvars.ContextVar[dict[str, Traced] | None] = contextvars.ContextVa
                                                                                    default=None)
 _lock = threading.Lock()
 _plans: dict[str, Plan] = {}  # this process's plans, from the file and from timing
+_pinned: dict[str, Plan] = {}  # plans a resumed run brought from its checkpoint (pin), ahead of the file
 _loaded_from: Path | None = None
 
 
@@ -200,7 +204,7 @@ def choose(key: str, default: Plan, measure: Callable[[], dict[str, dict[str, fl
     is off."""
     if not TUNE:
         return _note(key, default, default)
-    plan = _plans.get(key)
+    plan = _pinned.get(key) or _plans.get(key)
     if plan is None:
         with _lock:
             _load_file()
@@ -281,6 +285,24 @@ def _note(key: str, plan: Plan, default: Plan) -> Plan:
     if used is not None:
         used[key] = Traced(plan, default)
     return plan
+
+
+def plans_of(used: Mapping[str, Traced]) -> dict[str, dict[str, str]]:
+    """The plans of a :func:`trace` as plain data ({key: {part: method}}), for a checkpoint."""
+    return {key: {part: getattr(traced.plan, part) for part in PARTS} for key, traced in sorted(used.items())}
+
+
+def pin(plans: Mapping[str, Mapping[str, str]]) -> int:
+    """Use these plans (:func:`plans_of`, from a checkpoint) for their keys in this process, ahead
+    of the machine's plan file, so a resumed run computes each convolution by the methods its
+    first part did, whatever the cache now holds (cleared, re-timed, another machine). Applies
+    while plans are measured (``LIMNER_CONV_TUNE=0`` keeps the fixed rule). Entries that name
+    unknown methods are skipped; returns how many were pinned."""
+    pinned = {key: Plan(**{part: entry[part] for part in PARTS}) for key, entry in plans.items()
+              if isinstance(entry, Mapping) and all(entry.get(part) in METHODS for part in PARTS)}
+    with _lock:
+        _pinned.update(pinned)
+    return len(pinned)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from limner import __version__
 from limner.data.batch import Batch
 from limner.errors import CheckpointError, NonFiniteLossError, UsageError
 from limner.models.base import Family
+from limner.nn import conv_plan
 from limner.nn.bf16 import warn_if_slow_bf16
 from limner.training import distributed as D
 from limner.training.callbacks import (
@@ -138,6 +139,7 @@ class Trainer:
         config.validate(self.dist.world_size)
         self.device = D.resolve_device(config.device, self.dist)
         self.dist = D.init_distributed(self.device)
+        self._conv_plans: dict[str, conv_plan.Traced] = {}  # the convolution plans this process used (fit)
         if self.dist.rank == 0:
             warn_if_slow_bf16(config.precision, self.device)
         try:
@@ -306,9 +308,10 @@ class Trainer:
                     module.train()
                 with preserved_rng(self.generator):  # callbacks must not shift any RNG
                     self._fire("on_train_start")
-                while self.step < self.config.steps:
-                    self.train_one_step()
-                    self.handle_stop_request()
+                with conv_plan.trace() as self._conv_plans:  # saved with each checkpoint
+                    while self.step < self.config.steps:
+                        self.train_one_step()
+                        self.handle_stop_request()
                 self.outcome = "finished"
             except TrainingInterrupted:
                 self.outcome = "interrupted"
@@ -454,10 +457,11 @@ class Trainer:
         if self.last_checkpoint is not None and checkpoint_step(self.last_checkpoint) == self.step:
             return self.last_checkpoint
         rng = D.gather_objects(capture_rng(self.generator), self.dist)
+        plans = D.gather_objects(conv_plan.plans_of(self._conv_plans), self.dist)
         path, error = None, None
         if self.is_main:
             try:
-                state = {**self.state_dict(), "rng": rng}
+                state = {**self.state_dict(), "rng": rng, "conv_plans": plans}
                 path = write_checkpoint(self.run_dir, self.step, self.checkpoint_weights(), state,
                                         keep_last=self.config.keep_last)
             except CheckpointError as e:
@@ -492,6 +496,9 @@ class Trainer:
             raise UsageError(f"train.steps ({self.config.steps}) is below the checkpoint's step "
                              f"({self.step}); raise it to continue")
         restore_rng(state["rng"][self.dist.rank], self.generator)
+        plans = state.get("conv_plans")  # each rank's measured convolution plans (none before 0.1.0's plans)
+        if isinstance(plans, list) and self.dist.rank < len(plans) and isinstance(plans[self.dist.rank], dict):
+            conv_plan.pin(plans[self.dist.rank])
         self.last_checkpoint = path
 
     def _load_weights(self, path: Path) -> None:
