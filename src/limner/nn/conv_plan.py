@@ -320,7 +320,7 @@ def trace() -> Iterator[dict[str, Traced]]:
 def status() -> str:
     """One line for ``limner env``: whether plans are measured and what this machine's file holds."""
     if not TUNE:
-        return "off (LIMNER_CONV_TUNE=0): Winograd wherever its kernels apply"
+        return "off (LIMNER_CONV_TUNE=0): the fixed rule (Winograd from 8x8 maps up, oneDNN below)"
     if not kernels.available():
         return "not used (no compiled kernels)"
     path = _plan_file()
