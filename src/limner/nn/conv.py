@@ -388,12 +388,12 @@ class Conv2d(nn.Conv2d):
         filter transforms count (the weight changes every step); in inference they are kept."""
         gen = torch.Generator().manual_seed(0)
         N, C, H, W = x.shape
-        n = 1 << max(0, N - 1).bit_length()
+        n = conv_plan.rounded_batch(N)
         cl = torch.channels_last
         xs = torch.randn(n, C, H, W, generator=gen).to(x.dtype).contiguous(memory_format=cl)
         w = self.weight.detach()
         b = None if self.bias is None else self.bias.detach()
-        tile = {conv_plan.WINOGRAD4: 4, conv_plan.WINOGRAD2: 2}
+        tile = conv_plan.TILES
 
         def forward(method: str) -> Callable[[], Any]:
             if method == conv_plan.ONEDNN:

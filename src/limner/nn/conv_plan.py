@@ -67,8 +67,8 @@ from limner.environment import cpu_model
 from limner.fsutil import atomic_write
 from limner.nn import kernels
 
-__all__ = ["MARGIN", "METHODS", "ONEDNN", "PARTS", "Plan", "TUNE", "Traced", "WINOGRAD2", "WINOGRAD4", "choose",
-           "decide", "pin", "plan_key", "plans_of", "status", "time_parts", "trace"]
+__all__ = ["MARGIN", "METHODS", "ONEDNN", "PARTS", "Plan", "TILES", "TUNE", "Traced", "WINOGRAD2", "WINOGRAD4",
+           "choose", "decide", "pin", "plan_key", "plans_of", "rounded_batch", "status", "time_parts", "trace"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ ROUNDS = 7  # timed rounds per candidate, after one warm-up round
 PARTS = ("forward", "input_grad", "weight_grad")
 WINOGRAD4, WINOGRAD2, ONEDNN = "winograd4", "winograd2", "onednn"  # F(4x4, 3x3), F(2x2, 3x3), direct
 METHODS = (WINOGRAD4, WINOGRAD2, ONEDNN)
-_TILES = {WINOGRAD4: 4, WINOGRAD2: 2, ONEDNN: 0}
+TILES = {WINOGRAD4: 4, WINOGRAD2: 2, ONEDNN: 0}  # each method's Winograd output tile (0: none)
 _FORMAT = 2
 
 
@@ -97,7 +97,7 @@ class Plan:
 
     def tile(self, part: str) -> int:
         """The Winograd output tile of ``part`` (4 or 2), or 0 for oneDNN."""
-        return _TILES[getattr(self, part)]
+        return TILES[getattr(self, part)]
 
     def uses_winograd(self, training: bool) -> bool:
         parts = PARTS if training else ("forward",)
@@ -127,28 +127,37 @@ _pinned: dict[str, Plan] = {}  # plans a resumed run brought from its checkpoint
 _loaded_from: Path | None = None
 
 
+def rounded_batch(batch: int) -> int:
+    """The batch a plan is kept and timed for: ``batch`` rounded up to a power of two (a
+    sampler's last, smaller batch reuses the full one's)."""
+    return 1 << max(0, int(batch) - 1).bit_length()
+
+
 def plan_key(training: bool, bfloat16: bool, batch: int, in_channels: int, height: int, width: int,
              out_channels: int, bias: bool, candidates: dict[str, tuple[str, ...]]) -> str:
     """The key one choice is kept under: what the relative speed of the methods depends on, and
-    which methods were candidates (settings such as ``LIMNER_WINOGRAD=2`` narrow them). The batch
-    is rounded up to a power of two (a sampler's last, smaller batch reuses the full one's)."""
-    rounded = 1 << max(0, int(batch) - 1).bit_length()
+    which methods were candidates (settings such as ``LIMNER_WINOGRAD=2`` narrow them); the batch
+    as :func:`rounded_batch`."""
     short = {WINOGRAD4: "4", WINOGRAD2: "2", ONEDNN: "d"}
     methods = " ".join(f"{part[0]}{''.join(short[m] for m in candidates.get(part, ()))}" for part in PARTS)
-    return (f"{'train' if training else 'infer'} {'bf16' if bfloat16 else 'fp32'} n{rounded} "
+    return (f"{'train' if training else 'infer'} {'bf16' if bfloat16 else 'fp32'} n{rounded_batch(batch)} "
             f"{in_channels}x{height}x{width}->{out_channels} b{int(bias)} t{torch.get_num_threads()} {methods}")
 
 
-def decide(ms: dict[str, dict[str, float]], default: Plan, margin: float = MARGIN) -> Plan:
-    """The plan from best times (ms per method, per part): per part the fastest method where it
-    beat ``default``'s method by more than ``margin``, else the default's; parts not timed, or
-    whose default was not timed, keep the default's."""
+def decide(ms: dict[str, dict[str, float]], default: Plan, margin: float = MARGIN,
+           confirm: dict[str, dict[str, float]] | None = None) -> Plan:
+    """The plan from best times (ms per method, per part): per part, of the methods that beat
+    ``default``'s by more than ``margin`` in ``ms`` (and in a second timing ``confirm``, if given),
+    the one with the least time in all of them; the default's where none did, and for parts not
+    timed or whose default was not timed."""
+    timings = [ms] if confirm is None else [ms, confirm]
     chosen = {}
     for part in PARTS:
-        incumbent, times = getattr(default, part), ms.get(part, {})
-        best = min(times, key=times.get) if times else incumbent
-        better = incumbent in times and times[best] < (1.0 - margin) * times[incumbent]
-        chosen[part] = best if better else incumbent
+        incumbent = getattr(default, part)
+        runs = [t.get(part, {}) for t in timings]
+        winners = [m for m in runs[0] if m != incumbent
+                   and all(incumbent in t and m in t and t[m] < (1.0 - margin) * t[incumbent] for t in runs)]
+        chosen[part] = min(winners, key=lambda m: sum(t[m] for t in runs)) if winners else incumbent
     return Plan(**chosen)
 
 
@@ -180,11 +189,15 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
     entries = data.get("plans") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
         return {}
-    return {key: entry for key, entry in entries.items()
-            if isinstance(entry, dict) and all(entry.get(part) in METHODS for part in PARTS)}
+    return {key: entry for key, entry in entries.items() if _names_a_plan(entry)}
 
 
-def _plan_of(entry: dict[str, Any]) -> Plan:
+def _names_a_plan(entry: object) -> bool:
+    """Whether a plan-file or checkpoint entry names a known method for every part."""
+    return isinstance(entry, Mapping) and all(entry.get(part) in METHODS for part in PARTS)
+
+
+def _plan_of(entry: Mapping[str, Any]) -> Plan:
     return Plan(**{part: entry[part] for part in PARTS})
 
 
@@ -245,20 +258,6 @@ def _measure_and_save(key: str, default: Plan, measure: Callable[[], dict[str, d
         return plan if plan is not None else _timed_plan(key, default, measure)[0]
 
 
-def _agreed(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]], default: Plan,
-            margin: float = MARGIN) -> Plan:
-    """Per part, of the methods that beat the default's by ``margin`` in both timings, the one
-    with the least time in the two together; the default's where none did."""
-    chosen = {}
-    for part in PARTS:
-        incumbent = getattr(default, part)
-        a, b = first.get(part, {}), second.get(part, {})
-        winners = [m for m in a if m != incumbent and m in b and incumbent in a and incumbent in b
-                   and a[m] < (1.0 - margin) * a[incumbent] and b[m] < (1.0 - margin) * b[incumbent]]
-        chosen[part] = min(winners, key=lambda m: a[m] + b[m]) if winners else incumbent
-    return Plan(**chosen)
-
-
 def _timed_plan(key: str, default: Plan, measure: Callable[[], dict[str, dict[str, float]]]
                 ) -> tuple[Plan, list[dict[str, dict[str, float]]] | None]:
     """(plan, the timings it was decided from), or (default, None) where timing failed. A part
@@ -269,7 +268,7 @@ def _timed_plan(key: str, default: Plan, measure: Callable[[], dict[str, dict[st
         plan = decide(timings[0], default)
         if plan != default:
             timings.append(measure())
-            plan = _agreed(timings[0], timings[1], default)
+            plan = decide(timings[0], default, confirm=timings[1])
     except (RuntimeError, MemoryError) as error:
         log.warning("limner conv plan: timing %s failed (%s); it keeps the default (%s)", key, error,
                     default.describe())
@@ -298,8 +297,7 @@ def pin(plans: Mapping[str, Mapping[str, str]]) -> int:
     first part did, whatever the cache now holds (cleared, re-timed, another machine). Applies
     while plans are measured (``LIMNER_CONV_TUNE=0`` keeps the fixed rule). Entries that name
     unknown methods are skipped; returns how many were pinned."""
-    pinned = {key: Plan(**{part: entry[part] for part in PARTS}) for key, entry in plans.items()
-              if isinstance(entry, Mapping) and all(entry.get(part) in METHODS for part in PARTS)}
+    pinned = {key: _plan_of(entry) for key, entry in plans.items() if _names_a_plan(entry)}
     with _lock:
         _pinned.update(pinned)
     return len(pinned)
