@@ -15,6 +15,27 @@ import pytest
 os.environ.setdefault("LIMNER_CONV_TUNE", "0")
 
 
+@pytest.fixture(scope="session")
+def kernel_copy():
+    """``kernel_copy(folder)``: ``folder`` (created) holding this machine's compiled kernel build
+    and its tuning record, but no convolution plans: for LIMNER_KERNEL_DIR in tests of the plans.
+    (Without the compiled kernels it stays empty.)"""
+    import shutil
+
+    from limner.nn import kernels
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        if kernels.available():
+            built = kernels._kernel_dir()
+            shutil.copy(built / f"{kernels.build_id()}.so", folder)
+            for tuning in built.glob("tuning-*.json"):
+                shutil.copy(tuning, folder)
+        return folder
+
+    return make
+
+
 @pytest.fixture
 def fixed_rule():
     """The fixed Winograd rule in this process and in the processes it starts, whatever

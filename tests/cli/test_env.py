@@ -40,7 +40,7 @@ def test_env_reports_the_winograd_setting(cli, tmp_path, monkeypatch):
     assert json.loads(cli("env", "--json", cache=tmp_path).stdout)["winograd"] == "off (no compiled kernels)"
 
 
-def test_env_reports_the_convolution_plans(cli, tmp_path, monkeypatch):
+def test_env_reports_the_convolution_plans(cli, tmp_path, monkeypatch, kernel_copy):
     from limner.nn import kernels
 
     monkeypatch.setenv("LIMNER_CONV_TUNE", "0")
@@ -48,12 +48,7 @@ def test_env_reports_the_convolution_plans(cli, tmp_path, monkeypatch):
         "off (LIMNER_CONV_TUNE=0)")
     if not kernels.available():
         return
-    # measuring on, a kernel folder with this machine's build but no plans yet
-    folder = tmp_path / "kernels"
-    folder.mkdir()
-    (folder / f"{kernels.build_id()}.so").symlink_to(kernels._kernel_dir() / f"{kernels.build_id()}.so")
-    for tuning in kernels._kernel_dir().glob("tuning-*.json"):
-        (folder / tuning.name).write_bytes(tuning.read_bytes())
+    folder = kernel_copy(tmp_path / "kernels")  # measuring on, this machine's build, no plans yet
     monkeypatch.setenv("LIMNER_CONV_TUNE", "1")
     monkeypatch.setenv("LIMNER_KERNEL_DIR", str(folder))
     line = json.loads(cli("env", "--json", cache=tmp_path).stdout)["conv_plans"]

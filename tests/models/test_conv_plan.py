@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -26,15 +25,10 @@ CL = torch.channels_last
 
 
 @pytest.fixture
-def plans(tmp_path, monkeypatch):
+def plans(tmp_path, monkeypatch, kernel_copy):
     """Measuring on, with this test's own plan file (the kernels' folder copied, so that a new
     process finds the same build) and an empty in-process plan table."""
-    kernel_dir = tmp_path / "kernels"
-    kernel_dir.mkdir()
-    if kernels.available():
-        built = kernels._kernel_dir()
-        for name in (f"{kernels.build_id()}.so", *(p.name for p in built.glob("tuning-*.json"))):
-            shutil.copy(built / name, kernel_dir / name)
+    kernel_dir = kernel_copy(tmp_path / "kernels")
     monkeypatch.setenv("LIMNER_KERNEL_DIR", str(kernel_dir))
     monkeypatch.setattr(conv_plan, "TUNE", True)
     monkeypatch.setattr(conv_plan, "_plans", {})

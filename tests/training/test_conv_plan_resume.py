@@ -5,7 +5,6 @@ ahead of whatever the machine's plan file now says. Through the CLI, in new proc
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,6 @@ from limner.training.checkpoint import load_checkpoint_state
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"compiled kernels unavailable: {kernels.status()}")
 
 STEPS, STOP = 8, 5
-
-
-def _kernel_dir(tmp: Path, name: str) -> Path:
-    """A kernel folder with this machine's build and no plans yet."""
-    folder = tmp / name
-    folder.mkdir()
-    built = kernels._kernel_dir()
-    shutil.copy(built / f"{kernels.build_id()}.so", folder)
-    for tuning in built.glob("tuning-*.json"):
-        shutil.copy(tuning, folder)
-    return folder
 
 
 def _train(cli, data: Path, out: Path, steps: int, kernel_dir: Path, monkeypatch, *extra: str) -> None:
@@ -44,8 +32,9 @@ def _weights(run: Path) -> dict[str, np.ndarray]:
     return {f"{f.stem}.{k}": v for f in sorted(ckpt.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
-def test_resume_uses_the_checkpoints_plans_not_the_machines_new_ones(tiny_data, cli, tmp_path, monkeypatch):
-    machine = _kernel_dir(tmp_path, "kernels-a")
+def test_resume_uses_the_checkpoints_plans_not_the_machines_new_ones(tiny_data, cli, tmp_path, monkeypatch,
+                                                                     kernel_copy):
+    machine = kernel_copy(tmp_path / "kernels-a")
     _train(cli, tiny_data, tmp_path / "straight", STEPS, machine, monkeypatch)
     _train(cli, tiny_data, tmp_path / "run", STOP, machine, monkeypatch)
     ckpt = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
@@ -54,7 +43,7 @@ def test_resume_uses_the_checkpoints_plans_not_the_machines_new_ones(tiny_data, 
     assert train_keys and any(method != conv_plan.ONEDNN for key in train_keys for method in saved[key].values())
     # The machine's plans change meanwhile (a cleared cache timed again, a busy machine): here every
     # part of every shape on oneDNN, which rounds differently from the Winograd kernels.
-    other = _kernel_dir(tmp_path, "kernels-b")
+    other = kernel_copy(tmp_path / "kernels-b")
     plan_file = json.loads(next(machine.glob("conv-plan-*.json")).read_text())
     plan_file["plans"] = {key: {part: conv_plan.ONEDNN for part in conv_plan.PARTS} for key in saved}
     changed = other / next(machine.glob("conv-plan-*.json")).name
